@@ -1,0 +1,1 @@
+//! REST API (axum). STUB: owned by the service helper.

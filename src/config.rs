@@ -1,0 +1,401 @@
+//! Dataflow configuration (`dataflows/*.yaml`) and the YAML loading that every config file shares.
+//!
+//! Every config struct denies unknown fields, and every error names the file, the line and the field, so a
+//! bad config fails at start-up instead of misbehaving later.
+
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A configuration error that names the file, the line and the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    Semantic { file: String, message: String },
+}
+
+/// Parses YAML text into `T`, turning any error into one that names `file`, line, column and field path.
+pub fn parse_yaml<T: DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigError> {
+    serde_norway::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        // serde_norway appends " at line L column C" to messages; we print it as a prefix instead.
+        let mut message = e.to_string();
+        if let Some(i) = message.rfind(" at line ") {
+            message.truncate(i);
+        }
+        ConfigError::Invalid {
+            file: file.to_string(),
+            line,
+            column,
+            message,
+        }
+    })
+}
+
+/// Reads and parses a YAML file.
+pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        file: file.clone(),
+        source,
+    })?;
+    parse_yaml(&text, &file)
+}
+
+/// Deserialises an `f64` that must be finite and > 0 (the error carries the field's location).
+pub fn positive_f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(D::Error::custom(format!("must be a number > 0, got {v}")))
+    }
+}
+
+/// Deserialises an `f64` in [0, 1].
+pub fn unit_f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(D::Error::custom(format!("must be within [0, 1], got {v}")))
+    }
+}
+
+/// Deserialises a `usize` that must be >= 1.
+pub fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let v = usize::deserialize(d)?;
+    if v >= 1 {
+        Ok(v)
+    } else {
+        Err(D::Error::custom("must be >= 1"))
+    }
+}
+
+/// A declarative pipeline: what to compute per thing, how to score, when to alert.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataflowConfig {
+    /// Name shown in logs and metrics.
+    pub name: String,
+    /// Samples kept per thing and feature for rolling statistics.
+    #[serde(deserialize_with = "at_least_one")]
+    pub window: usize,
+    /// Learn-only samples per thing before it is scored (rules apply from the first sample).
+    pub warmup: usize,
+    /// A reading older than its thing's newest event time by more than this is dead-lettered as `late`;
+    /// within the bound it is accepted and placed in event-time order.
+    pub allowed_lateness_ms: i64,
+    /// Rules file; a relative path is resolved against this dataflow file's folder.
+    pub rules: Option<PathBuf>,
+    /// Seconds between checks of the rules file for changes (hot reload).
+    #[serde(deserialize_with = "positive_f64")]
+    pub rules_reload_s: f64,
+    pub decode: DecodeConfig,
+    pub features: FeatureConfig,
+    pub detectors: DetectorConfig,
+    pub ensemble: EnsembleConfig,
+    pub policy: PolicyConfig,
+}
+
+impl Default for DataflowConfig {
+    fn default() -> Self {
+        DataflowConfig {
+            name: "default".into(),
+            window: 60,
+            warmup: 60,
+            allowed_lateness_ms: 10_000,
+            rules: None,
+            rules_reload_s: 1.0,
+            decode: DecodeConfig::default(),
+            features: FeatureConfig::default(),
+            detectors: DetectorConfig::default(),
+            ensemble: EnsembleConfig::default(),
+            policy: PolicyConfig::default(),
+        }
+    }
+}
+
+/// Input decoding.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodeConfig {
+    /// Messages longer than this are dead-lettered as `oversize`.
+    pub max_message_bytes: usize,
+    /// Earliest plausible event time (epoch ms); earlier is `absurd_timestamp`. Default 2000-01-01.
+    pub min_ts_ms: i64,
+    /// Latest plausible event time (epoch ms); later is `absurd_timestamp`. Default 2100-01-01.
+    pub max_ts_ms: i64,
+    /// Equipment type for messages that carry none.
+    pub default_equipment_type: String,
+    pub egizcore: EgizCoreMapping,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        DecodeConfig {
+            max_message_bytes: 64 * 1024,
+            min_ts_ms: 946_684_800_000,
+            max_ts_ms: 4_102_444_800_000,
+            default_equipment_type: "unknown".into(),
+            egizcore: EgizCoreMapping::default(),
+        }
+    }
+}
+
+/// How EgizCore `StateChanged` leaves become feature names.
+///
+/// A numeric leaf at `features.<feature>.properties.<path...>` is named by joining `<path...>` with `_`
+/// (array elements get `_1.._n`). `rename` then maps a flattened name to another; an entry `x: y` also
+/// maps `x_N` to `y_N`, so `temperature_zones: temp_zone` turns `temperature_zones_2` into `temp_zone_2`.
+/// An entry whose key contains dots is matched against the full dotted path instead
+/// (`features.electrical.properties.voltage.a: voltage_a`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgizCoreMapping {
+    pub rename: BTreeMap<String, String>,
+    /// Prefix the feature name (`electrical_voltage_a`) instead of dropping it (`voltage_a`).
+    pub keep_feature_prefix: bool,
+}
+
+impl Default for EgizCoreMapping {
+    fn default() -> Self {
+        let mut rename = BTreeMap::new();
+        rename.insert("temperature_zones".to_string(), "temp_zone".to_string());
+        EgizCoreMapping {
+            rename,
+            keep_feature_prefix: false,
+        }
+    }
+}
+
+/// Derived features computed per reading before detection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureConfig {
+    /// `voltage_imbalance` = max - min of `voltage_a/b/c` (V) when all three are present.
+    pub voltage_imbalance: bool,
+    /// `current_imbalance_pct` = (max - min) / mean * 100 of `current_a/b/c` when present.
+    pub current_imbalance: bool,
+    /// `temp_zone_spread` = max - min over `temp_zone_*` when at least two zones are present.
+    pub zone_spread: bool,
+}
+
+impl Default for FeatureConfig {
+    fn default() -> Self {
+        FeatureConfig {
+            voltage_imbalance: true,
+            current_imbalance: true,
+            zone_spread: true,
+        }
+    }
+}
+
+/// Statistical detectors and the online model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorConfig {
+    /// |z| against the rolling mean/std at which the z-score detector scores 0.8.
+    #[serde(deserialize_with = "positive_f64")]
+    pub zscore_threshold: f64,
+    /// |robust z| (median/MAD*1.4826) at which the robust detector scores 0.8.
+    #[serde(deserialize_with = "positive_f64")]
+    pub robust_z_threshold: f64,
+    /// EWMA smoothing factor (0, 1].
+    #[serde(deserialize_with = "unit_f64")]
+    pub ewma_alpha: f64,
+    /// EWMA control-chart z at which the EWMA detector scores 0.8.
+    #[serde(deserialize_with = "positive_f64")]
+    pub ewma_threshold: f64,
+    /// Distance outside the quartiles, in IQRs, at which the IQR detector scores 0.8.
+    #[serde(deserialize_with = "positive_f64")]
+    pub iqr_k: f64,
+    pub model: ModelConfig,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            zscore_threshold: 4.0,
+            robust_z_threshold: 5.0,
+            ewma_alpha: 0.3,
+            ewma_threshold: 4.0,
+            iqr_k: 3.0,
+            model: ModelConfig::default(),
+        }
+    }
+}
+
+/// The online multivariate model (see `detectors::mahalanobis` for why this one).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Samples after which an old sample's weight in the mean/covariance has halved.
+    #[serde(deserialize_with = "positive_f64")]
+    pub half_life: f64,
+    /// Shrinkage of the covariance towards its diagonal, [0, 1].
+    #[serde(deserialize_with = "unit_f64")]
+    pub shrinkage: f64,
+    /// Normal-equivalent z of the Hotelling T^2 at which the model scores 0.8.
+    #[serde(deserialize_with = "positive_f64")]
+    pub threshold: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            half_life: 500.0,
+            shrinkage: 0.05,
+            threshold: 5.0,
+        }
+    }
+}
+
+/// How detector scores combine into one score and when it alerts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnsembleConfig {
+    #[serde(deserialize_with = "unit_f64")]
+    pub stats_weight: f64,
+    #[serde(deserialize_with = "unit_f64")]
+    pub model_weight: f64,
+    /// Combined score at or above which a reading is anomalous.
+    #[serde(deserialize_with = "unit_f64")]
+    pub threshold: f64,
+    /// Combined score from which an ensemble alert is `warning` (below: `info`).
+    #[serde(deserialize_with = "unit_f64")]
+    pub warning_score: f64,
+    /// Combined score from which an ensemble alert is `critical`.
+    #[serde(deserialize_with = "unit_f64")]
+    pub critical_score: f64,
+}
+
+impl Default for EnsembleConfig {
+    fn default() -> Self {
+        EnsembleConfig {
+            stats_weight: 0.3,
+            model_weight: 0.7,
+            threshold: 0.8,
+            warning_score: 0.85,
+            critical_score: 0.97,
+        }
+    }
+}
+
+/// Alert policy: dedup, rate limit, burst escalation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// An alert of the same thing and type within this many seconds (event time) is suppressed.
+    pub dedup_s: f64,
+    /// At most one alert per thing within this many seconds (event time).
+    pub rate_limit_s: f64,
+    /// Anomalous readings of one thing within `burst_within_s` that raise a `burst` alert.
+    #[serde(deserialize_with = "at_least_one")]
+    pub burst_count: usize,
+    pub burst_within_s: f64,
+    /// Severity of burst alerts.
+    pub burst_severity: crate::event::Severity,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            dedup_s: 300.0,
+            rate_limit_s: 60.0,
+            burst_count: 10,
+            burst_within_s: 300.0,
+            burst_severity: crate::event::Severity::Critical,
+        }
+    }
+}
+
+impl DataflowConfig {
+    /// Loads a dataflow file and checks cross-field constraints.
+    pub fn load(path: &Path) -> Result<DataflowConfig, ConfigError> {
+        let mut cfg: DataflowConfig = load_yaml(path)?;
+        if let Some(rules) = &cfg.rules {
+            if rules.is_relative() {
+                let base = path.parent().unwrap_or(Path::new("."));
+                cfg.rules = Some(base.join(rules));
+            }
+        }
+        cfg.validate(&path.display().to_string())?;
+        Ok(cfg)
+    }
+
+    /// Cross-field checks that a single field's deserialiser cannot make.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Semantic {
+            file: file.to_string(),
+            message,
+        };
+        let e = &self.ensemble;
+        if (e.stats_weight + e.model_weight - 1.0).abs() > 1e-9 {
+            return Err(bad(format!(
+                "field `ensemble.stats_weight` + `ensemble.model_weight` must be 1, got {} + {}",
+                e.stats_weight, e.model_weight
+            )));
+        }
+        if e.warning_score > e.critical_score {
+            return Err(bad(
+                "field `ensemble.warning_score` must not exceed `ensemble.critical_score`".into(),
+            ));
+        }
+        if self.decode.min_ts_ms >= self.decode.max_ts_ms {
+            return Err(bad(
+                "field `decode.min_ts_ms` must be below `decode.max_ts_ms`".into(),
+            ));
+        }
+        if self.allowed_lateness_ms < 0 {
+            return Err(bad("field `allowed_lateness_ms` must be >= 0".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip() {
+        let cfg: DataflowConfig = parse_yaml("{}", "x.yaml").unwrap();
+        assert_eq!(cfg.window, 60);
+        cfg.validate("x.yaml").unwrap();
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let text = "name: x\nwindow: 60\ndetectors:\n  zscore_threshold: -1\n";
+        let err = parse_yaml::<DataflowConfig>(text, "flow.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("flow.yaml:4:"), "{err}");
+        assert!(err.contains("detectors.zscore_threshold"), "{err}");
+        assert!(err.contains("> 0"), "{err}");
+
+        let err = parse_yaml::<DataflowConfig>("windw: 3\n", "flow.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("flow.yaml:1:"), "{err}");
+        assert!(err.contains("windw"), "{err}");
+    }
+}

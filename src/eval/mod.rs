@@ -1,0 +1,3 @@
+//! Evaluation of detections against labelled data.
+
+pub mod episodes;

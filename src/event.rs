@@ -1,0 +1,242 @@
+//! The records that flow through the dataflow: decoded telemetry points, alerts and per-point scores.
+//!
+//! The JSON shapes of [`Alert`] and [`ScoreLine`] are wire contracts (see DESIGN.md): extend them, never
+//! rename or remove a field.
+
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A short string stored inline (up to 24 bytes) so thing ids and feature names need no heap allocation.
+pub type Name = CompactString;
+
+/// Where a record came from, so an alert can point back at the exact input that caused it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Origin {
+    /// No provenance (simulator, tests).
+    #[default]
+    None,
+    /// Line `line` (1-based) of a replayed file.
+    Line { line: u64 },
+    /// A Kafka message.
+    Kafka {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+}
+
+impl Origin {
+    pub fn is_none(&self) -> bool {
+        matches!(self, Origin::None)
+    }
+}
+
+/// One decoded telemetry reading: all sensor values of one thing at one event time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    pub thing_id: Name,
+    pub equipment_type: Name,
+    /// Event time, epoch milliseconds.
+    pub ts: i64,
+    /// Sensor values by feature name, in message order. Values are finite.
+    pub values: Vec<(Name, f64)>,
+    /// Optional ground truth (0/1), carried to scores for evaluation, never used for detection.
+    pub label: Option<u8>,
+    /// Position in the input: orders records deterministically within a dataflow epoch.
+    pub seq: u64,
+    pub origin: Origin,
+}
+
+impl Point {
+    pub fn value(&self, name: &str) -> Option<f64> {
+        self.values
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, v)| *v)
+    }
+}
+
+/// Alert severity, ordered from least to most severe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    #[default]
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "info" => Ok(Severity::Info),
+            "warning" => Ok(Severity::Warning),
+            "critical" => Ok(Severity::Critical),
+            other => Err(format!(
+                "unknown severity `{other}`, expected info, warning or critical"
+            )),
+        }
+    }
+}
+
+/// Sensor families that alerts are explained in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Voltage,
+    Current,
+    Power,
+    Temperature,
+    Vibration,
+    Speed,
+    Other,
+}
+
+impl Family {
+    pub const ALL: [Family; 7] = [
+        Family::Voltage,
+        Family::Current,
+        Family::Power,
+        Family::Temperature,
+        Family::Vibration,
+        Family::Speed,
+        Family::Other,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Family::Voltage => "voltage",
+            Family::Current => "current",
+            Family::Power => "power",
+            Family::Temperature => "temperature",
+            Family::Vibration => "vibration",
+            Family::Speed => "speed",
+            Family::Other => "other",
+        }
+    }
+
+    /// The family of a feature, from its name (`voltage_a`, `current_imbalance_pct`, `temp_zone_2`, ...).
+    pub fn of(feature: &str) -> Family {
+        let f = feature.to_ascii_lowercase();
+        let starts = |p: &str| f.starts_with(p);
+        if starts("volt") {
+            Family::Voltage
+        } else if starts("current") || starts("amp") {
+            Family::Current
+        } else if starts("power") || starts("pf") || starts("energy") || starts("kw") {
+            Family::Power
+        } else if starts("temp") || starts("thermo") {
+            Family::Temperature
+        } else if starts("vib") || starts("accel") || starts("bearing") {
+            Family::Vibration
+        } else if starts("speed") || starts("rpm") || starts("rate") || starts("flow") {
+            Family::Speed
+        } else {
+            Family::Other
+        }
+    }
+}
+
+/// One feature's share of an alert's explanation. `contribution` is signed: positive when the value is
+/// above what is expected, negative when below; the absolute values of an alert's features sum to 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeatureContribution {
+    pub feature: Name,
+    pub contribution: f64,
+}
+
+/// An alert, as written to every sink (Kafka value, JSONL, store, API). See DESIGN.md.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Stable hash of thing, type and triggering event time: the same input gives the same id.
+    pub alert_id: String,
+    pub thing_id: Name,
+    pub equipment_type: Name,
+    /// Event time of the reading that triggered the alert, epoch ms.
+    pub ts: i64,
+    pub severity: Severity,
+    /// `rule`, `ensemble` or `burst`.
+    pub source: String,
+    /// `phase_imbalance`, `overheat`, `voltage_anomaly`, ... (rule alerts use the rule's type).
+    #[serde(rename = "type")]
+    pub alert_type: String,
+    /// Normalised score in [0, 1].
+    pub score: f64,
+    pub model_version: String,
+    pub top_features: Vec<FeatureContribution>,
+    /// Share of the explanation per sensor family; shares sum to 1.
+    pub families: std::collections::BTreeMap<String, f64>,
+    pub explanation: String,
+    #[serde(default, skip_serializing_if = "Origin::is_none")]
+    pub input_offsets: Origin,
+    /// Ground-truth label of the triggering point, when the input had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<u8>,
+}
+
+/// Per-point score line (`replay --scores`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreLine {
+    pub thing_id: Name,
+    pub ts: i64,
+    pub score: f64,
+    pub anomaly: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<u8>,
+}
+
+/// Stable alert id: xxh3-128 of thing, type and event time, hex encoded.
+pub fn alert_id(thing_id: &str, alert_type: &str, ts: i64) -> String {
+    let mut buf = Vec::with_capacity(thing_id.len() + alert_type.len() + 24);
+    buf.extend_from_slice(thing_id.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(alert_type.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(&ts.to_le_bytes());
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_from_names() {
+        assert_eq!(Family::of("voltage_a"), Family::Voltage);
+        assert_eq!(Family::of("voltage_imbalance"), Family::Voltage);
+        assert_eq!(Family::of("current_imbalance_pct"), Family::Current);
+        assert_eq!(Family::of("power_factor"), Family::Power);
+        assert_eq!(Family::of("temp_zone_3"), Family::Temperature);
+        assert_eq!(Family::of("vibration_rms"), Family::Vibration);
+        assert_eq!(Family::of("speed_rpm"), Family::Speed);
+        assert_eq!(Family::of("humidity"), Family::Other);
+    }
+
+    #[test]
+    fn alert_id_is_stable_and_distinct() {
+        let a = alert_id("oven-1", "overheat", 1_767_225_600_000);
+        assert_eq!(a, alert_id("oven-1", "overheat", 1_767_225_600_000));
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, alert_id("oven-1", "overheat", 1_767_225_600_001));
+        assert_ne!(a, alert_id("oven-2", "overheat", 1_767_225_600_000));
+    }
+}

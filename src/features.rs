@@ -1,0 +1,1 @@
+//! Per-reading derived features.

@@ -1,0 +1,19 @@
+//! EgizML: streaming anomaly detection and predictive maintenance for industrial telemetry.
+//!
+//! Data path: [`sources`] -> [`decode`] -> [`pipeline`] (timely dataflow: per-thing [`features`],
+//! [`rules`], [`detectors`], ensemble, [`explain`], [`policy`]) -> [`sinks`].
+
+pub mod api;
+pub mod config;
+pub mod decode;
+pub mod detectors;
+pub mod eval;
+pub mod event;
+pub mod explain;
+pub mod features;
+pub mod metrics;
+pub mod pipeline;
+pub mod policy;
+pub mod rules;
+pub mod sinks;
+pub mod sources;

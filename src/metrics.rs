@@ -1,0 +1,1 @@
+//! Prometheus metrics. STUB: owned by the service helper.

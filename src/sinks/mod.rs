@@ -1,0 +1,4 @@
+//! Sinks: JSONL files/stdout, the SQLite anomaly store, dead letters.
+
+pub mod jsonl;
+pub mod sqlite;

@@ -1,0 +1,1 @@
+//! Embedded SQLite anomaly store. STUB: owned by the service helper.

@@ -1,0 +1,4 @@
+//! Sources of telemetry: file replay and the built-in simulator.
+
+pub mod file;
+pub mod simulator;

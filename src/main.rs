@@ -1,1 +1,79 @@
-fn main() {}
+//! The `egizml` binary: parses the command line and runs a command from `egizml::commands`.
+
+use clap::{Parser, Subcommand};
+use egizml::commands::{bench, replay, simulate};
+
+/// Streaming anomaly detection and predictive maintenance for industrial telemetry.
+#[derive(Parser)]
+#[command(name = "egizml", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay a JSONL file through the pipeline, deterministically.
+    Replay(replay::ReplayArgs),
+    /// Measure throughput and per-reading latency on a generated workload.
+    Bench(bench::BenchArgs),
+    /// Write labelled simulator telemetry to a JSONL file.
+    Simulate(simulate::SimulateArgs),
+}
+
+fn main() {
+    init_tracing();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        // One line on stderr, non-zero exit (DESIGN.md).
+        eprintln!("egizml: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+        .replace('\n', " ")
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EGIZML_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("EGIZML_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Replay(args) => {
+            let (summary, report) = replay::replay(&args)?;
+            for line in replay::describe(&summary, &report) {
+                println!("{line}");
+            }
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+        Command::Bench(args) => {
+            let s = bench::bench(&args)?;
+            println!(
+                "{} readings on {} workers in {:.3} s: {:.0} readings/s, per-reading latency p50 {:.1} us, p99 {:.1} us, {} alerts",
+                s.points, s.workers, s.elapsed_s, s.points_per_sec, s.p50_us, s.p99_us, s.alerts
+            );
+            println!("{}", serde_json::to_string(&s)?);
+        }
+        Command::Simulate(args) => {
+            let episodes = simulate::simulate(&args)?;
+            println!(
+                "{}",
+                serde_json::json!({"points": args.points, "things": args.things, "episodes": episodes.len(), "output": args.output})
+            );
+        }
+    }
+    Ok(())
+}

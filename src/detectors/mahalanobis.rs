@@ -33,6 +33,10 @@ impl OnlineMahalanobis {
     pub fn score(&self, _x: &[f64]) -> Option<ModelScore> {
         todo!()
     }
+    /// Allocation-free `score`: writes into `out`, returns false until warm.
+    pub fn score_into(&self, _x: &[f64], _scratch: &mut Vec<f64>, _out: &mut ModelScore) -> bool {
+        todo!()
+    }
     pub fn update(&mut self, _x: &[f64]) {
         todo!()
     }

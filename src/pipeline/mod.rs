@@ -1,1 +1,418 @@
-//! The timely dataflow.
+//! The timely dataflow: sources -> decode -> exchange(thing) -> per-thing engine -> ordered sink.
+//!
+//! Timely timestamps are *ingest epochs*, not event times: for a file, epoch k is the k-th chunk of
+//! lines (chunks are striped over workers); for live sources, it is the millisecond since start. Each
+//! worker's [`Engine`] processes an epoch only once the frontier has passed it, in input order (`seq`),
+//! so every thing sees its readings in exactly the input order whatever the worker count, and the sink
+//! on worker 0 writes outputs in the same order. Event time then drives everything inside the engine
+//! (windows, lateness, dedup, rate limit, bursts), per thing. This is what makes a replay give the same
+//! alerts as the live run, and 1 worker the same bytes as N.
+
+pub mod engine;
+
+use crate::config::DataflowConfig;
+use crate::decode::{DeadLetter, Decoder};
+use crate::event::{Origin, Point};
+use crate::rules::RulesHandle;
+pub use engine::{Counters, Engine, Output, Record};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::{Capability, Input as _, Operator, Probe};
+use timely::dataflow::{InputHandleVec, ProbeHandle};
+
+/// Lines per epoch when replaying a file.
+pub const CHUNK_LINES: usize = 1024;
+
+/// Nanoseconds on a process-wide monotonic clock (for ingest-to-alert latencies).
+pub fn clock_ns() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Where the dataflow's records come from.
+pub enum Input {
+    /// A JSONL document (a memory-mapped file or bytes in memory); its chunks of [`CHUNK_LINES`] lines
+    /// are striped over the workers, which decode them in parallel.
+    Lines(Arc<dyn AsRef<[u8]> + Send + Sync>),
+    /// Points pushed by another thread (simulator, network sources); worker 0 receives them. The run
+    /// ends when the sender hangs up or `stop` is set.
+    Live(Receiver<Point>),
+}
+
+/// Receives the dataflow's outputs on worker 0, in input order.
+pub trait OutputSink: Send {
+    fn write(&mut self, outputs: &[(u64, Output)]) -> anyhow::Result<()>;
+    fn flush(&mut self) -> anyhow::Result<()>;
+}
+
+/// How to run.
+#[derive(Clone)]
+pub struct RunOptions {
+    pub workers: usize,
+    /// Emit a score line per reading.
+    pub emit_scores: bool,
+    /// Set to end a live run.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            workers: 1,
+            emit_scores: false,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    pub counters: Counters,
+    pub elapsed_s: f64,
+    pub things: usize,
+    /// Per-reading ingest-to-scored latency, microseconds.
+    pub latency_us: Option<LatencySummary>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LatencySummary {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+}
+
+struct WorkerResult {
+    counters: Counters,
+    things: usize,
+    latency: hdrhistogram::Histogram<u64>,
+}
+
+/// Runs the dataflow to completion (end of file, or end of a live input).
+pub fn run(
+    cfg: Arc<DataflowConfig>,
+    rules: RulesHandle,
+    input: Input,
+    sink: Box<dyn OutputSink>,
+    opts: RunOptions,
+) -> anyhow::Result<RunReport> {
+    let started = Instant::now();
+    let workers = opts.workers.max(1);
+    let sink = Arc::new(Mutex::new(Some(sink)));
+    let sink_error: Arc<Mutex<Option<anyhow::Error>>> = Arc::new(Mutex::new(None));
+    let (lines, live) = match input {
+        Input::Lines(data) => (Some(data), None),
+        Input::Live(rx) => (None, Some(rx)),
+    };
+    let live = Arc::new(Mutex::new(live));
+    let sink_error2 = Arc::clone(&sink_error);
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let index = worker.index();
+        let peers = worker.peers();
+        let mut input = InputHandleVec::<u64, Record>::new();
+        let probe = ProbeHandle::new();
+        let engine = Rc::new(RefCell::new(Engine::new(
+            Arc::clone(&cfg),
+            rules.clone(),
+            opts.emit_scores,
+        )));
+        let latency = Rc::new(RefCell::new(
+            hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds"),
+        ));
+        let my_sink = if index == 0 {
+            sink.lock().expect("sink lock").take()
+        } else {
+            None
+        };
+        let sink_error = Arc::clone(&sink_error2);
+
+        worker.dataflow::<u64, _, _>(|scope| {
+            let engine = Rc::clone(&engine);
+            let latency = Rc::clone(&latency);
+            let scored = scope
+                .input_from(&mut input)
+                .unary_frontier(
+                    Exchange::new(|r: &Record| route(r)),
+                    "thing_state",
+                    move |_cap, _info| {
+                        let mut stash: BTreeMap<u64, (Capability<u64>, Vec<Record>)> = BTreeMap::new();
+                        let mut out = Vec::new();
+                        move |(input, frontier), output| {
+                            input.for_each_stamp(|cap, data| {
+                                let Some(&time) = cap.least() else { return };
+                                let entry = stash.entry(time).or_insert_with(|| {
+                                    let cap = cap
+                                        .retain_least(output.output_index())
+                                        .expect("capability for a received time");
+                                    (cap, Vec::new())
+                                });
+                                for batch in data {
+                                    entry.1.append(batch);
+                                }
+                            });
+                            while let Some(first) = stash.first_entry() {
+                                if frontier.less_equal(first.key()) {
+                                    break;
+                                }
+                                let (cap, mut records) = first.remove();
+                                records.sort_by_key(Record::seq);
+                                let mut engine = engine.borrow_mut();
+                                let mut latency = latency.borrow_mut();
+                                engine.refresh_rules();
+                                let _span = tracing::trace_span!("thing_state", epoch = cap.time()).entered();
+                                for record in records {
+                                    let ingest = match &record {
+                                        Record::Point(_, ns) => Some(*ns),
+                                        Record::Dead(_) => None,
+                                    };
+                                    let now = clock_ns();
+                                    engine.process(record, now, &mut out);
+                                    if let Some(ns) = ingest {
+                                        latency.saturating_record(clock_ns().saturating_sub(ns).max(1));
+                                    }
+                                }
+                                output.session(&cap).give_iterator(out.drain(..));
+                            }
+                        }
+                    },
+                );
+            let mut my_sink = my_sink;
+            scored
+                .unary_frontier(Exchange::new(|_: &(u64, Output)| 0), "sink", move |_cap, _info| {
+                    let mut stash: BTreeMap<u64, Vec<(u64, Output)>> = BTreeMap::new();
+                    move |(input, frontier), _output: &mut timely::dataflow::operators::generic::OutputBuilderSession<'_, u64, timely::container::CapacityContainerBuilder<Vec<()>>>| {
+                        input.for_each_stamp(|cap, data| {
+                            let Some(&time) = cap.least() else { return };
+                            let entry = stash.entry(time).or_default();
+                            for batch in data {
+                                entry.append(batch);
+                            }
+                        });
+                        let mut wrote = false;
+                        while let Some(first) = stash.first_entry() {
+                            if frontier.less_equal(first.key()) {
+                                break;
+                            }
+                            let mut outputs = first.remove();
+                            // Stable: outputs of one reading keep the order the engine gave them.
+                            outputs.sort_by_key(|(seq, _)| *seq);
+                            if let Some(sink) = my_sink.as_mut() {
+                                let _span = tracing::trace_span!("sink").entered();
+                                if let Err(e) = sink.write(&outputs) {
+                                    record_sink_error(&sink_error, e);
+                                }
+                                wrote = true;
+                            }
+                        }
+                        if wrote || frontier.is_empty() {
+                            if let Some(sink) = my_sink.as_mut() {
+                                if let Err(e) = sink.flush() {
+                                    record_sink_error(&sink_error, e);
+                                }
+                            }
+                        }
+                    }
+                })
+                .probe_with(&probe);
+        });
+
+        match &lines {
+            Some(data) => feed_lines(worker, &mut input, &probe, data.as_ref().as_ref(), &cfg, index, peers),
+            None => {
+                let rx = if index == 0 {
+                    live.lock().expect("live lock").take()
+                } else {
+                    None
+                };
+                feed_live(worker, &mut input, &probe, rx, &opts.stop);
+            }
+        }
+        drop(input);
+        while !probe.done() {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        }
+        let engine = engine.borrow();
+        let latency = latency.borrow().clone();
+        WorkerResult {
+            counters: engine.counters.clone(),
+            things: engine.things(),
+            latency,
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start {workers} timely workers: {e}"))?;
+
+    let mut report = RunReport::default();
+    let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    for result in guards.join() {
+        let r = result.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
+        add_counters(&mut report.counters, &r.counters);
+        report.things += r.things;
+        latency.add(&r.latency)?;
+    }
+    if let Some(e) = sink_error.lock().expect("sink error lock").take() {
+        return Err(e);
+    }
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    if !latency.is_empty() {
+        report.latency_us = Some(LatencySummary {
+            p50_us: latency.value_at_quantile(0.5) as f64 / 1e3,
+            p99_us: latency.value_at_quantile(0.99) as f64 / 1e3,
+            max_us: latency.max() as f64 / 1e3,
+        });
+    }
+    Ok(report)
+}
+
+fn record_sink_error(slot: &Mutex<Option<anyhow::Error>>, e: anyhow::Error) {
+    tracing::error!(error = %e, "sink failed");
+    let mut slot = slot.lock().expect("sink error lock");
+    if slot.is_none() {
+        *slot = Some(e);
+    }
+}
+
+fn add_counters(total: &mut Counters, c: &Counters) {
+    total.points += c.points;
+    for (t, x) in total.malformed.iter_mut().zip(c.malformed.iter()) {
+        *t += x;
+    }
+    total.anomalies += c.anomalies;
+    total.alerts += c.alerts;
+    total.suppressed_dedup += c.suppressed_dedup;
+    total.suppressed_rate += c.suppressed_rate;
+}
+
+/// Routes a record to the worker owning its thing (dead letters spread by position).
+fn route(r: &Record) -> u64 {
+    match r {
+        Record::Point(p, _) => xxhash_rust::xxh3::xxh3_64(p.thing_id.as_bytes()),
+        Record::Dead(d) => d.seq,
+    }
+}
+
+/// Epochs a worker may run ahead of the slowest output before it waits: bounds memory.
+const MAX_EPOCHS_IN_FLIGHT: u64 = 8;
+
+fn feed_lines(
+    worker: &mut timely::worker::Worker,
+    input: &mut InputHandleVec<u64, Record>,
+    probe: &ProbeHandle<u64>,
+    data: &[u8],
+    cfg: &DataflowConfig,
+    index: usize,
+    peers: usize,
+) {
+    let mut decoder = Decoder::new(&cfg.decode);
+    let mut batch: Vec<Record> = Vec::with_capacity(CHUNK_LINES);
+    let mut chunk: u64 = 0;
+    let mut line_no: u64 = 0;
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let mine = chunk % peers as u64 == index as u64;
+        let mut lines_in_chunk = 0;
+        if mine {
+            input.advance_to(chunk);
+        }
+        while lines_in_chunk < CHUNK_LINES && pos < data.len() {
+            let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |i| pos + i);
+            let line = &data[pos..end];
+            pos = end + 1;
+            line_no += 1;
+            lines_in_chunk += 1;
+            if !mine || line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            batch.push(decode_record(&mut decoder, line, line_no, Origin::Line { line: line_no }));
+        }
+        if mine {
+            input.send_batch(&mut batch);
+            batch.clear();
+            let waited_for = chunk.saturating_sub(MAX_EPOCHS_IN_FLIGHT * peers as u64);
+            input.advance_to(chunk + 1);
+            while probe.less_than(&waited_for) {
+                worker.step();
+            }
+            worker.step();
+        }
+        chunk += 1;
+    }
+}
+
+/// Decodes one message into a record; failures become dead letters that keep the raw bytes.
+pub fn decode_record(decoder: &mut Decoder, raw: &[u8], seq: u64, origin: Origin) -> Record {
+    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    match decoder.decode(raw) {
+        Ok(mut p) => {
+            p.seq = seq;
+            p.origin = origin;
+            Record::Point(p, clock_ns())
+        }
+        Err(m) => Record::Dead(DeadLetter {
+            reason: m.reason.as_str().to_string(),
+            detail: m.detail,
+            raw: raw.to_vec(),
+            seq,
+            origin,
+        }),
+    }
+}
+
+fn feed_live(
+    worker: &mut timely::worker::Worker,
+    input: &mut InputHandleVec<u64, Record>,
+    probe: &ProbeHandle<u64>,
+    rx: Option<Receiver<Point>>,
+    stop: &AtomicBool,
+) {
+    let start = Instant::now();
+    let mut seq: u64 = 0;
+    let mut batch: Vec<Record> = Vec::new();
+    loop {
+        let epoch = start.elapsed().as_millis() as u64;
+        if epoch > *input.time() {
+            input.advance_to(epoch);
+        }
+        let mut disconnected = false;
+        if let Some(rx) = &rx {
+            loop {
+                match rx.try_recv() {
+                    Ok(mut p) => {
+                        seq += 1;
+                        p.seq = seq;
+                        batch.push(Record::Point(p, clock_ns()));
+                        if batch.len() >= 4096 {
+                            break;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        disconnected = true;
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                input.send_batch(&mut batch);
+                batch.clear();
+            }
+        }
+        if disconnected {
+            stop.store(true, Ordering::SeqCst);
+        }
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        // Backpressure: don't run more than a few epochs ahead of the sink.
+        let behind = epoch.saturating_sub(1_000);
+        while probe.less_than(&behind) {
+            worker.step();
+        }
+        worker.step_or_park(Some(Duration::from_micros(500)));
+    }
+}

@@ -1,1 +1,178 @@
-//! Alert policy.
+//! Alert policy per thing: dedup, rate limit and burst escalation, all in event time.
+//!
+//! Event time (not wall-clock time) drives every window here, so replaying a file gives exactly the
+//! alerts of the live run.
+
+use crate::config::PolicyConfig;
+use std::collections::VecDeque;
+
+/// Why a candidate alert was not emitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suppressed {
+    /// Same thing and type within the dedup window.
+    Dedup,
+    /// Another alert of the thing within the rate-limit window.
+    RateLimit,
+}
+
+impl Suppressed {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Suppressed::Dedup => "dedup",
+            Suppressed::RateLimit => "rate_limit",
+        }
+    }
+}
+
+/// Policy windows converted to milliseconds once.
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyWindows {
+    pub dedup_ms: i64,
+    pub rate_limit_ms: i64,
+    pub burst_count: usize,
+    pub burst_within_ms: i64,
+}
+
+impl From<&PolicyConfig> for PolicyWindows {
+    fn from(c: &PolicyConfig) -> Self {
+        let ms = |s: f64| (s * 1000.0).round() as i64;
+        PolicyWindows {
+            dedup_ms: ms(c.dedup_s),
+            rate_limit_ms: ms(c.rate_limit_s),
+            burst_count: c.burst_count,
+            burst_within_ms: ms(c.burst_within_s),
+        }
+    }
+}
+
+/// Policy state of one thing.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyState {
+    /// Last emitted event time per alert type (a thing has few types: a Vec beats a map).
+    last_by_type: Vec<(String, i64)>,
+    last_any: Option<i64>,
+    /// Event times of recent anomalous readings, for burst detection.
+    anomalies: VecDeque<i64>,
+}
+
+/// `ts` is within `window` of `last` (readings slightly out of order count as within).
+fn within(last: i64, ts: i64, window: i64) -> bool {
+    ts - last < window
+}
+
+impl PolicyState {
+    /// Decides whether an alert of `alert_type` at `ts` is emitted; records it when it is.
+    /// `bypass_rate_limit` is for escalations (bursts), which must not be hidden by the alert they
+    /// escalate.
+    pub fn admit(
+        &mut self,
+        w: &PolicyWindows,
+        alert_type: &str,
+        ts: i64,
+        bypass_rate_limit: bool,
+    ) -> Result<(), Suppressed> {
+        let slot = self.last_by_type.iter().position(|(t, _)| t == alert_type);
+        if let Some(i) = slot {
+            if within(self.last_by_type[i].1, ts, w.dedup_ms) {
+                return Err(Suppressed::Dedup);
+            }
+        }
+        if !bypass_rate_limit {
+            if let Some(last) = self.last_any {
+                if within(last, ts, w.rate_limit_ms) {
+                    return Err(Suppressed::RateLimit);
+                }
+            }
+        }
+        match slot {
+            Some(i) => self.last_by_type[i].1 = ts,
+            None => self.last_by_type.push((alert_type.to_string(), ts)),
+        }
+        self.last_any = Some(self.last_any.map_or(ts, |l| l.max(ts)));
+        Ok(())
+    }
+
+    /// Records an anomalous reading; true when it completes a burst (`burst_count` anomalous readings
+    /// within `burst_within_ms`). The window then restarts, so a long anomaly yields one burst per
+    /// `burst_count` readings (and dedup keeps one alert per dedup window).
+    pub fn record_anomaly(&mut self, w: &PolicyWindows, ts: i64) -> bool {
+        self.anomalies.push_back(ts);
+        while let Some(&first) = self.anomalies.front() {
+            if ts - first >= w.burst_within_ms {
+                self.anomalies.pop_front();
+            } else {
+                break;
+            }
+        }
+        if self.anomalies.len() >= w.burst_count {
+            self.anomalies.clear();
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn windows() -> PolicyWindows {
+        PolicyWindows::from(&PolicyConfig::default())
+    }
+
+    #[test]
+    fn dedup_boundary_is_exclusive_at_the_window() {
+        let w = windows();
+        let mut p = PolicyState::default();
+        assert_eq!(p.admit(&w, "overheat", 0, false), Ok(()));
+        // Another type inside the rate-limit window is rate limited, not deduplicated.
+        assert_eq!(
+            p.admit(&w, "other", 59_999, false),
+            Err(Suppressed::RateLimit)
+        );
+        assert_eq!(
+            p.admit(&w, "overheat", 299_999, false),
+            Err(Suppressed::Dedup)
+        );
+        assert_eq!(p.admit(&w, "overheat", 300_000, false), Ok(()));
+    }
+
+    #[test]
+    fn rate_limit_boundary() {
+        let w = windows();
+        let mut p = PolicyState::default();
+        assert_eq!(p.admit(&w, "a", 1_000, false), Ok(()));
+        assert_eq!(p.admit(&w, "b", 60_999, false), Err(Suppressed::RateLimit));
+        assert_eq!(p.admit(&w, "b", 61_000, false), Ok(()));
+        // A suppressed candidate does not extend the windows.
+        assert_eq!(p.admit(&w, "c", 121_000, false), Ok(()));
+    }
+
+    #[test]
+    fn burst_bypasses_rate_limit_but_not_dedup() {
+        let w = windows();
+        let mut p = PolicyState::default();
+        assert_eq!(p.admit(&w, "a", 0, false), Ok(()));
+        assert_eq!(p.admit(&w, "burst", 1_000, true), Ok(()));
+        assert_eq!(p.admit(&w, "burst", 2_000, true), Err(Suppressed::Dedup));
+    }
+
+    #[test]
+    fn burst_needs_count_within_window() {
+        let w = PolicyWindows {
+            dedup_ms: 300_000,
+            rate_limit_ms: 60_000,
+            burst_count: 3,
+            burst_within_ms: 10_000,
+        };
+        let mut p = PolicyState::default();
+        assert!(!p.record_anomaly(&w, 0));
+        assert!(!p.record_anomaly(&w, 5_000));
+        // 0 falls out of the window (10 s after it), so only two remain.
+        assert!(!p.record_anomaly(&w, 10_000));
+        assert!(p.record_anomaly(&w, 12_000));
+        // The window restarts after a burst.
+        assert!(!p.record_anomaly(&w, 13_000));
+    }
+}

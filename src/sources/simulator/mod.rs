@@ -66,3 +66,12 @@ impl Simulator {
         todo!()
     }
 }
+
+/// Writes `points` readings as flat JSON lines; returns the fault episodes injected.
+pub fn write_jsonl(
+    _cfg: SimulatorConfig,
+    _points: usize,
+    _out: impl std::io::Write,
+) -> std::io::Result<Vec<FaultEpisode>> {
+    todo!()
+}

@@ -1,0 +1,38 @@
+//! The `egizml` commands, callable from the binary, tests and benches.
+
+pub mod bench;
+pub mod replay;
+pub mod simulate;
+
+use crate::config::DataflowConfig;
+use crate::rules::{RuleSet, RulesHandle};
+use anyhow::Context;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The rules shipped in `configs/rules.yaml`, embedded so the binary runs with no files around it.
+pub const DEFAULT_RULES: &str = include_str!("../../configs/rules.yaml");
+
+/// Loads the dataflow (or the embedded default) and its rules (hot reloaded when they come from a file).
+pub fn load_dataflow(config: Option<&Path>) -> anyhow::Result<(Arc<DataflowConfig>, RulesHandle)> {
+    match config {
+        Some(path) => {
+            let cfg = DataflowConfig::load(path)?;
+            let rules = match &cfg.rules {
+                Some(rules) => RulesHandle::watch(Some(rules), cfg.rules_reload_s)?,
+                None => RulesHandle::fixed(RuleSet::empty()),
+            };
+            Ok((Arc::new(cfg), rules))
+        }
+        None => {
+            let rules = RuleSet::parse(DEFAULT_RULES, "<embedded configs/rules.yaml>")
+                .context("embedded default rules are invalid")?;
+            Ok((Arc::new(DataflowConfig::default()), RulesHandle::fixed(rules)))
+        }
+    }
+}
+
+/// Worker count when none is given: the machine's cores.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

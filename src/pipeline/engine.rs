@@ -1,0 +1,613 @@
+//! Per-thing processing: the state each thing keeps and what happens to one reading.
+//!
+//! This is everything the dataflow does per record, free of timely so it can be unit tested and
+//! benchmarked on its own. The dataflow (`pipeline::run`) shards things over workers and feeds each
+//! worker's [`Engine`] its things' readings in a deterministic order.
+
+use crate::config::DataflowConfig;
+use crate::decode::{DeadLetter, MalformedReason};
+use crate::detectors::mahalanobis::{ModelScore, OnlineMahalanobis};
+use crate::detectors::normalise;
+use crate::detectors::stats::{FeatureScores, FeatureStats};
+use crate::event::{alert_id, Alert, Name, Point, ScoreLine, Severity};
+use crate::explain::{alert_type_for, explain, round4, Explanation};
+use crate::features::DerivedPlan;
+use crate::policy::{PolicyState, PolicyWindows, Suppressed};
+use crate::rules::{evaluate, Readings, RuleHit, RuleSet, RuleState, RulesHandle};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A record entering the per-thing stage: a decoded reading (with its ingest instant, nanoseconds on
+/// the process clock of [`crate::pipeline::clock_ns`]) or a message that failed to decode.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Record {
+    Point(Point, u64),
+    Dead(DeadLetter),
+}
+
+impl Record {
+    /// Order key within an epoch.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Record::Point(p, _) => p.seq,
+            Record::Dead(d) => d.seq,
+        }
+    }
+}
+
+/// What the per-thing stage emits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Output {
+    Alert(Alert),
+    Score(ScoreLine),
+    Dead(DeadLetter),
+}
+
+/// Counters a worker accumulates between metric flushes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counters {
+    pub points: u64,
+    pub malformed: [u64; MalformedReason::ALL.len()],
+    pub anomalies: u64,
+    pub alerts: u64,
+    pub suppressed_dedup: u64,
+    pub suppressed_rate: u64,
+}
+
+impl Counters {
+    pub fn malformed_total(&self) -> u64 {
+        self.malformed.iter().sum()
+    }
+    fn count_dead(&mut self, reason: &str) {
+        if let Some(i) = MalformedReason::ALL.iter().position(|r| r.as_str() == reason) {
+            self.malformed[i] += 1;
+        }
+    }
+}
+
+/// After this many consecutive anomalous readings the model learns again: the new behaviour is the
+/// new normal (a permanent re-rating of the machine), and alerting on it forever helps nobody.
+const MAX_FROZEN_READINGS: u32 = 600;
+
+/// All per-thing state of one worker, plus the configuration it runs with.
+pub struct Engine {
+    cfg: Arc<DataflowConfig>,
+    windows: PolicyWindows,
+    rules: RulesHandle,
+    rule_set: Arc<RuleSet>,
+    rule_generation: u64,
+    things: FxHashMap<Name, ThingState>,
+    emit_scores: bool,
+    pub counters: Counters,
+    /// Ingest-to-emit latencies (ns) of alerts since the last drain.
+    pub alert_latencies_ns: Vec<u64>,
+    scratch: Scratch,
+}
+
+struct Scratch {
+    model: Vec<f64>,
+    model_score: ModelScore,
+    feature_scores: Vec<FeatureScores>,
+    per_feature: Vec<f64>,
+}
+
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            model: Vec::new(),
+            model_score: ModelScore {
+                t2: 0.0,
+                z: 0.0,
+                contributions: Vec::new(),
+            },
+            feature_scores: Vec::new(),
+            per_feature: Vec::new(),
+        }
+    }
+}
+
+struct ThingState {
+    equipment_type: Name,
+    /// Raw features first (`n_raw`), then derived ones.
+    names: Vec<Name>,
+    n_raw: usize,
+    plan: DerivedPlan,
+    values: Vec<f64>,
+    present: Vec<bool>,
+    prev_values: Vec<f64>,
+    prev_ts: Option<i64>,
+    stats: Vec<FeatureStats>,
+    model: OnlineMahalanobis,
+    rule_state: RuleState,
+    learned: u64,
+    last_ts: i64,
+    consecutive_anomalous: u32,
+    policy: PolicyState,
+}
+
+impl ThingState {
+    fn new(p: &Point, cfg: &DataflowConfig) -> ThingState {
+        let raw: Vec<Name> = p.values.iter().map(|(n, _)| n.clone()).collect();
+        let mut t = ThingState {
+            equipment_type: p.equipment_type.clone(),
+            names: Vec::new(),
+            n_raw: 0,
+            plan: DerivedPlan::default(),
+            values: Vec::new(),
+            present: Vec::new(),
+            prev_values: Vec::new(),
+            prev_ts: None,
+            stats: Vec::new(),
+            model: OnlineMahalanobis::new(0, &cfg.detectors.model),
+            rule_state: RuleState::default(),
+            learned: 0,
+            last_ts: i64::MIN,
+            consecutive_anomalous: 0,
+            policy: PolicyState::default(),
+        };
+        t.set_layout(raw, cfg);
+        t
+    }
+
+    /// (Re)builds the feature layout; statistics of features that remain are kept, the multivariate
+    /// model restarts because its dimensions changed.
+    fn set_layout(&mut self, raw: Vec<Name>, cfg: &DataflowConfig) {
+        let (plan, derived) = DerivedPlan::new(&raw, &cfg.features);
+        let n_raw = raw.len();
+        let names: Vec<Name> = raw.into_iter().chain(derived).collect();
+        let mut old: Vec<(Name, FeatureStats, f64, f64)> = self
+            .names
+            .drain(..)
+            .zip(self.stats.drain(..))
+            .zip(self.values.iter().zip(self.prev_values.iter()))
+            .map(|((n, s), (v, pv))| (n, s, *v, *pv))
+            .collect();
+        let d = &cfg.detectors;
+        for name in &names {
+            match old.iter().position(|(n, ..)| n == name) {
+                Some(i) => {
+                    let (_, s, v, pv) = old.swap_remove(i);
+                    self.stats.push(s);
+                    self.values.push(v);
+                    self.prev_values.push(pv);
+                }
+                None => {
+                    self.stats.push(FeatureStats::new(cfg.window, d.ewma_alpha));
+                    self.values.push(f64::NAN);
+                    self.prev_values.push(f64::NAN);
+                }
+            }
+        }
+        self.present = vec![false; names.len()];
+        self.model = OnlineMahalanobis::new(names.len(), &d.model);
+        self.names = names;
+        self.n_raw = n_raw;
+        self.plan = plan;
+    }
+
+    fn slot_of(&self, i: usize, name: &str) -> Option<usize> {
+        if i < self.n_raw && self.names[i] == name {
+            return Some(i);
+        }
+        self.names[..self.n_raw].iter().position(|n| n == name)
+    }
+
+    /// Writes the reading into the slots (missing sensors keep their last value). Returns false when
+    /// a slot has no value yet (a sensor never seen), so the reading cannot be scored as a whole.
+    fn load(&mut self, p: &Point, cfg: &DataflowConfig) -> bool {
+        let new: Vec<Name> = p
+            .values
+            .iter()
+            .enumerate()
+            .filter(|(i, (n, _))| self.slot_of(*i, n).is_none())
+            .map(|(_, (n, _))| n.clone())
+            .collect();
+        if !new.is_empty() {
+            let raw: Vec<Name> = self.names[..self.n_raw].iter().cloned().chain(new).collect();
+            tracing::info!(thing = %p.thing_id, features = raw.len(), "feature set changed; model restarts");
+            self.set_layout(raw, cfg);
+        }
+        self.prev_values.copy_from_slice(&self.values);
+        self.present.iter_mut().for_each(|x| *x = false);
+        for (i, (name, v)) in p.values.iter().enumerate() {
+            let s = self.slot_of(i, name).expect("slot exists after layout update");
+            self.values[s] = *v;
+            self.present[s] = true;
+        }
+        let (raw, derived) = self.values.split_at_mut(self.n_raw);
+        if raw.iter().any(|v| v.is_nan()) {
+            return false;
+        }
+        self.plan.compute(raw, derived);
+        for x in &mut self.present[self.n_raw..] {
+            *x = true;
+        }
+        true
+    }
+}
+
+struct ThingReadings<'a> {
+    t: &'a ThingState,
+    ts: i64,
+    in_order: bool,
+}
+
+impl Readings for ThingReadings<'_> {
+    fn ts(&self) -> i64 {
+        self.ts
+    }
+    fn value(&self, feature: &str) -> Option<f64> {
+        let i = self.t.names.iter().position(|n| n == feature)?;
+        Some(self.t.values[i]).filter(|v| !v.is_nan())
+    }
+    fn previous(&self, feature: &str) -> Option<(f64, i64)> {
+        if !self.in_order {
+            return None;
+        }
+        let ts = self.t.prev_ts?;
+        let i = self.t.names.iter().position(|n| n == feature)?;
+        Some((self.t.prev_values[i], ts)).filter(|(v, _)| !v.is_nan())
+    }
+    fn feature_names(&self) -> Vec<&str> {
+        self.t.names.iter().map(|n| n.as_str()).collect()
+    }
+}
+
+/// One scored reading, before the alert policy.
+struct Scored {
+    ensemble: f64,
+    stats: f64,
+    model: Option<f64>,
+    anomalous: bool,
+}
+
+impl Engine {
+    pub fn new(cfg: Arc<DataflowConfig>, rules: RulesHandle, emit_scores: bool) -> Engine {
+        let (rule_set, rule_generation) = rules.current();
+        Engine {
+            windows: PolicyWindows::from(&cfg.policy),
+            cfg,
+            rules,
+            rule_set,
+            rule_generation,
+            things: FxHashMap::default(),
+            emit_scores,
+            counters: Counters::default(),
+            alert_latencies_ns: Vec::new(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// Picks up reloaded rules; call once per batch.
+    pub fn refresh_rules(&mut self) {
+        let (set, generation) = self.rules.current();
+        if generation != self.rule_generation {
+            self.rule_set = set;
+            self.rule_generation = generation;
+        }
+    }
+
+    pub fn things(&self) -> usize {
+        self.things.len()
+    }
+
+    /// Processes one record, appending what it causes to `out` as (seq, output).
+    pub fn process(&mut self, record: Record, now_ns: u64, out: &mut Vec<(u64, Output)>) {
+        match record {
+            Record::Dead(d) => {
+                self.counters.count_dead(&d.reason);
+                out.push((d.seq, Output::Dead(d)));
+            }
+            Record::Point(p, ingest_ns) => self.process_point(p, ingest_ns, now_ns, out),
+        }
+    }
+
+    fn dead(&mut self, p: &Point, reason: MalformedReason, detail: String, out: &mut Vec<(u64, Output)>) {
+        let raw = serde_json::to_vec(p).unwrap_or_default();
+        let d = DeadLetter {
+            reason: reason.as_str().to_string(),
+            detail,
+            raw,
+            seq: p.seq,
+            origin: p.origin.clone(),
+        };
+        self.counters.count_dead(&d.reason);
+        out.push((p.seq, Output::Dead(d)));
+    }
+
+    fn process_point(&mut self, p: Point, ingest_ns: u64, now_ns: u64, out: &mut Vec<(u64, Output)>) {
+        let cfg = Arc::clone(&self.cfg);
+        if !self.things.contains_key(p.thing_id.as_str()) {
+            self.things.insert(p.thing_id.clone(), ThingState::new(&p, &cfg));
+        }
+        let last_ts = self.things[p.thing_id.as_str()].last_ts;
+        if p.ts == last_ts {
+            let detail = format!("thing {} already has a reading at ts {}", p.thing_id, p.ts);
+            return self.dead(&p, MalformedReason::DuplicateTimestamp, detail, out);
+        }
+        if last_ts != i64::MIN && p.ts < last_ts - cfg.allowed_lateness_ms {
+            let detail = format!(
+                "ts {} is {} ms behind the thing's newest reading (allowed {} ms)",
+                p.ts,
+                last_ts - p.ts,
+                cfg.allowed_lateness_ms
+            );
+            return self.dead(&p, MalformedReason::Late, detail, out);
+        }
+        self.counters.points += 1;
+        let in_order = p.ts > last_ts;
+        let t = self.things.get_mut(p.thing_id.as_str()).expect("inserted above");
+        let complete = t.load(&p, &cfg);
+
+        let hits = if self.rule_set.is_empty() || !complete {
+            Vec::new()
+        } else {
+            if t.rule_state.generation != self.rule_generation {
+                t.rule_state = RuleState {
+                    generation: self.rule_generation,
+                    ..RuleState::default()
+                };
+            }
+            let mut state = std::mem::take(&mut t.rule_state);
+            let readings = ThingReadings {
+                t,
+                ts: p.ts,
+                in_order,
+            };
+            let hits = evaluate(&self.rule_set, &t.equipment_type, &readings, &mut state);
+            t.rule_state = state;
+            hits
+        };
+
+        let scored = if complete && t.learned >= cfg.warmup as u64 {
+            Some(score(t, &cfg, &mut self.scratch))
+        } else {
+            None
+        };
+        let anomalous = scored.as_ref().is_some_and(|s| s.anomalous);
+
+        // Explanations read the state before this reading is learned.
+        let mut candidates: Vec<(Alert, bool)> = Vec::new();
+        for hit in &hits {
+            candidates.push((rule_alert(&p, t, hit, self.rule_generation), false));
+        }
+        if let Some(s) = scored.as_ref().filter(|s| s.anomalous) {
+            candidates.push((ensemble_alert(&p, t, s, &cfg, &self.scratch), false));
+        }
+        if (anomalous || !hits.is_empty()) && t.policy.record_anomaly(&self.windows, p.ts) {
+            if let Some((first, _)) = candidates.first() {
+                candidates.push((burst_alert(first, &cfg), true));
+            }
+        }
+
+        if complete {
+            for (i, st) in t.stats.iter_mut().enumerate() {
+                if t.present[i] {
+                    st.update(t.values[i]);
+                }
+            }
+            t.consecutive_anomalous = if anomalous { t.consecutive_anomalous + 1 } else { 0 };
+            if !anomalous || t.consecutive_anomalous > MAX_FROZEN_READINGS {
+                t.model.update(&t.values);
+            }
+            t.learned += 1;
+        }
+        if in_order {
+            t.prev_ts = Some(p.ts);
+            t.last_ts = p.ts;
+        } else {
+            // The previous values stay those of the newest reading: rate-of-change compares in-order
+            // neighbours only.
+            t.values.copy_from_slice(&t.prev_values);
+        }
+
+        if anomalous || !hits.is_empty() {
+            self.counters.anomalies += 1;
+        }
+        for (alert, bypass) in candidates {
+            match t.policy.admit(&self.windows, &alert.alert_type, alert.ts, bypass) {
+                Ok(()) => {
+                    self.counters.alerts += 1;
+                    self.alert_latencies_ns.push(now_ns.saturating_sub(ingest_ns));
+                    out.push((p.seq, Output::Alert(alert)));
+                }
+                Err(Suppressed::Dedup) => self.counters.suppressed_dedup += 1,
+                Err(Suppressed::RateLimit) => self.counters.suppressed_rate += 1,
+            }
+        }
+        if self.emit_scores {
+            let score = if hits.is_empty() {
+                scored.as_ref().map_or(0.0, |s| s.ensemble)
+            } else {
+                1.0
+            };
+            out.push((
+                p.seq,
+                Output::Score(ScoreLine {
+                    thing_id: p.thing_id.clone(),
+                    ts: p.ts,
+                    score: round4(score),
+                    anomaly: anomalous || !hits.is_empty(),
+                    label: p.label,
+                }),
+            ));
+        }
+    }
+}
+
+/// Scores the loaded reading of `t` against its state before the reading.
+fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch) -> Scored {
+    let d = &cfg.detectors;
+    s.feature_scores.clear();
+    s.per_feature.clear();
+    let mut best = [0.0f64; 4];
+    for (i, st) in t.stats.iter().enumerate() {
+        let fs = if t.present[i] {
+            st.score(t.values[i])
+        } else {
+            FeatureScores::default()
+        };
+        let each = [
+            normalise(fs.z, d.zscore_threshold),
+            normalise(fs.robust_z, d.robust_z_threshold),
+            normalise(fs.ewma_z, d.ewma_threshold),
+            normalise(fs.iqr, d.iqr_k),
+        ];
+        for (b, e) in best.iter_mut().zip(each) {
+            *b = b.max(e);
+        }
+        s.per_feature.push(each.into_iter().fold(0.0, f64::max));
+        s.feature_scores.push(fs);
+    }
+    let stats = best.iter().sum::<f64>() / 4.0;
+    let model = if t.model.score_into(&t.values, &mut s.model, &mut s.model_score) {
+        Some(normalise(s.model_score.z, d.model.threshold))
+    } else {
+        None
+    };
+    let e = &cfg.ensemble;
+    let ensemble = e.stats_weight * stats + e.model_weight * model.unwrap_or(0.0);
+    Scored {
+        ensemble,
+        stats,
+        model,
+        anomalous: ensemble >= e.threshold,
+    }
+}
+
+fn severity_for(score: f64, cfg: &DataflowConfig) -> Severity {
+    if score >= cfg.ensemble.critical_score {
+        Severity::Critical
+    } else if score >= cfg.ensemble.warning_score {
+        Severity::Warning
+    } else {
+        Severity::Info
+    }
+}
+
+fn make_alert(
+    p: &Point,
+    t: &ThingState,
+    source: &str,
+    alert_type: &str,
+    severity: Severity,
+    score: f64,
+    model_version: String,
+    e: Explanation,
+    explanation: String,
+) -> Alert {
+    Alert {
+        alert_id: alert_id(&p.thing_id, alert_type, p.ts),
+        thing_id: p.thing_id.clone(),
+        equipment_type: t.equipment_type.clone(),
+        ts: p.ts,
+        severity,
+        source: source.to_string(),
+        alert_type: alert_type.to_string(),
+        score: round4(score),
+        model_version,
+        top_features: e.top_features,
+        families: e.families,
+        explanation,
+        input_offsets: p.origin.clone(),
+        label: p.label,
+    }
+}
+
+fn rule_alert(p: &Point, t: &ThingState, hit: &RuleHit, generation: u64) -> Alert {
+    let e = explain(hit.contributions.iter().map(|(n, c)| (n, *c)));
+    make_alert(
+        p,
+        t,
+        "rule",
+        &hit.alert_type,
+        hit.severity,
+        1.0,
+        format!("rules/{generation}"),
+        e,
+        format!("rule {}: {}", hit.rule, hit.message),
+    )
+}
+
+/// Signed per-feature contributions of an ensemble anomaly: each detector family's share of the
+/// evidence, weighted like the ensemble, signed by the direction of the deviation.
+fn ensemble_alert(p: &Point, t: &ThingState, s: &Scored, cfg: &DataflowConfig, sc: &Scratch) -> Alert {
+    let e = &cfg.ensemble;
+    let stats_total: f64 = sc.per_feature.iter().sum();
+    let model_total: f64 = if s.model.is_some() {
+        sc.model_score.contributions.iter().map(|c| c.abs()).sum()
+    } else {
+        0.0
+    };
+    let contributions: Vec<f64> = (0..t.names.len())
+        .map(|i| {
+            let stats_share = if stats_total > 0.0 { sc.per_feature[i] / stats_total } else { 0.0 };
+            let model_share = if model_total > 0.0 {
+                sc.model_score.contributions[i].abs() / model_total
+            } else {
+                0.0
+            };
+            let fs = sc.feature_scores[i];
+            let dir = if fs.z != 0.0 { fs.z } else { fs.robust_z };
+            let sign = if dir < 0.0 { -1.0 } else { 1.0 };
+            sign * (e.stats_weight * stats_share + e.model_weight * model_share)
+        })
+        .collect();
+    let ex = explain(t.names.iter().zip(contributions.iter().copied()));
+    let lead = ex
+        .top_features
+        .first()
+        .map(|f| f.feature.clone())
+        .unwrap_or_else(|| Name::from("multivariate"));
+    let alert_type = alert_type_for(&lead);
+    let sentence = match t.names.iter().position(|n| *n == lead) {
+        Some(i) => {
+            let value = t.values[i];
+            let mean = t.stats[i].window.mean();
+            let pct = if mean.abs() > 1e-9 { (value - mean) / mean.abs() * 100.0 } else { 0.0 };
+            let others: Vec<&str> = ex.top_features.iter().skip(1).map(|f| f.feature.as_str()).collect();
+            let also = if others.is_empty() {
+                String::new()
+            } else {
+                format!("; also {}", others.join(", "))
+            };
+            format!(
+                "{lead} {:.1}% {} its rolling mean ({value:.3} vs {mean:.3}, z={:.1}){also}; score {:.2} (stats {:.2}, model {:.2})",
+                pct.abs(),
+                if value >= mean { "above" } else { "below" },
+                sc.feature_scores[i].z,
+                s.ensemble,
+                s.stats,
+                s.model.unwrap_or(0.0)
+            )
+        }
+        None => format!("multivariate anomaly, score {:.2}", s.ensemble),
+    };
+    make_alert(
+        p,
+        t,
+        "ensemble",
+        alert_type,
+        severity_for(s.ensemble, cfg),
+        s.ensemble,
+        format!("{}/online_mahalanobis/1", t.equipment_type),
+        ex,
+        sentence,
+    )
+}
+
+fn burst_alert(first: &Alert, cfg: &DataflowConfig) -> Alert {
+    let p = &cfg.policy;
+    let mut a = first.clone();
+    a.alert_type = "burst".to_string();
+    a.source = "burst".to_string();
+    a.severity = p.burst_severity;
+    a.alert_id = alert_id(&a.thing_id, "burst", a.ts);
+    a.explanation = format!(
+        "{} anomalous readings within {} s; latest: {}",
+        p.burst_count, p.burst_within_s, first.explanation
+    );
+    a
+}

@@ -56,6 +56,8 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    #[error("alert store {path}: invalid schema version {found}")]
+    BadSchemaVersion { path: PathBuf, found: i64 },
     #[error("alert store: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("alert {alert_id}: cannot encode as JSON: {source}")]
@@ -192,6 +194,12 @@ impl SqliteStore {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(open_err)?;
         let supported = Self::schema_version();
+        if version < 0 {
+            return Err(StoreError::BadSchemaVersion {
+                path: shown,
+                found: version,
+            });
+        }
         if version > supported {
             return Err(StoreError::SchemaTooNew {
                 path: shown,

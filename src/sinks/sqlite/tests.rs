@@ -228,6 +228,13 @@ fn newer_schema_is_refused() {
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("opened a store with a newer schema"),
     }
+    let conn = Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", -1).unwrap();
+    drop(conn);
+    assert!(matches!(
+        SqliteStore::open(&path),
+        Err(StoreError::BadSchemaVersion { found: -1, .. })
+    ));
 }
 
 #[test]

@@ -1,1 +1,346 @@
-//! Embedded SQLite anomaly store. STUB: owned by the service helper.
+//! Embedded SQLite anomaly store: the alert history behind `GET /api/v1/anomalies`.
+//!
+//! Each alert is stored once (keyed by its stable `alert_id`, so replays and retries are idempotent) with
+//! its filterable fields in columns and the full alert JSON in `body`, which is what queries return: the
+//! store never loses a field that a newer alert format adds.
+
+use crate::event::{Alert, Severity};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default page size of [`AlertQuery::limit`].
+pub const DEFAULT_LIMIT: u32 = 100;
+/// Largest page size a query may ask for.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// How long a connection waits for another connection's lock (writer vs. API reader) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations, applied in order; `PRAGMA user_version` is the number applied so far.
+const MIGRATIONS: &[&str] = &[
+    // 1: alerts table and the indexes behind the per-thing and time-range queries.
+    "CREATE TABLE alerts (
+        alert_id       TEXT PRIMARY KEY NOT NULL,
+        thing_id       TEXT NOT NULL,
+        equipment_type TEXT NOT NULL,
+        ts             INTEGER NOT NULL,
+        severity       TEXT NOT NULL,
+        type           TEXT NOT NULL,
+        source         TEXT NOT NULL,
+        score          REAL NOT NULL,
+        body           TEXT NOT NULL
+    );
+    CREATE INDEX alerts_thing_ts ON alerts (thing_id, ts);
+    CREATE INDEX alerts_ts ON alerts (ts);",
+];
+
+/// Errors of an alert store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("alert store {path}: cannot create directory: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("alert store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("alert store {path}: schema version {found} is newer than this build supports ({supported})")]
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("alert store {path}: invalid schema version {found}")]
+    BadSchemaVersion { path: PathBuf, found: i64 },
+    #[error("alert store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("alert {alert_id}: cannot encode as JSON: {source}")]
+    Encode {
+        alert_id: String,
+        source: serde_json::Error,
+    },
+    #[error("alert {alert_id}: stored body is not a valid alert: {source}")]
+    Corrupt {
+        alert_id: String,
+        source: serde_json::Error,
+    },
+}
+
+/// Filters and paging of an alert query. Time bounds are inclusive; `None` means unbounded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AlertQuery {
+    /// Only alerts of this thing.
+    pub thing_id: Option<String>,
+    /// Only alerts with `ts >= since_ms` (epoch ms).
+    pub since_ms: Option<i64>,
+    /// Only alerts with `ts <= until_ms` (epoch ms).
+    pub until_ms: Option<i64>,
+    /// Only alerts of exactly this severity.
+    pub severity: Option<Severity>,
+    /// Only alerts of this `type`.
+    pub alert_type: Option<String>,
+    /// Page size; default [`DEFAULT_LIMIT`], capped at [`MAX_LIMIT`]. 0 returns only the total.
+    pub limit: u32,
+    /// Matching alerts to skip (newest first) before the page starts.
+    pub offset: u64,
+}
+
+impl Default for AlertQuery {
+    fn default() -> Self {
+        AlertQuery {
+            thing_id: None,
+            since_ms: None,
+            until_ms: None,
+            severity: None,
+            alert_type: None,
+            limit: DEFAULT_LIMIT,
+            offset: 0,
+        }
+    }
+}
+
+/// One page of query results, newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertPage {
+    pub items: Vec<Alert>,
+    /// Number of alerts matching the filters, over all pages.
+    pub total: u64,
+    /// The page size applied (after capping).
+    pub limit: u32,
+    pub offset: u64,
+}
+
+/// Alert history storage. SQLite now; PostgreSQL implements the same trait.
+pub trait AlertStore: Send {
+    /// Stores `alerts` atomically; alerts whose `alert_id` is already stored are skipped. Returns the
+    /// number of alerts newly stored.
+    fn insert(&mut self, alerts: &[Alert]) -> Result<usize, StoreError>;
+    /// Alerts matching `q`, newest first (`ts` descending, then `alert_id`).
+    fn query(&self, q: &AlertQuery) -> Result<AlertPage, StoreError>;
+    /// Deletes alerts with `ts < ts_ms`; returns how many were deleted.
+    fn purge_older_than(&mut self, ts_ms: i64) -> Result<usize, StoreError>;
+}
+
+/// [`AlertStore`] on an SQLite database file (WAL mode, so one writer and API readers on separate
+/// connections do not block each other).
+pub struct SqliteStore {
+    conn: Connection,
+    path: Option<PathBuf>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed, with its parent directory) the store at `path` and migrates its schema.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
+            .map_err(open_err)?;
+        // NORMAL is durable across application crashes in WAL mode; only an OS crash may lose the
+        // last transactions, which the alert history tolerates for much cheaper commits.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        Self::init(conn, Some(path))
+    }
+
+    /// A private, non-persistent store (tests, `replay` without a store file).
+    pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Open {
+            path: PathBuf::from(":memory:"),
+            source,
+        })?;
+        Self::init(conn, None)
+    }
+
+    /// The database file, `None` for an in-memory store.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The schema version this build creates.
+    pub fn schema_version() -> i64 {
+        MIGRATIONS.len() as i64
+    }
+
+    fn init(mut conn: Connection, path: Option<PathBuf>) -> Result<SqliteStore, StoreError> {
+        let shown = path.clone().unwrap_or_else(|| PathBuf::from(":memory:"));
+        let open_err = |source| StoreError::Open {
+            path: shown.clone(),
+            source,
+        };
+        // IMMEDIATE takes the write lock before reading the version, so a writer and a reader opening the
+        // same new file concurrently cannot both apply a migration.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(open_err)?;
+        let version: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(open_err)?;
+        let supported = Self::schema_version();
+        if version < 0 {
+            return Err(StoreError::BadSchemaVersion {
+                path: shown,
+                found: version,
+            });
+        }
+        if version > supported {
+            return Err(StoreError::SchemaTooNew {
+                path: shown,
+                found: version,
+                supported,
+            });
+        }
+        for sql in &MIGRATIONS[version as usize..] {
+            tx.execute_batch(sql).map_err(open_err)?;
+        }
+        if version < supported {
+            tx.pragma_update(None, "user_version", supported)
+                .map_err(open_err)?;
+        }
+        tx.commit().map_err(open_err)?;
+        Ok(SqliteStore { conn, path })
+    }
+
+    /// The stored alert with this id, if any.
+    pub fn get(&self, alert_id: &str) -> Result<Option<Alert>, StoreError> {
+        let body: Option<String> = self
+            .conn
+            .prepare_cached("SELECT body FROM alerts WHERE alert_id = ?1")?
+            .query_row([alert_id], |r| r.get(0))
+            .optional()?;
+        body.map(|b| decode(alert_id, &b)).transpose()
+    }
+}
+
+fn decode(alert_id: &str, body: &str) -> Result<Alert, StoreError> {
+    serde_json::from_str(body).map_err(|source| StoreError::Corrupt {
+        alert_id: alert_id.to_string(),
+        source,
+    })
+}
+
+/// The WHERE clause and its parameters for the filters of `q`.
+fn filters(q: &AlertQuery) -> (String, Vec<Value>) {
+    let mut clauses: Vec<&str> = Vec::new();
+    let mut values = Vec::new();
+    if let Some(t) = &q.thing_id {
+        clauses.push("thing_id = ?");
+        values.push(Value::Text(t.clone()));
+    }
+    if let Some(s) = q.since_ms {
+        clauses.push("ts >= ?");
+        values.push(Value::Integer(s));
+    }
+    if let Some(u) = q.until_ms {
+        clauses.push("ts <= ?");
+        values.push(Value::Integer(u));
+    }
+    if let Some(s) = q.severity {
+        clauses.push("severity = ?");
+        values.push(Value::Text(s.as_str().to_string()));
+    }
+    if let Some(t) = &q.alert_type {
+        clauses.push("type = ?");
+        values.push(Value::Text(t.clone()));
+    }
+    let sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", clauses.join(" AND "))
+    };
+    (sql, values)
+}
+
+impl AlertStore for SqliteStore {
+    fn insert(&mut self, alerts: &[Alert]) -> Result<usize, StoreError> {
+        if alerts.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.conn.transaction()?;
+        let mut inserted = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO alerts
+                 (alert_id, thing_id, equipment_type, ts, severity, type, source, score, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for a in alerts {
+                let body = serde_json::to_string(a).map_err(|source| StoreError::Encode {
+                    alert_id: a.alert_id.clone(),
+                    source,
+                })?;
+                inserted += stmt.execute(params![
+                    a.alert_id,
+                    a.thing_id.as_str(),
+                    a.equipment_type.as_str(),
+                    a.ts,
+                    a.severity.as_str(),
+                    a.alert_type,
+                    a.source,
+                    a.score,
+                    body,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(inserted)
+    }
+
+    fn query(&self, q: &AlertQuery) -> Result<AlertPage, StoreError> {
+        let limit = q.limit.min(MAX_LIMIT);
+        let (clause, values) = filters(q);
+        // One read transaction so `total` and `items` come from the same snapshot while a writer commits.
+        let tx = self.conn.unchecked_transaction()?;
+        let total: i64 = tx
+            .prepare_cached(&format!("SELECT COUNT(*) FROM alerts{clause}"))?
+            .query_row(params_from_iter(values.iter()), |r| r.get(0))?;
+        let mut items = Vec::with_capacity((limit as usize).min(total.max(0) as usize));
+        if limit > 0 && q.offset < total.max(0) as u64 {
+            let mut page_values = values;
+            page_values.push(Value::Integer(i64::from(limit)));
+            page_values.push(Value::Integer(i64::try_from(q.offset).unwrap_or(i64::MAX)));
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT alert_id, body FROM alerts{clause} ORDER BY ts DESC, alert_id LIMIT ? OFFSET ?"
+            ))?;
+            let mut rows = stmt.query(params_from_iter(page_values.iter()))?;
+            while let Some(row) = rows.next()? {
+                let id: String = row.get(0)?;
+                let body: String = row.get(1)?;
+                items.push(decode(&id, &body)?);
+            }
+        }
+        tx.finish()?;
+        Ok(AlertPage {
+            items,
+            total: total.max(0) as u64,
+            limit,
+            offset: q.offset,
+        })
+    }
+
+    fn purge_older_than(&mut self, ts_ms: i64) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM alerts WHERE ts < ?1", [ts_ms])?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

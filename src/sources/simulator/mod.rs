@@ -172,7 +172,9 @@ pub fn thing_id(index: usize) -> Name {
 pub struct FaultEpisode {
     pub thing_id: Name,
     pub kind: FaultKind,
+    /// Event time of the first faulty reading, epoch ms.
     pub start_ts: i64,
+    /// Event time of the last faulty reading (inclusive); the next reading is normal again.
     pub end_ts: i64,
 }
 
@@ -559,6 +561,8 @@ pub struct Simulator {
 }
 
 impl Simulator {
+    /// A simulator at round 0. `things == 0` is treated as 1; a negative or non-finite
+    /// `faults_per_1000` as 0.
     pub fn new(cfg: SimulatorConfig) -> Self {
         let count = cfg.things.max(1);
         let things = (0..count).map(|i| ThingState::new(cfg.seed, i)).collect();

@@ -1,3 +1,6 @@
 //! Evaluation of detections against labelled data.
 
 pub mod episodes;
+
+#[cfg(test)]
+mod tests;

@@ -624,3 +624,33 @@ fn model_score_is_pure_and_update_moves_the_mean() {
     assert!(b.t2 < a.t2 / 10.0, "{a:?} -> {b:?}");
     assert!(m.count() == 600);
 }
+
+#[test]
+fn model_score_into_reuses_its_buffers() {
+    let mut rng = SmallRng::seed_from_u64(99);
+    let mut m = OnlineMahalanobis::new(4, &ModelConfig::default());
+    for _ in 0..100 {
+        let x: Vec<f64> = (0..4).map(|_| normal(&mut rng)).collect();
+        m.update(&x);
+    }
+    let mut scratch = Vec::new();
+    let mut out = ModelScore::default();
+    assert!(m.score_into(&[0.0; 4], &mut scratch, &mut out));
+    let (sp, cp) = (scratch.as_ptr(), out.contributions.as_ptr());
+    for i in 0..20 {
+        assert!(m.score_into(&[i as f64; 4], &mut scratch, &mut out));
+        assert_eq!((scratch.as_ptr(), out.contributions.as_ptr()), (sp, cp));
+    }
+    assert!(!m.score_into(&[0.0; 3], &mut scratch, &mut out));
+}
+
+#[test]
+fn normalise_maps_threshold_to_point_eight() {
+    for t in [1.0, 3.0, 4.0, 5.0] {
+        assert_close(normalise(t, t), 0.8, 1e-12, "threshold");
+        assert_close(normalise(-t, t), 0.8, 1e-12, "sign-insensitive");
+        assert_eq!(normalise(0.0, t), 0.0);
+        assert!(normalise(0.5 * t, t) < normalise(t, t));
+        assert!(normalise(2.0 * t, t) > 0.99 && normalise(2.0 * t, t) <= 1.0);
+    }
+}

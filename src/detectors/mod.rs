@@ -1,12 +1,21 @@
 //! Statistical detectors (z-score, robust z, EWMA, IQR) over rolling windows, and the online
-//! multivariate model. STUB: owned by the detectors helper.
+//! multivariate model.
+//!
+//! Per thing and feature, [`stats::FeatureStats`] keeps a [`window::RollingWindow`] plus EWMA state; per
+//! thing, [`mahalanobis::OnlineMahalanobis`] keeps a weighted mean/covariance of the feature vector. Both
+//! follow the same protocol on the hot path: `score` the reading against the state *before* it (pure),
+//! then `update` with it. Neither allocates per reading (use `score_into` for the model).
 
 pub mod mahalanobis;
 pub mod stats;
 pub mod window;
 
+#[cfg(test)]
+mod tests;
+
 /// Maps a detector statistic (|z|-like, >= 0) to a score in [0, 1] such that the detector's own
 /// threshold maps to exactly 0.8: `1 - 5^(-(s/threshold)^2)`. Monotone, 0 at 0, -> 1 as s grows.
+/// Sign-insensitive (uses `|stat|`), so signed z values can be passed directly.
 pub fn normalise(stat: f64, threshold: f64) -> f64 {
     let r = stat.abs() / threshold;
     1.0 - 5f64.powf(-(r * r))

@@ -1,4 +1,12 @@
-//! Per-feature statistical detectors. STUB.
+//! Per-feature statistical detectors: z-score, robust (median/MAD) z, EWMA control chart and IQR fences,
+//! all over one [`RollingWindow`].
+//!
+//! Scale floors: every scale (std, 1.4826*MAD, IQR) is floored at `max(scale, 1e-3*|centre|, 1e-9)`.
+//! Industrial sensors are quantised (a temperature reported in 0.1 degree steps, a speed that sits at a
+//! set point), so a window can legitimately have zero spread, and the first different value would then
+//! score an infinite z. The floor treats a 0.1% relative change as the resolution below which the
+//! detectors do not distinguish values: a step from 230.0 V to 230.5 V on a perfectly flat signal scores
+//! a large but finite z (~2.2), and the 1e-9 absolute term covers signals centred on zero.
 
 use super::window::RollingWindow;
 
@@ -15,24 +23,122 @@ pub struct FeatureScores {
     pub iqr: f64,
 }
 
+/// Consistency constant that makes the MAD estimate the standard deviation of a normal distribution.
+pub const MAD_TO_SIGMA: f64 = 1.4826;
+
+/// Relative resolution floor for scales (see the module docs).
+pub const RELATIVE_SCALE_FLOOR: f64 = 1e-3;
+
+/// Absolute scale floor, for signals centred on zero.
+pub const ABSOLUTE_SCALE_FLOOR: f64 = 1e-9;
+
+/// Samples the window must hold before anything is scored (or the capacity, if smaller).
+pub const MIN_WARM_SAMPLES: usize = 8;
+
+/// `max(scale, 1e-3*|centre|, 1e-9)`: keeps z-like ratios finite on constant or quantised signals.
+pub fn floored_scale(scale: f64, centre: f64) -> f64 {
+    let rel = RELATIVE_SCALE_FLOOR * centre.abs();
+    // f64::max ignores a NaN operand, so a NaN scale falls back to the floors.
+    scale.max(rel).max(ABSOLUTE_SCALE_FLOOR)
+}
+
 /// Rolling window + EWMA state of one feature of one thing.
 #[derive(Clone, Debug)]
 pub struct FeatureStats {
     pub window: RollingWindow,
+    alpha: f64,
+    /// EWMA of the learned samples; `None` until the first sample.
+    ewma: Option<f64>,
+    /// `sqrt(alpha / (2 - alpha))`: asymptotic std of the EWMA in units of the signal's std.
+    ewma_sd_factor: f64,
 }
 
 impl FeatureStats {
-    pub fn new(window: usize, _ewma_alpha: f64) -> Self {
+    /// `ewma_alpha` is clamped to [1e-6, 1] (0 would freeze the EWMA and zero its control limits);
+    /// a non-finite alpha means 1 (no smoothing).
+    pub fn new(window: usize, ewma_alpha: f64) -> Self {
+        let alpha = if ewma_alpha.is_finite() {
+            ewma_alpha.clamp(1e-6, 1.0)
+        } else {
+            1.0
+        };
         FeatureStats {
             window: RollingWindow::new(window),
+            alpha,
+            ewma: None,
+            ewma_sd_factor: (alpha / (2.0 - alpha)).sqrt(),
         }
     }
-    /// Scores `x` against the state *before* `x` (all zeros until at least 2 samples are known).
-    pub fn score(&self, _x: f64) -> FeatureScores {
-        todo!()
+
+    /// The effective EWMA smoothing factor.
+    pub fn alpha(&self) -> f64 {
+        self.alpha
     }
-    /// Learns `x`.
-    pub fn update(&mut self, _x: f64) {
-        todo!()
+
+    /// Current EWMA (None before the first sample).
+    pub fn ewma(&self) -> Option<f64> {
+        self.ewma
+    }
+
+    /// Samples needed before [`FeatureStats::score`] returns non-zero values: min(8, capacity).
+    pub fn min_samples(&self) -> usize {
+        MIN_WARM_SAMPLES.min(self.window.capacity())
+    }
+
+    /// True once enough samples are learned for scores to be meaningful.
+    pub fn warm(&self) -> bool {
+        self.window.len() >= self.min_samples()
+    }
+
+    /// Scores `x` against the state *before* `x` (pure). All zeros until [`FeatureStats::warm`], and for
+    /// a non-finite `x` (there is no meaningful distance to report; rules see raw values).
+    pub fn score(&self, x: f64) -> FeatureScores {
+        if !x.is_finite() || !self.warm() {
+            return FeatureScores::default();
+        }
+        let w = &self.window;
+        let mean = w.mean();
+        let std = floored_scale(w.std(), mean);
+        let median = w.median();
+        let robust_scale = floored_scale(MAD_TO_SIGMA * w.mad(), median);
+        let e = match self.ewma {
+            Some(prev) => self.alpha * x + (1.0 - self.alpha) * prev,
+            None => x,
+        };
+        let q1 = w.quantile(0.25);
+        let q3 = w.quantile(0.75);
+        let iqr_scale = floored_scale(q3 - q1, median);
+        let iqr = if x > q3 {
+            (x - q3) / iqr_scale
+        } else if x < q1 {
+            -(q1 - x) / iqr_scale
+        } else {
+            0.0
+        };
+        FeatureScores {
+            z: (x - mean) / std,
+            robust_z: (x - median) / robust_scale,
+            ewma_z: (e - mean) / (std * self.ewma_sd_factor),
+            iqr,
+        }
+    }
+
+    /// Learns `x` (window push and EWMA step). Non-finite values are ignored.
+    pub fn update(&mut self, x: f64) {
+        if !x.is_finite() {
+            return;
+        }
+        self.window.push(x);
+        self.ewma = Some(match self.ewma {
+            Some(prev) => self.alpha * x + (1.0 - self.alpha) * prev,
+            None => x,
+        });
+    }
+
+    /// Scores `x` against the current state, then learns it.
+    pub fn score_and_update(&mut self, x: f64) -> FeatureScores {
+        let s = self.score(x);
+        self.update(x);
+        s
     }
 }

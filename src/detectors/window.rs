@@ -1,55 +1,320 @@
-//! A fixed-capacity rolling window with O(1) mean/std and O(log n)-maintained order statistics.
-//! STUB.
+//! A fixed-capacity rolling window with O(1) mean/std/min/max/median and incrementally maintained order
+//! statistics.
+//!
+//! The window keeps two views of the same samples: a ring buffer in arrival order (to know what to evict)
+//! and a sorted copy maintained by binary search plus one `memmove` per push. For the window sizes used
+//! here (tens to a few hundred samples) the memmove is cheaper than any tree, and the sorted slice gives
+//! median, quantiles and MAD without allocating.
+//!
+//! Mean and variance come from running sums of `x - shift`, where `shift` is a sample near the centre of
+//! the window. Shifting avoids the catastrophic cancellation of the textbook `sum(x^2) - n*mean^2` on
+//! signals with a large offset (230 V mains with 0.1 V noise), and an exact recomputation every
+//! `capacity` pushes removes the drift that add/subtract of evicted samples accumulates. Because `shift`
+//! is an actual sample, a constant signal yields exactly zero deviations and a standard deviation of
+//! exactly 0.
+//!
+//! All statistics of an empty window are NaN, so a caller that forgets a warm-up check gets an obviously
+//! invalid value rather than a plausible zero. Non-finite samples are ignored by [`RollingWindow::push`]:
+//! one NaN or infinity would otherwise poison the running sums and the ordering until it is evicted.
+
+use std::cmp::Ordering;
 
 /// Rolling window over the last `capacity` samples of one feature.
 #[derive(Clone, Debug)]
 pub struct RollingWindow {
     capacity: usize,
+    /// Samples in arrival order; slot `head` holds the oldest once the buffer is full.
+    ring: Vec<f64>,
+    head: usize,
+    /// The same samples, ascending (by `f64::total_cmp`, which is a total order over finite values).
+    sorted: Vec<f64>,
+    /// Reference value subtracted before summing (a recent central sample).
+    shift: f64,
+    /// Sum of `x - shift` over the window.
+    s1: f64,
+    /// Sum of `(x - shift)^2` over the window.
+    s2: f64,
+    /// Pushes since the running sums were last recomputed exactly.
+    since_recompute: usize,
 }
 
 impl RollingWindow {
+    /// Creates an empty window. A capacity of 0 is treated as 1 (the configuration rejects 0; this keeps
+    /// the type total instead of panicking).
     pub fn new(capacity: usize) -> Self {
-        RollingWindow { capacity }
+        let capacity = capacity.max(1);
+        RollingWindow {
+            capacity,
+            ring: Vec::with_capacity(capacity),
+            head: 0,
+            sorted: Vec::with_capacity(capacity),
+            shift: 0.0,
+            s1: 0.0,
+            s2: 0.0,
+            since_recompute: 0,
+        }
     }
+
     pub fn capacity(&self) -> usize {
         self.capacity
     }
-    /// Adds a sample, evicting the oldest when full.
-    pub fn push(&mut self, _x: f64) {
-        todo!()
+
+    /// Adds a sample, evicting the oldest when full. Non-finite samples are ignored.
+    pub fn push(&mut self, x: f64) {
+        if !x.is_finite() {
+            return;
+        }
+        if self.ring.is_empty() {
+            self.shift = x;
+            self.s1 = 0.0;
+            self.s2 = 0.0;
+            self.since_recompute = 0;
+        }
+        let pos = match self.sorted.binary_search_by(|v| v.total_cmp(&x)) {
+            Ok(i) | Err(i) => i,
+        };
+        let mut evicted_sq = 0.0;
+        if self.ring.len() < self.capacity {
+            self.ring.push(x);
+            self.sorted.insert(pos, x);
+        } else {
+            let old = std::mem::replace(&mut self.ring[self.head], x);
+            self.head = (self.head + 1) % self.capacity;
+            // Any index holding a bit-identical copy of `old` will do: equal samples are interchangeable.
+            let r = match self.sorted.binary_search_by(|v| v.total_cmp(&old)) {
+                Ok(i) => i,
+                // Unreachable while the two views agree; fall back to a full rebuild rather than panic.
+                Err(_) => {
+                    self.rebuild_sorted();
+                    self.recompute_sums();
+                    return;
+                }
+            };
+            // Remove at `r` and insert at `pos` with a single memmove of the span between them.
+            match pos.cmp(&r) {
+                Ordering::Less | Ordering::Equal => {
+                    self.sorted.copy_within(pos..r, pos + 1);
+                    self.sorted[pos] = x;
+                }
+                Ordering::Greater => {
+                    self.sorted.copy_within(r + 1..pos, r);
+                    self.sorted[pos - 1] = x;
+                }
+            }
+            let d = old - self.shift;
+            self.s1 -= d;
+            self.s2 -= d * d;
+            evicted_sq = d * d;
+        }
+        let d = x - self.shift;
+        self.s1 += d;
+        self.s2 += d * d;
+        self.since_recompute += 1;
+        // Subtracting a square much larger than what remains leaves mostly rounding error behind (an
+        // outlier or an old level leaving the window). Each such outlier triggers at most one O(n)
+        // recompute, so the amortised cost stays O(1) on ordinary data and O(n) in the worst case.
+        if self.since_recompute >= self.capacity
+            || evicted_sq > 1e6 * self.s2
+            || self.shift_is_stale()
+        {
+            self.recompute_sums();
+        }
     }
+
+    /// True when the level has moved so far from `shift` that `s2 - s1^2/n` loses more than ~6 digits
+    /// to cancellation (a step change). Right after a recompute this is false, because |mean - median|
+    /// never exceeds the standard deviation, so it cannot trigger on every push.
+    fn shift_is_stale(&self) -> bool {
+        let n = self.ring.len() as f64;
+        let m1 = self.s1 / n;
+        m1 * m1 > 1e6 * (self.s2 / n - m1 * m1)
+    }
+
+    /// Re-centres `shift` on the current median sample and recomputes the sums exactly.
+    fn recompute_sums(&mut self) {
+        self.since_recompute = 0;
+        if self.sorted.is_empty() {
+            self.s1 = 0.0;
+            self.s2 = 0.0;
+            return;
+        }
+        self.shift = self.sorted[self.sorted.len() / 2];
+        let (mut s1, mut s2) = (0.0, 0.0);
+        for &v in &self.ring {
+            let d = v - self.shift;
+            s1 += d;
+            s2 += d * d;
+        }
+        self.s1 = s1;
+        self.s2 = s2;
+    }
+
+    fn rebuild_sorted(&mut self) {
+        self.sorted.clear();
+        self.sorted.extend_from_slice(&self.ring);
+        self.sorted.sort_unstable_by(f64::total_cmp);
+    }
+
+    /// Forgets all samples (keeps the allocation).
+    pub fn clear(&mut self) {
+        self.ring.clear();
+        self.sorted.clear();
+        self.head = 0;
+        self.shift = 0.0;
+        self.s1 = 0.0;
+        self.s2 = 0.0;
+        self.since_recompute = 0;
+    }
+
     pub fn len(&self) -> usize {
-        todo!()
+        self.ring.len()
     }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// True once `capacity` samples are held.
+    pub fn is_full(&self) -> bool {
+        self.ring.len() == self.capacity
+    }
+
+    /// Samples oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = f64> + '_ {
+        let (newer, older) = self.ring.split_at(self.head);
+        older.iter().chain(newer.iter()).copied()
+    }
+
+    /// Samples in ascending order.
+    pub fn sorted(&self) -> &[f64] {
+        &self.sorted
+    }
+
+    /// Arithmetic mean; NaN when empty.
     pub fn mean(&self) -> f64 {
-        todo!()
+        let n = self.len();
+        if n == 0 {
+            return f64::NAN;
+        }
+        self.shift + self.s1 / n as f64
     }
-    /// Sample standard deviation (n - 1).
+
+    /// Sample variance (n - 1); 0 for a single sample, NaN when empty.
+    pub fn variance(&self) -> f64 {
+        let n = self.len();
+        match n {
+            0 => f64::NAN,
+            1 => 0.0,
+            _ => {
+                let nf = n as f64;
+                // Rounding can push a (near-)zero variance slightly negative.
+                ((self.s2 - self.s1 * self.s1 / nf) / (nf - 1.0)).max(0.0)
+            }
+        }
+    }
+
+    /// Sample standard deviation (n - 1); 0 for a single sample, NaN when empty.
     pub fn std(&self) -> f64 {
-        todo!()
+        self.variance().sqrt()
     }
+
+    /// Smallest sample; NaN when empty.
     pub fn min(&self) -> f64 {
-        todo!()
+        self.sorted.first().copied().unwrap_or(f64::NAN)
     }
+
+    /// Largest sample; NaN when empty.
     pub fn max(&self) -> f64 {
-        todo!()
+        self.sorted.last().copied().unwrap_or(f64::NAN)
     }
+
+    /// Median (mean of the two middle samples for an even count); NaN when empty.
     pub fn median(&self) -> f64 {
-        todo!()
+        median_of_sorted(&self.sorted)
     }
-    /// Median absolute deviation from the median (unscaled).
+
+    /// Median absolute deviation from the median (unscaled); NaN when empty.
+    ///
+    /// O(n) without allocation: on sorted data the deviations `m - s[i]` left of the median and
+    /// `s[j] - m` right of it are two ascending sequences, so their merged median is found by walking both
+    /// with two pointers up to the middle rank.
     pub fn mad(&self) -> f64 {
-        todo!()
+        let s = &self.sorted;
+        let n = s.len();
+        if n == 0 {
+            return f64::NAN;
+        }
+        let m = median_of_sorted(s);
+        // Left: indices split-1, split-2, ..., 0 (ascending deviations); right: split, split+1, ...
+        let split = s.partition_point(|&v| v < m);
+        let mut li = split; // next left element is s[li - 1]
+        let mut ri = split;
+        let lo_rank = (n - 1) / 2;
+        let hi_rank = n / 2;
+        let mut lo_val = f64::NAN;
+        for rank in 0..=hi_rank {
+            let take_left = match (li > 0, ri < n) {
+                (true, true) => m - s[li - 1] <= s[ri] - m,
+                (true, false) => true,
+                (false, _) => false,
+            };
+            let v = if take_left {
+                li -= 1;
+                m - s[li]
+            } else {
+                ri += 1;
+                s[ri - 1] - m
+            };
+            if rank == lo_rank {
+                lo_val = v;
+            }
+            if rank == hi_rank {
+                return if lo_rank == hi_rank {
+                    v
+                } else {
+                    (lo_val + v) / 2.0
+                };
+            }
+        }
+        f64::NAN
     }
-    /// Linear-interpolated quantile, q in [0, 1].
-    pub fn quantile(&self, _q: f64) -> f64 {
-        todo!()
+
+    /// Linear-interpolated quantile, q in [0, 1] (numpy's default "linear", Hyndman-Fan type 7).
+    /// `q` outside [0, 1] is clamped; NaN when empty or when `q` is NaN.
+    pub fn quantile(&self, q: f64) -> f64 {
+        let s = &self.sorted;
+        let n = s.len();
+        if n == 0 || q.is_nan() {
+            return f64::NAN;
+        }
+        let h = (n - 1) as f64 * q.clamp(0.0, 1.0);
+        let lo = h.floor() as usize;
+        if lo + 1 >= n {
+            return s[n - 1];
+        }
+        let frac = h - lo as f64;
+        s[lo] + frac * (s[lo + 1] - s[lo])
     }
+
     /// Most recent sample.
     pub fn last(&self) -> Option<f64> {
-        todo!()
+        if self.ring.is_empty() {
+            None
+        } else if self.ring.len() < self.capacity {
+            self.ring.last().copied()
+        } else {
+            Some(self.ring[(self.head + self.capacity - 1) % self.capacity])
+        }
+    }
+}
+
+fn median_of_sorted(s: &[f64]) -> f64 {
+    let n = s.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
     }
 }

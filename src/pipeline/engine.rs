@@ -82,6 +82,8 @@ pub struct Engine {
     pub counters: Counters,
     /// Ingest-to-emit latencies (ns) of alerts since the last drain.
     pub alert_latencies_ns: Vec<u64>,
+    /// Type and severity of every alert candidate (before the policy) since the last drain.
+    pub anomaly_kinds: Vec<(String, Severity)>,
     scratch: Scratch,
 }
 
@@ -276,6 +278,7 @@ impl Engine {
             emit_scores,
             counters: Counters::default(),
             alert_latencies_ns: Vec::new(),
+            anomaly_kinds: Vec::new(),
             scratch: Scratch::default(),
         }
     }
@@ -407,6 +410,7 @@ impl Engine {
             self.counters.anomalies += 1;
         }
         for (alert, bypass) in candidates {
+            self.anomaly_kinds.push((alert.alert_type.clone(), alert.severity));
             match t.policy.admit(&self.windows, &alert.alert_type, alert.ts, bypass) {
                 Ok(()) => {
                     self.counters.alerts += 1;

@@ -141,6 +141,8 @@ pub fn run(
                     Exchange::new(|r: &Record| route(r)),
                     "thing_state",
                     move |_cap, _info| {
+                        let metrics = crate::metrics::global();
+                        let mut flushed = MetricsFlush::default();
                         let mut stash: BTreeMap<u64, (Capability<u64>, Vec<Record>)> = BTreeMap::new();
                         let mut out = Vec::new();
                         move |(input, frontier), output| {
@@ -166,6 +168,7 @@ pub fn run(
                                 let mut latency = latency.borrow_mut();
                                 engine.refresh_rules();
                                 let _span = tracing::trace_span!("thing_state", epoch = cap.time()).entered();
+                                let inference = metrics.inference_latency.local();
                                 for record in records {
                                     let ingest = match &record {
                                         Record::Point(_, ns) => Some(*ns),
@@ -174,9 +177,13 @@ pub fn run(
                                     let now = clock_ns();
                                     engine.process(record, now, &mut out);
                                     if let Some(ns) = ingest {
-                                        latency.saturating_record(clock_ns().saturating_sub(ns).max(1));
+                                        let done = clock_ns();
+                                        inference.observe((done - now) as f64 * 1e-9);
+                                        latency.saturating_record(done.saturating_sub(ns).max(1));
                                     }
                                 }
+                                inference.flush();
+                                flushed.flush(&mut engine, index);
                                 output.session(&cap).give_iterator(out.drain(..));
                             }
                         }
@@ -267,6 +274,57 @@ pub fn run(
         });
     }
     Ok(report)
+}
+
+/// Moves a worker's counters into the process's Prometheus metrics once per epoch, so the per-reading
+/// path touches no shared atomics.
+#[derive(Default)]
+struct MetricsFlush {
+    last: Counters,
+    things: usize,
+}
+
+impl MetricsFlush {
+    fn flush(&mut self, engine: &mut Engine, worker: usize) {
+        let m = crate::metrics::global();
+        let c = &engine.counters;
+        let points = c.points - self.last.points;
+        let dead: u64 = c.malformed_total() - self.last.malformed_total();
+        m.points_ingested.inc_by(points + dead);
+        if points > 0 {
+            m.points_processed
+                .with_label_values(&[worker.to_string()])
+                .inc_by(points);
+        }
+        for (i, reason) in crate::decode::MalformedReason::ALL.iter().enumerate() {
+            let n = c.malformed[i] - self.last.malformed[i];
+            if n > 0 {
+                m.points_malformed
+                    .with_label_values(&[reason.as_str()])
+                    .inc_by(n);
+            }
+        }
+        let dedup = c.suppressed_dedup - self.last.suppressed_dedup;
+        let rate = c.suppressed_rate - self.last.suppressed_rate;
+        if dedup > 0 {
+            m.alerts_suppressed.with_label_values(&["dedup"]).inc_by(dedup);
+        }
+        if rate > 0 {
+            m.alerts_suppressed.with_label_values(&["rate_limit"]).inc_by(rate);
+        }
+        for (alert_type, severity) in engine.anomaly_kinds.drain(..) {
+            m.anomalies_detected
+                .with_label_values(&[alert_type.as_str(), severity.as_str()])
+                .inc();
+        }
+        for ns in engine.alert_latencies_ns.drain(..) {
+            m.event_to_alert_latency.observe(ns as f64 * 1e-9);
+        }
+        let things = engine.things();
+        m.things_active.add(things as i64 - self.things as i64);
+        self.things = things;
+        self.last = engine.counters.clone();
+    }
 }
 
 fn record_sink_error(slot: &Mutex<Option<anyhow::Error>>, e: anyhow::Error) {

@@ -257,6 +257,7 @@ impl<'de> Visitor<'de> for &mut Scan<'de> {
                 Field::Event => self.event = Some(map.next_value()?),
                 Field::Values => {
                     self.values.clear();
+                    self.bad_value = None;
                     if self.values.capacity() == 0 {
                         self.values.reserve(self.values_hint.max(4));
                     }

@@ -159,6 +159,25 @@ fn flat_duplicate_value_keys_last_wins_at_first_position() {
 }
 
 #[test]
+fn many_values_with_colliding_buckets_are_all_kept_and_deduplicated() {
+    let keys: Vec<String> = (0..300).map(|i| format!("sensor_{i}")).collect();
+    let first: Vec<String> = keys.iter().map(|k| format!("\"{k}\":1")).collect();
+    let second: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("\"{k}\":{}", i + 2))
+        .collect();
+    let p = decode(&flat_with_values(&format!("{{{}}}", first.join(",")))).unwrap();
+    assert_eq!(names(&p), keys);
+    let all = format!("{{{},{}}}", first.join(","), second.join(","));
+    let p = decode(&flat_with_values(&all)).unwrap();
+    assert_eq!(names(&p), keys);
+    for (i, (_, v)) in p.values.iter().enumerate() {
+        assert_eq!(*v, (i + 2) as f64);
+    }
+}
+
+#[test]
 fn escaped_strings_are_decoded() {
     let p = decode(
         r#"{"thing_id":"oven\u002d1","equipment_type":"o\"v","ts":1767225600000,"values":{"temp\u005fzone_1":5}}"#,

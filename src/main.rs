@@ -1,7 +1,7 @@
 //! The `egizml` binary: parses the command line and runs a command from `egizml::commands`.
 
 use clap::{Parser, Subcommand};
-use egizml::commands::{bench, replay, simulate};
+use egizml::commands::{bench, demo, replay, simulate};
 
 /// Streaming anomaly detection and predictive maintenance for industrial telemetry.
 #[derive(Parser)]
@@ -13,6 +13,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the embedded default end to end: simulator -> pipeline -> SQLite store, REST and /metrics.
+    Demo(demo::DemoArgs),
     /// Replay a JSONL file through the pipeline, deterministically.
     Replay(replay::ReplayArgs),
     /// Measure throughput and per-reading latency on a generated workload.
@@ -52,6 +54,10 @@ fn init_tracing() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(args) => {
+            let s = demo::demo(&args)?;
+            println!("{}", serde_json::to_string(&s)?);
+        }
         Command::Replay(args) => {
             let (summary, report) = replay::replay(&args)?;
             for line in replay::describe(&summary, &report) {

@@ -1,6 +1,7 @@
 //! The `egizml` commands, callable from the binary, tests and benches.
 
 pub mod bench;
+pub mod demo;
 pub mod replay;
 pub mod simulate;
 

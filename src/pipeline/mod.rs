@@ -411,13 +411,7 @@ pub fn decode_record(decoder: &mut Decoder, raw: &[u8], seq: u64, origin: Origin
             p.origin = origin;
             Record::Point(p, clock_ns())
         }
-        Err(m) => Record::Dead(DeadLetter {
-            reason: m.reason.as_str().to_string(),
-            detail: m.detail,
-            raw: raw.to_vec(),
-            seq,
-            origin,
-        }),
+        Err(m) => Record::Dead(DeadLetter::new(&m, raw, seq, origin)),
     }
 }
 

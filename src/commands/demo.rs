@@ -1,0 +1,225 @@
+//! `egizml demo`: the embedded default end to end. The simulator feeds the full pipeline, alerts go to
+//! the SQLite store and stdout, and the REST API with /metrics runs on 127.0.0.1:8080. No external
+//! service is needed.
+
+use super::load_dataflow;
+use crate::api::{self, ApiState};
+use crate::pipeline::{self, Input, Output, OutputSink, RunOptions};
+use crate::sinks::jsonl::LineWriter;
+use crate::sinks::sqlite::{AlertStore, SqliteStore};
+use crate::sources::simulator::{Simulator, SimulatorConfig};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Arguments of `egizml demo`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Stop after this many seconds (default: run until Ctrl-C / SIGTERM).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Simulated things.
+    #[arg(long, default_value_t = 20)]
+    pub things: usize,
+    /// Readings per second over all things. Each thing reports every simulated second, so the demo
+    /// runs `rate / things` times faster than real time to show faults within seconds.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Expected fault episodes per thing per 1,000 readings.
+    #[arg(long, default_value_t = 3.0)]
+    pub faults_per_1000: f64,
+    /// Simulator seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Address of the REST API and /metrics.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// SQLite anomaly store.
+    #[arg(long, default_value = "egizml-data/demo.db")]
+    pub store: PathBuf,
+    /// Timely workers (default: the machine's cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Dataflow file (default: the embedded default).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Don't print each alert.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The last stdout line of `demo`.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct DemoSummary {
+    pub points: u64,
+    pub alerts: u64,
+    pub malformed: u64,
+    pub elapsed_s: f64,
+    pub points_per_sec: f64,
+}
+
+/// Writes alerts to the store and prints them.
+struct DemoSink {
+    store: SqliteStore,
+    stdout: Option<LineWriter>,
+    batch: Vec<crate::event::Alert>,
+}
+
+impl OutputSink for DemoSink {
+    fn write(&mut self, outputs: &[(u64, Output)]) -> anyhow::Result<()> {
+        for (_, o) in outputs {
+            match o {
+                Output::Alert(a) => {
+                    if let Some(out) = self.stdout.as_mut() {
+                        out.write_line(&format!(
+                            "ALERT {} {:<14} {:<8} {:<24} score={:.2} {}",
+                            crate::decode::timestamp::format_rfc3339(a.ts),
+                            a.thing_id,
+                            a.severity,
+                            a.alert_type,
+                            a.score,
+                            a.explanation
+                        ))?;
+                    }
+                    self.batch.push(a.clone());
+                }
+                Output::Dead(d) => tracing::warn!(reason = %d.reason, detail = %d.detail, "dead letter"),
+                Output::Score(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if !self.batch.is_empty() {
+            let m = crate::metrics::global();
+            match self.store.insert(&self.batch) {
+                Ok(_) => m
+                    .alerts_emitted
+                    .with_label_values(&["sqlite"])
+                    .inc_by(self.batch.len() as u64),
+                Err(e) => {
+                    m.sink_error("sqlite");
+                    tracing::error!(error = %e, "storing alerts failed");
+                }
+            }
+            self.batch.clear();
+        }
+        if let Some(out) = self.stdout.as_mut() {
+            out.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Sets `stop` on Ctrl-C or SIGTERM.
+fn stop_on_signal(stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        rt.block_on(async {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+        });
+        stop.store(true, Ordering::SeqCst);
+    });
+}
+
+pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
+    anyhow::ensure!(args.things > 0, "--things must be at least 1");
+    anyhow::ensure!(args.rate > 0.0, "--rate must be > 0");
+    let (cfg, rules) = load_dataflow(args.config.as_deref())?;
+    let writer = SqliteStore::open(&args.store)?;
+    let reader = SqliteStore::open(&args.store)?;
+    let workers = args.workers.unwrap_or_else(super::default_workers);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let stop_health = Arc::clone(&stop);
+    let state = ApiState::new(ApiState::share(reader)).with_health_details(move || {
+        serde_json::json!({"mode": "demo", "stopping": stop_health.load(Ordering::Relaxed)})
+    });
+    let server = api::spawn(args.listen, state)?;
+    crate::metrics::global().register_workers(workers);
+    crate::metrics::global().register_sink("sqlite");
+    println!(
+        "egizml demo: {} simulated things at {:.0} readings/s; REST on http://{}/api/v1/anomalies, metrics on http://{}/metrics, store {}",
+        args.things,
+        args.rate,
+        server.local_addr(),
+        server.local_addr(),
+        args.store.display()
+    );
+    stop_on_signal(Arc::clone(&stop));
+
+    // The simulator runs on its own thread at the requested rate; event time starts now.
+    let (tx, rx) = sync_channel(65_536);
+    let sim_cfg = SimulatorConfig {
+        things: args.things,
+        seed: args.seed,
+        faults_per_1000: args.faults_per_1000,
+        start_ts: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64,
+        ..SimulatorConfig::default()
+    };
+    let rate = args.rate;
+    let duration = args.duration.map(Duration::from_secs_f64);
+    let stop_sim = Arc::clone(&stop);
+    let producer = std::thread::spawn(move || {
+        let mut sim = Simulator::new(sim_cfg);
+        let t0 = Instant::now();
+        let mut sent: u64 = 0;
+        while !stop_sim.load(Ordering::SeqCst) && duration.is_none_or(|d| t0.elapsed() < d) {
+            let due = (t0.elapsed().as_secs_f64() * rate) as u64;
+            while sent < due {
+                if tx.send(sim.next_point()).is_err() {
+                    return;
+                }
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Dropping the sender ends the run once the pipeline has drained.
+    });
+
+    let sink = DemoSink {
+        store: writer,
+        stdout: if args.quiet {
+            None
+        } else {
+            Some(LineWriter::create(std::path::Path::new("-"))?)
+        },
+        batch: Vec::new(),
+    };
+    let opts = RunOptions {
+        workers,
+        emit_scores: false,
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let report = pipeline::run(cfg, rules, Input::Live(rx), Box::new(sink), opts)?;
+    let _ = producer.join();
+    server.shutdown()?;
+    let elapsed_s = started.elapsed().as_secs_f64();
+    let c = &report.counters;
+    Ok(DemoSummary {
+        points: c.points,
+        alerts: c.alerts,
+        malformed: c.malformed_total(),
+        elapsed_s,
+        points_per_sec: c.points as f64 / elapsed_s.max(1e-9),
+    })
+}

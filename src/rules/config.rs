@@ -89,7 +89,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Kind::Threshold => "threshold",
             Kind::Range => "range",

@@ -56,7 +56,7 @@ fn one(rule: &str) -> RuleSet {
 }
 
 /// Hits of a fresh state on one reading.
-fn fire(set: &RuleSet, equipment: &str, r: &R) -> Vec<RuleHit> {
+fn fire(set: &RuleSet, equipment: &str, r: &dyn Readings) -> Vec<RuleHit> {
     evaluate(set, equipment, r, &mut RuleState::default())
 }
 
@@ -771,4 +771,53 @@ fn watch_fails_fast_and_handles_without_a_file() {
     assert!(g2 > g);
     assert_eq!(fixed.current().1, g2);
     assert!(fixed.current().0.is_empty());
+}
+
+/// Readings that only support the allocation-free iteration: patterns must not need `feature_names`.
+struct Streamed(Vec<(&'static str, f64)>, std::cell::Cell<u32>);
+
+impl Readings for Streamed {
+    fn ts(&self) -> i64 {
+        0
+    }
+    fn value(&self, feature: &str) -> Option<f64> {
+        self.0.iter().find(|(n, _)| *n == feature).map(|(_, v)| *v)
+    }
+    fn previous(&self, _: &str) -> Option<(f64, i64)> {
+        None
+    }
+    fn feature_names(&self) -> Vec<&str> {
+        self.1.set(self.1.get() + 1);
+        self.0.iter().map(|(n, _)| *n).collect()
+    }
+    fn for_each_value<'a>(&'a self, f: &mut dyn FnMut(&'a str, f64)) {
+        for (n, v) in &self.0 {
+            f(n, *v)
+        }
+    }
+}
+
+#[test]
+fn patterns_use_for_each_value_when_overridden() {
+    let set = rules(
+        "rules:
+  - {name: hot, kind: threshold, feature: 'z*', op: '>', value: 5}
+  - {name: sp, kind: imbalance, features: [a, 'z*'], max_pct: 10}
+",
+    );
+    let r = Streamed(
+        vec![("a", 10.0), ("z1", 6.0), ("z2", 4.0)],
+        Default::default(),
+    );
+    let hits = fire(&set, "oven", &r);
+    assert_eq!(hits.len(), 2);
+    assert_eq!(hits[0].message, "z1 = 6 above limit 5");
+    assert_eq!(
+        hits[1].contributions,
+        vec![(Name::new("a"), 0.5), (Name::new("z2"), -0.5)]
+    );
+    assert_eq!(r.1.get(), 0, "feature_names() was called");
+    // The plain name `a` is required even though the pattern matches others.
+    let r = Streamed(vec![("z1", 6.0), ("z2", 4.0)], Default::default());
+    assert_eq!(fire(&set, "oven", &r).len(), 1);
 }

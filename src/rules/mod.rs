@@ -1,10 +1,27 @@
-//! YAML rule engine: rules per equipment class, validated fail-fast, hot reloaded. STUB: owned by the
-//! rules helper.
+//! YAML rule engine: rules per equipment class, validated fail-fast, hot reloaded.
+//!
+//! A rules file (see `docs/RULES.md` and `configs/rules.yaml`) lists rules of six kinds: `threshold`,
+//! `range`, `rate_of_change`, `spread`, `imbalance` and `compare`. [`RuleSet::parse`] validates it
+//! completely and names the file, line and field of the first problem. [`evaluate`] runs the rules that
+//! apply to a thing's equipment type against its current reading, keeping `for:` counters in a per-thing
+//! [`RuleState`]. [`RulesHandle`] shares the current rules between workers and swaps them when the file
+//! changes.
+
+mod config;
+mod eval;
+mod glob;
+mod reload;
+#[cfg(test)]
+mod tests;
+
+pub use config::{Condition, Direction, FeatureSet, Kind, Op, Rule};
+pub use eval::{evaluate, RuleState};
+pub use glob::Pattern;
+pub use reload::RulesHandle;
 
 use crate::config::ConfigError;
 use crate::event::{Name, Severity};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 /// The readings of one thing that a rule looks at.
 pub trait Readings {
@@ -16,6 +33,16 @@ pub trait Readings {
     fn previous(&self, feature: &str) -> Option<(f64, i64)>;
     /// All feature names of the thing (for patterns such as `temp_zone_*`).
     fn feature_names(&self) -> Vec<&str>;
+    /// Calls `f` with every feature name and its current value. Rules with patterns use this on every
+    /// reading; the default collects [`Readings::feature_names`], so implementors on the hot path should
+    /// override it with an allocation-free loop.
+    fn for_each_value<'a>(&'a self, f: &mut dyn FnMut(&'a str, f64)) {
+        for name in self.feature_names() {
+            if let Some(v) = self.value(name) {
+                f(name, v)
+            }
+        }
+    }
 }
 
 /// A validated set of rules.
@@ -23,23 +50,55 @@ pub trait Readings {
 pub struct RuleSet {
     /// Where the rules came from (file path or `<api>`), for messages.
     pub source: String,
+    /// The YAML text the rules were parsed from (served back by `GET /rules`).
+    pub text: String,
+    /// The rules in file order.
+    pub rules: Vec<Rule>,
+    /// Stamped by [`RulesHandle`] when it installs the set (0 for a set that was never installed);
+    /// [`evaluate`] resets a [`RuleState`] whose generation differs.
+    pub generation: u64,
 }
 
 impl RuleSet {
+    /// No rules.
     pub fn empty() -> Self {
         RuleSet::default()
     }
-    pub fn load(_path: &Path) -> Result<RuleSet, ConfigError> {
-        todo!()
+
+    /// Reads and validates a rules file.
+    pub fn load(path: &Path) -> Result<RuleSet, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: file.clone(),
+            source,
+        })?;
+        RuleSet::parse(&text, &file)
     }
-    pub fn parse(_text: &str, _file: &str) -> Result<RuleSet, ConfigError> {
-        todo!()
+
+    /// Validates rules from YAML text; `file` names the source in errors (`file:line:col: rules[i].field:
+    /// message`).
+    pub fn parse(text: &str, file: &str) -> Result<RuleSet, ConfigError> {
+        let rules = config::parse_rules(text, file)?;
+        Ok(RuleSet {
+            source: file.to_string(),
+            text: text.to_string(),
+            rules,
+            generation: 0,
+        })
     }
+
+    /// Number of rules (enabled or not).
     pub fn len(&self) -> usize {
-        0
+        self.rules.len()
     }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A rule by name.
+    pub fn get(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
     }
 }
 
@@ -53,42 +112,4 @@ pub struct RuleHit {
     pub contributions: Vec<(Name, f64)>,
     /// A sentence an operator can act on, e.g. "temp_zone_2 = 262.1 above limit 250".
     pub message: String,
-}
-
-/// Per-thing evaluation state (consecutive-sample counters for `for:`). Reset when rules change.
-#[derive(Clone, Debug, Default)]
-pub struct RuleState {
-    pub generation: u64,
-}
-
-/// Evaluates every rule that applies to `equipment_type` against the current reading.
-pub fn evaluate(
-    _rules: &RuleSet,
-    _equipment_type: &str,
-    _readings: &dyn Readings,
-    _state: &mut RuleState,
-) -> Vec<RuleHit> {
-    todo!()
-}
-
-/// Shared, hot-reloadable rules: a watcher thread re-reads the file when it changes; an invalid file is
-/// logged and ignored (the previous rules stay).
-#[derive(Clone)]
-pub struct RulesHandle {
-    _path: Option<PathBuf>,
-}
-
-impl RulesHandle {
-    /// Loads `path` (fail fast on error) and starts watching it every `interval_s` seconds.
-    pub fn watch(_path: Option<&Path>, _interval_s: f64) -> Result<RulesHandle, ConfigError> {
-        todo!()
-    }
-    /// A handle over fixed rules (no file, no watcher).
-    pub fn fixed(_rules: RuleSet) -> RulesHandle {
-        todo!()
-    }
-    /// Current rules and their generation (bumped on every successful reload).
-    pub fn current(&self) -> (Arc<RuleSet>, u64) {
-        todo!()
-    }
 }

@@ -1,0 +1,519 @@
+//! Rule evaluation on the hot path: no allocation unless a rule fires.
+
+use super::config::{Condition, Direction, FeatureSet, Op, Rule};
+use super::glob::Pattern;
+use super::{Readings, RuleHit, RuleSet};
+use crate::event::Name;
+use std::fmt::Write as _;
+
+/// Per-thing evaluation state: consecutive-sample counters for `for:` and the rules that apply to the
+/// thing's equipment type.
+///
+/// [`evaluate`] resets it by itself when it is handed a rule set of another generation (the
+/// [`super::RulesHandle`] stamps every rule set it installs with a new generation), so callers just keep
+/// one `RuleState` per thing. [`RuleState::reset_if`] does the same explicitly.
+#[derive(Clone, Debug, Default)]
+pub struct RuleState {
+    /// Generation of the rule set the counters belong to.
+    pub generation: u64,
+    /// Consecutive readings each rule's condition has held, by rule index.
+    counts: Vec<u32>,
+    /// Indices of the enabled rules that apply to `equipment`.
+    applicable: Vec<u32>,
+    equipment: Name,
+    ready: bool,
+}
+
+impl RuleState {
+    /// Clears the counters when `generation` differs from the one they belong to. Returns whether it did.
+    pub fn reset_if(&mut self, generation: u64) -> bool {
+        if self.ready && self.generation == generation {
+            return false;
+        }
+        self.generation = generation;
+        self.counts.clear();
+        self.applicable.clear();
+        self.ready = false;
+        true
+    }
+
+    /// The current consecutive count of rule `index` (0 when its condition did not hold last time).
+    pub fn count(&self, index: usize) -> u32 {
+        self.counts.get(index).copied().unwrap_or(0)
+    }
+
+    fn prepare(&mut self, rules: &RuleSet, equipment_type: &str) {
+        if self.ready
+            && self.generation == rules.generation
+            && self.counts.len() == rules.rules.len()
+            && self.equipment == equipment_type
+        {
+            return;
+        }
+        self.generation = rules.generation;
+        self.counts.clear();
+        self.counts.resize(rules.rules.len(), 0);
+        self.equipment = Name::new(equipment_type);
+        self.applicable.clear();
+        self.applicable.extend(
+            rules
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.enabled && r.applies_to(equipment_type))
+                .map(|(i, _)| i as u32),
+        );
+        self.ready = true;
+    }
+}
+
+/// Evaluates every enabled rule that applies to `equipment_type` against the current reading.
+///
+/// A rule fires on the reading where its condition has held for `for` consecutive readings and keeps
+/// firing while it holds (the alert policy dedups). A reading without the rule's features, or a
+/// `rate_of_change` rule without a previous reading, breaks the run.
+pub fn evaluate(
+    rules: &RuleSet,
+    equipment_type: &str,
+    readings: &dyn Readings,
+    state: &mut RuleState,
+) -> Vec<RuleHit> {
+    state.prepare(rules, equipment_type);
+    let mut hits = Vec::new();
+    for &i in &state.applicable {
+        let i = i as usize;
+        let rule = &rules.rules[i];
+        let count = &mut state.counts[i];
+        match check(&rule.condition, readings) {
+            Some(finding) => {
+                *count = count.saturating_add(1);
+                if *count >= rule.for_samples {
+                    hits.push(hit(rule, &finding, *count));
+                }
+            }
+            None => *count = 0,
+        }
+    }
+    hits
+}
+
+/// What made a condition hold, kept until a hit is built (names borrow from the rule or the readings).
+enum Finding<'a> {
+    /// A feature above (`upper`) or below a limit.
+    Level {
+        feature: &'a str,
+        value: f64,
+        limit: f64,
+        op: Op,
+    },
+    /// A feature outside a range.
+    OutOfRange {
+        feature: &'a str,
+        value: f64,
+        min: f64,
+        max: f64,
+    },
+    Rate {
+        feature: &'a str,
+        prev: f64,
+        value: f64,
+        dt_s: f64,
+        rate: f64,
+        limit: f64,
+    },
+    Spread {
+        hi: (&'a str, f64),
+        lo: (&'a str, f64),
+        spread: f64,
+        limit: f64,
+    },
+    Imbalance {
+        hi: (&'a str, f64),
+        lo: (&'a str, f64),
+        mean: f64,
+        pct: f64,
+        limit: f64,
+    },
+    Compare {
+        left: (&'a str, f64),
+        right: (&'a str, f64),
+        op: Op,
+        offset: f64,
+    },
+}
+
+#[inline]
+fn finite(v: Option<f64>) -> Option<f64> {
+    v.filter(|v| v.is_finite())
+}
+
+/// Calls `f` for every feature of the reading that `pattern` names, with its finite value.
+#[inline]
+fn for_matching<'a>(
+    pattern: &'a Pattern,
+    readings: &'a dyn Readings,
+    f: &mut dyn FnMut(&'a str, f64),
+) {
+    if pattern.is_glob() {
+        readings.for_each_value(&mut |name, v| {
+            if v.is_finite() && pattern.matches(name) {
+                f(name, v)
+            }
+        });
+    } else if let Some(v) = finite(readings.value(pattern.as_str())) {
+        f(pattern.as_str(), v)
+    }
+}
+
+fn check<'a>(cond: &'a Condition, readings: &'a dyn Readings) -> Option<Finding<'a>> {
+    match cond {
+        Condition::Threshold { feature, op, value } => {
+            // The condition is monotone in the value, so only the most extreme match matters.
+            let upper = op.is_upper();
+            let mut worst: Option<(&str, f64)> = None;
+            for_matching(feature, readings, &mut |name, v| {
+                let better = match worst {
+                    None => true,
+                    Some((_, w)) => (upper && v > w) || (!upper && v < w),
+                };
+                if better {
+                    worst = Some((name, v));
+                }
+            });
+            let (name, v) = worst?;
+            op.holds(v, *value).then_some(Finding::Level {
+                feature: name,
+                value: v,
+                limit: *value,
+                op: *op,
+            })
+        }
+        Condition::Range { feature, min, max } => {
+            let mut worst: Option<(&str, f64, f64)> = None;
+            for_matching(feature, readings, &mut |name, v| {
+                let excess = (v - max).max(min - v);
+                if excess > 0.0 && worst.is_none_or(|(_, _, e)| excess > e) {
+                    worst = Some((name, v, excess));
+                }
+            });
+            let (name, v, _) = worst?;
+            Some(Finding::OutOfRange {
+                feature: name,
+                value: v,
+                min: *min,
+                max: *max,
+            })
+        }
+        Condition::RateOfChange {
+            feature,
+            max_per_s,
+            direction,
+        } => {
+            let now = readings.ts();
+            let mut worst: Option<(&str, f64, f64, f64, f64)> = None;
+            for_matching(feature, readings, &mut |name, v| {
+                let Some((prev, prev_ts)) = readings.previous(name) else {
+                    return;
+                };
+                if !prev.is_finite() || now <= prev_ts {
+                    return;
+                }
+                let dt_s = (now - prev_ts) as f64 / 1000.0;
+                let rate = (v - prev) / dt_s;
+                let exceeds = match direction {
+                    Direction::Up => rate > *max_per_s,
+                    Direction::Down => -rate > *max_per_s,
+                    Direction::Both => rate.abs() > *max_per_s,
+                };
+                if exceeds && worst.is_none_or(|(_, _, _, _, r)| rate.abs() > r.abs()) {
+                    worst = Some((name, prev, v, dt_s, rate));
+                }
+            });
+            let (name, prev, v, dt_s, rate) = worst?;
+            Some(Finding::Rate {
+                feature: name,
+                prev,
+                value: v,
+                dt_s,
+                rate,
+                limit: *max_per_s,
+            })
+        }
+        Condition::Spread { features, max } => {
+            let e = extremes(features, readings)?;
+            let spread = e.hi.1 - e.lo.1;
+            (spread > *max).then_some(Finding::Spread {
+                hi: e.hi,
+                lo: e.lo,
+                spread,
+                limit: *max,
+            })
+        }
+        Condition::Imbalance {
+            features,
+            max_pct,
+            min_mean,
+        } => {
+            let e = extremes(features, readings)?;
+            let mean = e.sum / e.n as f64;
+            // Below `min_mean` (an idle motor) the ratio is noise; a mean <= 0 makes it meaningless.
+            if mean <= 0.0 || mean <= *min_mean {
+                return None;
+            }
+            let pct = (e.hi.1 - e.lo.1) / mean * 100.0;
+            (pct > *max_pct).then_some(Finding::Imbalance {
+                hi: e.hi,
+                lo: e.lo,
+                mean,
+                pct,
+                limit: *max_pct,
+            })
+        }
+        Condition::Compare {
+            left,
+            op,
+            right,
+            offset,
+        } => {
+            let l = finite(readings.value(left))?;
+            let r = finite(readings.value(right))?;
+            op.holds(l, r + offset).then_some(Finding::Compare {
+                left: (left.as_str(), l),
+                right: (right.as_str(), r),
+                op: *op,
+                offset: *offset,
+            })
+        }
+    }
+}
+
+struct Extremes<'a> {
+    hi: (&'a str, f64),
+    lo: (&'a str, f64),
+    sum: f64,
+    n: usize,
+}
+
+/// Max, min, sum and count over a feature set; `None` when a listed name is missing or fewer than two
+/// features are present.
+fn extremes<'a>(set: &'a FeatureSet, readings: &'a dyn Readings) -> Option<Extremes<'a>> {
+    let mut e = Extremes {
+        hi: ("", f64::NEG_INFINITY),
+        lo: ("", f64::INFINITY),
+        sum: 0.0,
+        n: 0,
+    };
+    let add = |e: &mut Extremes<'a>, name: &'a str, v: f64| {
+        if v > e.hi.1 {
+            e.hi = (name, v);
+        }
+        if v < e.lo.1 {
+            e.lo = (name, v);
+        }
+        e.sum += v;
+        e.n += 1;
+    };
+    if !set.has_glob() {
+        for p in &set.patterns {
+            let v = finite(readings.value(p.as_str()))?;
+            add(&mut e, p.as_str(), v);
+        }
+    } else {
+        // One pass over the reading so a feature matched by two patterns counts once.
+        let mut literals_seen = 0;
+        readings.for_each_value(&mut |name, v| {
+            if !v.is_finite() {
+                return;
+            }
+            if let Some(p) = set.patterns.iter().position(|p| p.matches(name)) {
+                if p < set.literals {
+                    literals_seen += 1;
+                }
+                add(&mut e, name, v);
+            }
+        });
+        if literals_seen < set.literals {
+            return None;
+        }
+    }
+    if e.n < 2 {
+        return None;
+    }
+    Some(e)
+}
+
+/// Formats a number for messages: at most 3 decimals, no trailing zeros.
+pub(crate) fn num(out: &mut String, v: f64) {
+    let start = out.len();
+    let _ = write!(out, "{v:.3}");
+    if out[start..].contains('.') {
+        while out.ends_with('0') {
+            out.pop();
+        }
+        if out.ends_with('.') {
+            out.pop();
+        }
+    }
+    if &out[start..] == "-0" {
+        out.replace_range(start.., "0");
+    }
+}
+
+fn hit(rule: &Rule, finding: &Finding<'_>, count: u32) -> RuleHit {
+    let mut m = String::with_capacity(96);
+    let contributions: Vec<(Name, f64)> = match *finding {
+        Finding::Level {
+            feature,
+            value,
+            limit,
+            op,
+        } => {
+            m.push_str(feature);
+            m.push_str(" = ");
+            num(&mut m, value);
+            m.push_str(match op {
+                Op::Gt => " above limit ",
+                Op::Ge => " at or above limit ",
+                Op::Lt => " below limit ",
+                Op::Le => " at or below limit ",
+            });
+            num(&mut m, limit);
+            let sign = if op.is_upper() { 1.0 } else { -1.0 };
+            vec![(Name::new(feature), sign)]
+        }
+        Finding::OutOfRange {
+            feature,
+            value,
+            min,
+            max,
+        } => {
+            let above = value > max;
+            m.push_str(feature);
+            m.push_str(" = ");
+            num(&mut m, value);
+            m.push_str(if above { " above" } else { " below" });
+            m.push_str(" allowed range [");
+            num(&mut m, min);
+            m.push_str(", ");
+            num(&mut m, max);
+            m.push(']');
+            vec![(Name::new(feature), if above { 1.0 } else { -1.0 })]
+        }
+        Finding::Rate {
+            feature,
+            prev,
+            value,
+            dt_s,
+            rate,
+            limit,
+        } => {
+            m.push_str(feature);
+            m.push_str(if rate > 0.0 {
+                " rising at "
+            } else {
+                " falling at "
+            });
+            num(&mut m, rate.abs());
+            m.push_str("/s, faster than limit ");
+            num(&mut m, limit);
+            m.push_str("/s (");
+            num(&mut m, prev);
+            m.push_str(" -> ");
+            num(&mut m, value);
+            m.push_str(" in ");
+            num(&mut m, dt_s);
+            m.push_str(" s)");
+            vec![(Name::new(feature), if rate > 0.0 { 1.0 } else { -1.0 })]
+        }
+        Finding::Spread {
+            hi,
+            lo,
+            spread,
+            limit,
+        } => {
+            m.push_str("spread ");
+            num(&mut m, spread);
+            m.push_str(" between ");
+            extremes_text(&mut m, hi, lo);
+            m.push_str(" above limit ");
+            num(&mut m, limit);
+            split(hi.0, lo.0)
+        }
+        Finding::Imbalance {
+            hi,
+            lo,
+            mean,
+            pct,
+            limit,
+        } => {
+            m.push_str("imbalance ");
+            num(&mut m, pct);
+            m.push_str("% between ");
+            extremes_text(&mut m, hi, lo);
+            m.push_str(" (mean ");
+            num(&mut m, mean);
+            m.push_str(") above limit ");
+            num(&mut m, limit);
+            m.push('%');
+            split(hi.0, lo.0)
+        }
+        Finding::Compare {
+            left,
+            right,
+            op,
+            offset,
+        } => {
+            m.push_str(left.0);
+            m.push_str(" = ");
+            num(&mut m, left.1);
+            m.push(' ');
+            m.push_str(op.as_str());
+            m.push(' ');
+            m.push_str(right.0);
+            m.push_str(" = ");
+            num(&mut m, right.1);
+            if offset != 0.0 {
+                m.push_str(if offset > 0.0 { " + " } else { " - " });
+                num(&mut m, offset.abs());
+                m.push_str(" (= ");
+                num(&mut m, right.1 + offset);
+                m.push(')');
+            }
+            // Left is "too high" relative to right for `>`/`>=`, "too low" for `<`/`<=`.
+            let s = if op.is_upper() { 0.5 } else { -0.5 };
+            vec![(Name::new(left.0), s), (Name::new(right.0), -s)]
+        }
+    };
+    if rule.for_samples > 1 {
+        m.push_str(" (");
+        let _ = write!(m, "{count}");
+        m.push_str(" samples)");
+    }
+    RuleHit {
+        rule: rule.name.clone(),
+        alert_type: rule.alert_type.clone(),
+        severity: rule.severity,
+        contributions,
+        message: m,
+    }
+}
+
+fn extremes_text(m: &mut String, hi: (&str, f64), lo: (&str, f64)) {
+    m.push_str(hi.0);
+    m.push_str(" (");
+    num(m, hi.1);
+    m.push_str(") and ");
+    m.push_str(lo.0);
+    m.push_str(" (");
+    num(m, lo.1);
+    m.push(')');
+}
+
+/// Max feature +0.5, min feature -0.5; if one feature is both (all values equal) it gets the whole 1.
+fn split(hi: &str, lo: &str) -> Vec<(Name, f64)> {
+    if hi == lo {
+        vec![(Name::new(hi), 1.0)]
+    } else {
+        vec![(Name::new(hi), 0.5), (Name::new(lo), -0.5)]
+    }
+}

@@ -181,8 +181,22 @@ impl OnlineMahalanobis {
         // The contributions are the definition of T^2 here, so the decomposition is exact; rounding can
         // only make a ~0 sum slightly negative.
         out.t2 = out.contributions.iter().sum::<f64>().max(0.0);
-        out.z = wilson_hilferty_z(out.t2, n);
+        out.z = wilson_hilferty_z(out.t2 / self.small_sample_factor(), n);
         true
+    }
+
+    /// Hotelling's correction for a covariance estimated from few samples: a new observation's T^2
+    /// follows k(n+1)(n-1)/(n(n-k)) F(k, n-k), which is ~chi^2_k inflated by (n+1)(n-1)/(n(n-k)). Without
+    /// it a freshly warmed model over-alerts. n is the effective sample size of the EW estimate.
+    pub fn small_sample_factor(&self) -> f64 {
+        let effective = (2.0 - self.alpha) / self.alpha;
+        let n = (self.count as f64).min(effective);
+        let k = self.dim as f64;
+        if n > k + 1.0 {
+            (n + 1.0) * (n - 1.0) / (n * (n - k))
+        } else {
+            1.0
+        }
     }
 
     /// Learns `x`. Ignored when `x` has the wrong length or a non-finite entry (one NaN would otherwise

@@ -255,6 +255,13 @@ impl Readings for ThingReadings<'_> {
     fn feature_names(&self) -> Vec<&str> {
         self.t.names.iter().map(|n| n.as_str()).collect()
     }
+    fn for_each_value<'a>(&'a self, f: &mut dyn FnMut(&'a str, f64)) {
+        for (name, v) in self.t.names.iter().zip(&self.t.values) {
+            if !v.is_nan() {
+                f(name.as_str(), *v);
+            }
+        }
+    }
 }
 
 /// One scored reading, before the alert policy.
@@ -347,12 +354,6 @@ impl Engine {
         let hits = if self.rule_set.is_empty() || !complete {
             Vec::new()
         } else {
-            if t.rule_state.generation != self.rule_generation {
-                t.rule_state = RuleState {
-                    generation: self.rule_generation,
-                    ..RuleState::default()
-                };
-            }
             let mut state = std::mem::take(&mut t.rule_state);
             let readings = ThingReadings {
                 t,

@@ -46,7 +46,9 @@ fn scoring(c: &mut Criterion) {
     let mut model = OnlineMahalanobis::new(dim, &ModelConfig::default());
     let mut seed = 1u64;
     let mut next = || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (seed >> 11) as f64 / (1u64 << 53) as f64
     };
     for _ in 0..500 {

@@ -30,7 +30,11 @@ pub enum ConfigError {
 
 /// Parses YAML text into `T`, turning any error into one that names `file`, line, column and field path.
 pub fn parse_yaml<T: DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigError> {
-    serde_norway::from_str(text).map_err(|e| {
+    // serde_path_to_error tracks the full field path (`ensemble.threshold`); serde_norway alone names
+    // only the enclosing map for errors raised by a field's own validation.
+    serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(text)).map_err(|e| {
+        let path = e.path().to_string();
+        let e = e.into_inner();
         let (line, column) = e
             .location()
             .map(|l| (l.line(), l.column()))
@@ -39,6 +43,16 @@ pub fn parse_yaml<T: DeserializeOwned>(text: &str, file: &str) -> Result<T, Conf
         let mut message = e.to_string();
         if let Some(i) = message.rfind(" at line ") {
             message.truncate(i);
+        }
+        // serde_norway prefixes some messages with its own (shorter) path; keep the precise one.
+        if path != "." && !message.starts_with(&format!("{path}:")) {
+            if let Some(rest) = message
+                .split_once(": ")
+                .filter(|(p, _)| path.starts_with(*p))
+            {
+                message = rest.1.to_string();
+            }
+            message = format!("{path}: {message}");
         }
         ConfigError::Invalid {
             file: file.to_string(),

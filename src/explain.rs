@@ -99,7 +99,11 @@ mod tests {
             .collect();
         assert_eq!(
             top,
-            vec![("current_b", -0.5), ("voltage_a", 0.25), ("current_a", 0.125)]
+            vec![
+                ("current_b", -0.5),
+                ("voltage_a", 0.25),
+                ("current_a", 0.125)
+            ]
         );
         assert_eq!(e.families["current"], 0.625);
         assert_eq!(e.families["voltage"], 0.25);

@@ -72,7 +72,9 @@ impl DerivedPlan {
 
     /// Number of derived features.
     pub fn len(&self) -> usize {
-        self.voltage.is_some() as usize + self.current.is_some() as usize + !self.zones.is_empty() as usize
+        self.voltage.is_some() as usize
+            + self.current.is_some() as usize
+            + !self.zones.is_empty() as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -148,7 +150,14 @@ mod tests {
 
     #[test]
     fn skips_incomplete_groups_and_idle_current() {
-        let raw = names(&["voltage_a", "voltage_b", "current_a", "current_b", "current_c", "temp_zone_1"]);
+        let raw = names(&[
+            "voltage_a",
+            "voltage_b",
+            "current_a",
+            "current_b",
+            "current_c",
+            "temp_zone_1",
+        ]);
         let (plan, derived) = DerivedPlan::new(&raw, &FeatureConfig::default());
         assert_eq!(derived, names(&[CURRENT_IMBALANCE]));
         let mut out = vec![1.0; 1];

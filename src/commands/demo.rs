@@ -87,7 +87,9 @@ impl OutputSink for DemoSink {
                     }
                     self.batch.push(a.clone());
                 }
-                Output::Dead(d) => tracing::warn!(reason = %d.reason, detail = %d.detail, "dead letter"),
+                Output::Dead(d) => {
+                    tracing::warn!(reason = %d.reason, detail = %d.detail, "dead letter")
+                }
                 Output::Score(_) => {}
             }
         }
@@ -119,14 +121,19 @@ impl OutputSink for DemoSink {
 /// Sets `stop` on Ctrl-C or SIGTERM.
 fn stop_on_signal(stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
             return;
         };
         rt.block_on(async {
             #[cfg(unix)]
             {
                 use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+                let Ok(mut term) = signal(SignalKind::terminate()) else {
+                    return;
+                };
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}

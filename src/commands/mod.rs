@@ -28,7 +28,10 @@ pub fn load_dataflow(config: Option<&Path>) -> anyhow::Result<(Arc<DataflowConfi
         None => {
             let rules = RuleSet::parse(DEFAULT_RULES, "<embedded configs/rules.yaml>")
                 .context("embedded default rules are invalid")?;
-            Ok((Arc::new(DataflowConfig::default()), RulesHandle::fixed(rules)))
+            Ok((
+                Arc::new(DataflowConfig::default()),
+                RulesHandle::fixed(rules),
+            ))
         }
     }
 }

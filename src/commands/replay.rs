@@ -75,7 +75,13 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<(ReplaySummary, RunReport)> {
         emit_scores: args.scores.is_some(),
         ..RunOptions::default()
     };
-    let report = pipeline::run(Arc::new(cfg), rules, Input::Lines(data), Box::new(sink), opts)?;
+    let report = pipeline::run(
+        Arc::new(cfg),
+        rules,
+        Input::Lines(data),
+        Box::new(sink),
+        opts,
+    )?;
     let c = &report.counters;
     let summary = ReplaySummary {
         points: c.points,

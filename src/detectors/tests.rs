@@ -512,7 +512,7 @@ fn model_contributions_sum_to_t2_and_score_into_agrees() {
         let sum: f64 = s.contributions.iter().sum();
         assert_close(sum, s.t2, 1e-9 * (1.0 + s.t2), "contributions sum");
         assert!(s.t2 >= 0.0 && s.z >= 0.0);
-        assert_eq!(s.z, wilson_hilferty_z(s.t2, dim));
+        assert_eq!(s.z, wilson_hilferty_z(s.t2 / m.small_sample_factor(), dim));
         assert!(m.score_into(&x, &mut scratch, &mut out));
         assert_eq!(out, s);
     }
@@ -653,4 +653,29 @@ fn normalise_maps_threshold_to_point_eight() {
         assert!(normalise(0.5 * t, t) < normalise(t, t));
         assert!(normalise(2.0 * t, t) > 0.99 && normalise(2.0 * t, t) <= 1.0);
     }
+}
+
+#[test]
+fn small_sample_factor_deflates_t2_of_a_young_model_only() {
+    let dim = 13;
+    let mut m = OnlineMahalanobis::new(dim, &ModelConfig::default());
+    let mut rng = SmallRng::seed_from_u64(5);
+    for _ in 0..30 {
+        let x: Vec<f64> = (0..dim).map(|_| normal(&mut rng)).collect();
+        m.update(&x);
+    }
+    // n = 30, k = 13: (31 * 29) / (30 * 17) = 1.763
+    assert_close(
+        m.small_sample_factor(),
+        31.0 * 29.0 / (30.0 * 17.0),
+        1e-12,
+        "factor at n = 30",
+    );
+    for _ in 0..5_000 {
+        let x: Vec<f64> = (0..dim).map(|_| normal(&mut rng)).collect();
+        m.update(&x);
+    }
+    // Capped at the EW effective sample size (~1443 for half-life 500): close to 1.
+    let f = m.small_sample_factor();
+    assert!(f > 1.0 && f < 1.02, "{f}");
 }

@@ -60,7 +60,10 @@ impl Counters {
         self.malformed.iter().sum()
     }
     fn count_dead(&mut self, reason: &str) {
-        if let Some(i) = MalformedReason::ALL.iter().position(|r| r.as_str() == reason) {
+        if let Some(i) = MalformedReason::ALL
+            .iter()
+            .position(|r| r.as_str() == reason)
+        {
             self.malformed[i] += 1;
         }
     }
@@ -93,7 +96,6 @@ struct Scratch {
     feature_scores: Vec<FeatureScores>,
     per_feature: Vec<f64>,
 }
-
 
 impl Default for Scratch {
     fn default() -> Self {
@@ -207,14 +209,20 @@ impl ThingState {
             .map(|(_, (n, _))| n.clone())
             .collect();
         if !new.is_empty() {
-            let raw: Vec<Name> = self.names[..self.n_raw].iter().cloned().chain(new).collect();
+            let raw: Vec<Name> = self.names[..self.n_raw]
+                .iter()
+                .cloned()
+                .chain(new)
+                .collect();
             tracing::info!(thing = %p.thing_id, features = raw.len(), "feature set changed; model restarts");
             self.set_layout(raw, cfg);
         }
         self.prev_values.copy_from_slice(&self.values);
         self.present.iter_mut().for_each(|x| *x = false);
         for (i, (name, v)) in p.values.iter().enumerate() {
-            let s = self.slot_of(i, name).expect("slot exists after layout update");
+            let s = self
+                .slot_of(i, name)
+                .expect("slot exists after layout update");
             self.values[s] = *v;
             self.present[s] = true;
         }
@@ -314,7 +322,13 @@ impl Engine {
         }
     }
 
-    fn dead(&mut self, p: &Point, reason: MalformedReason, detail: String, out: &mut Vec<(u64, Output)>) {
+    fn dead(
+        &mut self,
+        p: &Point,
+        reason: MalformedReason,
+        detail: String,
+        out: &mut Vec<(u64, Output)>,
+    ) {
         let raw = serde_json::to_vec(p).unwrap_or_default();
         let d = DeadLetter {
             reason: reason.as_str().to_string(),
@@ -327,10 +341,17 @@ impl Engine {
         out.push((p.seq, Output::Dead(d)));
     }
 
-    fn process_point(&mut self, p: Point, ingest_ns: u64, now_ns: u64, out: &mut Vec<(u64, Output)>) {
+    fn process_point(
+        &mut self,
+        p: Point,
+        ingest_ns: u64,
+        now_ns: u64,
+        out: &mut Vec<(u64, Output)>,
+    ) {
         let cfg = Arc::clone(&self.cfg);
         if !self.things.contains_key(p.thing_id.as_str()) {
-            self.things.insert(p.thing_id.clone(), ThingState::new(&p, &cfg));
+            self.things
+                .insert(p.thing_id.clone(), ThingState::new(&p, &cfg));
         }
         let last_ts = self.things[p.thing_id.as_str()].last_ts;
         if p.ts == last_ts {
@@ -348,7 +369,10 @@ impl Engine {
         }
         self.counters.points += 1;
         let in_order = p.ts > last_ts;
-        let t = self.things.get_mut(p.thing_id.as_str()).expect("inserted above");
+        let t = self
+            .things
+            .get_mut(p.thing_id.as_str())
+            .expect("inserted above");
         let complete = t.load(&p, &cfg);
 
         let hits = if self.rule_set.is_empty() || !complete {
@@ -392,7 +416,11 @@ impl Engine {
                     st.update(t.values[i]);
                 }
             }
-            t.consecutive_anomalous = if anomalous { t.consecutive_anomalous + 1 } else { 0 };
+            t.consecutive_anomalous = if anomalous {
+                t.consecutive_anomalous + 1
+            } else {
+                0
+            };
             if !anomalous || t.consecutive_anomalous > MAX_FROZEN_READINGS {
                 t.model.update(&t.values);
             }
@@ -411,11 +439,16 @@ impl Engine {
             self.counters.anomalies += 1;
         }
         for (alert, bypass) in candidates {
-            self.anomaly_kinds.push((alert.alert_type.clone(), alert.severity));
-            match t.policy.admit(&self.windows, &alert.alert_type, alert.ts, bypass) {
+            self.anomaly_kinds
+                .push((alert.alert_type.clone(), alert.severity));
+            match t
+                .policy
+                .admit(&self.windows, &alert.alert_type, alert.ts, bypass)
+            {
                 Ok(()) => {
                     self.counters.alerts += 1;
-                    self.alert_latencies_ns.push(now_ns.saturating_sub(ingest_ns));
+                    self.alert_latencies_ns
+                        .push(now_ns.saturating_sub(ingest_ns));
                     out.push((p.seq, Output::Alert(alert)));
                 }
                 Err(Suppressed::Dedup) => self.counters.suppressed_dedup += 1,
@@ -467,7 +500,10 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch) -> Scored {
         s.feature_scores.push(fs);
     }
     let stats = best.iter().sum::<f64>() / 4.0;
-    let model = if t.model.score_into(&t.values, &mut s.model, &mut s.model_score) {
+    let model = if t
+        .model
+        .score_into(&t.values, &mut s.model, &mut s.model_score)
+    {
         Some(normalise(s.model_score.z, d.model.threshold))
     } else {
         None
@@ -492,53 +528,61 @@ fn severity_for(score: f64, cfg: &DataflowConfig) -> Severity {
     }
 }
 
-fn make_alert(
-    p: &Point,
-    t: &ThingState,
-    source: &str,
-    alert_type: &str,
+/// What distinguishes one alert from another of the same reading.
+struct AlertParts<'a> {
+    source: &'a str,
+    alert_type: &'a str,
     severity: Severity,
     score: f64,
     model_version: String,
-    e: Explanation,
-    explanation: String,
-) -> Alert {
+    explained: Explanation,
+    sentence: String,
+}
+
+fn make_alert(p: &Point, t: &ThingState, a: AlertParts<'_>) -> Alert {
     Alert {
-        alert_id: alert_id(&p.thing_id, alert_type, p.ts),
+        alert_id: alert_id(&p.thing_id, a.alert_type, p.ts),
         thing_id: p.thing_id.clone(),
         equipment_type: t.equipment_type.clone(),
         ts: p.ts,
-        severity,
-        source: source.to_string(),
-        alert_type: alert_type.to_string(),
-        score: round4(score),
-        model_version,
-        top_features: e.top_features,
-        families: e.families,
-        explanation,
+        severity: a.severity,
+        source: a.source.to_string(),
+        alert_type: a.alert_type.to_string(),
+        score: round4(a.score),
+        model_version: a.model_version,
+        top_features: a.explained.top_features,
+        families: a.explained.families,
+        explanation: a.sentence,
         input_offsets: p.origin.clone(),
         label: p.label,
     }
 }
 
 fn rule_alert(p: &Point, t: &ThingState, hit: &RuleHit, generation: u64) -> Alert {
-    let e = explain(hit.contributions.iter().map(|(n, c)| (n, *c)));
     make_alert(
         p,
         t,
-        "rule",
-        &hit.alert_type,
-        hit.severity,
-        1.0,
-        format!("rules/{generation}"),
-        e,
-        format!("rule {}: {}", hit.rule, hit.message),
+        AlertParts {
+            source: "rule",
+            alert_type: &hit.alert_type,
+            severity: hit.severity,
+            score: 1.0,
+            model_version: format!("rules/{generation}"),
+            explained: explain(hit.contributions.iter().map(|(n, c)| (n, *c))),
+            sentence: format!("rule {}: {}", hit.rule, hit.message),
+        },
     )
 }
 
 /// Signed per-feature contributions of an ensemble anomaly: each detector family's share of the
 /// evidence, weighted like the ensemble, signed by the direction of the deviation.
-fn ensemble_alert(p: &Point, t: &ThingState, s: &Scored, cfg: &DataflowConfig, sc: &Scratch) -> Alert {
+fn ensemble_alert(
+    p: &Point,
+    t: &ThingState,
+    s: &Scored,
+    cfg: &DataflowConfig,
+    sc: &Scratch,
+) -> Alert {
     let e = &cfg.ensemble;
     let stats_total: f64 = sc.per_feature.iter().sum();
     let model_total: f64 = if s.model.is_some() {
@@ -548,7 +592,11 @@ fn ensemble_alert(p: &Point, t: &ThingState, s: &Scored, cfg: &DataflowConfig, s
     };
     let contributions: Vec<f64> = (0..t.names.len())
         .map(|i| {
-            let stats_share = if stats_total > 0.0 { sc.per_feature[i] / stats_total } else { 0.0 };
+            let stats_share = if stats_total > 0.0 {
+                sc.per_feature[i] / stats_total
+            } else {
+                0.0
+            };
             let model_share = if model_total > 0.0 {
                 sc.model_score.contributions[i].abs() / model_total
             } else {
@@ -571,8 +619,17 @@ fn ensemble_alert(p: &Point, t: &ThingState, s: &Scored, cfg: &DataflowConfig, s
         Some(i) => {
             let value = t.values[i];
             let mean = t.stats[i].window.mean();
-            let pct = if mean.abs() > 1e-9 { (value - mean) / mean.abs() * 100.0 } else { 0.0 };
-            let others: Vec<&str> = ex.top_features.iter().skip(1).map(|f| f.feature.as_str()).collect();
+            let pct = if mean.abs() > 1e-9 {
+                (value - mean) / mean.abs() * 100.0
+            } else {
+                0.0
+            };
+            let others: Vec<&str> = ex
+                .top_features
+                .iter()
+                .skip(1)
+                .map(|f| f.feature.as_str())
+                .collect();
             let also = if others.is_empty() {
                 String::new()
             } else {
@@ -593,13 +650,15 @@ fn ensemble_alert(p: &Point, t: &ThingState, s: &Scored, cfg: &DataflowConfig, s
     make_alert(
         p,
         t,
-        "ensemble",
-        alert_type,
-        severity_for(s.ensemble, cfg),
-        s.ensemble,
-        format!("{}/online_mahalanobis/1", t.equipment_type),
-        ex,
-        sentence,
+        AlertParts {
+            source: "ensemble",
+            alert_type,
+            severity: severity_for(s.ensemble, cfg),
+            score: s.ensemble,
+            model_version: format!("{}/online_mahalanobis/1", t.equipment_type),
+            explained: ex,
+            sentence,
+        },
     )
 }
 

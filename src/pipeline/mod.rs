@@ -307,10 +307,14 @@ impl MetricsFlush {
         let dedup = c.suppressed_dedup - self.last.suppressed_dedup;
         let rate = c.suppressed_rate - self.last.suppressed_rate;
         if dedup > 0 {
-            m.alerts_suppressed.with_label_values(&["dedup"]).inc_by(dedup);
+            m.alerts_suppressed
+                .with_label_values(&["dedup"])
+                .inc_by(dedup);
         }
         if rate > 0 {
-            m.alerts_suppressed.with_label_values(&["rate_limit"]).inc_by(rate);
+            m.alerts_suppressed
+                .with_label_values(&["rate_limit"])
+                .inc_by(rate);
         }
         for (alert_type, severity) in engine.anomaly_kinds.drain(..) {
             m.anomalies_detected
@@ -386,7 +390,12 @@ fn feed_lines(
             if !mine || line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            batch.push(decode_record(&mut decoder, line, line_no, Origin::Line { line: line_no }));
+            batch.push(decode_record(
+                &mut decoder,
+                line,
+                line_no,
+                Origin::Line { line: line_no },
+            ));
         }
         if mine {
             input.send_batch(&mut batch);

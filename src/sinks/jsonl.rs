@@ -21,7 +21,8 @@ impl LineWriter {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("{}: cannot create folder", dir.display()))?;
             }
-            let f = File::create(path).with_context(|| format!("{}: cannot create", path.display()))?;
+            let f =
+                File::create(path).with_context(|| format!("{}: cannot create", path.display()))?;
             Box::new(BufWriter::with_capacity(1 << 20, f))
         };
         Ok(LineWriter {
@@ -60,7 +61,11 @@ pub struct JsonlSink {
 }
 
 impl JsonlSink {
-    pub fn create(alerts: &Path, scores: Option<&Path>, dead_letters: &Path) -> anyhow::Result<JsonlSink> {
+    pub fn create(
+        alerts: &Path,
+        scores: Option<&Path>,
+        dead_letters: &Path,
+    ) -> anyhow::Result<JsonlSink> {
         Ok(JsonlSink {
             alerts: LineWriter::create(alerts)?,
             scores: scores.map(LineWriter::create).transpose()?,

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 /// Opens a JSONL file for [`crate::pipeline::Input::Lines`].
 pub fn open(path: &Path) -> anyhow::Result<Arc<dyn AsRef<[u8]> + Send + Sync>> {
-    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let len = file
         .metadata()
         .with_context(|| format!("{}: cannot stat", path.display()))?

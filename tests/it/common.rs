@@ -1,0 +1,87 @@
+//! Helpers shared by the integration tests.
+
+use egizml::commands::replay::{replay, ReplayArgs, ReplaySummary};
+use egizml::pipeline::RunReport;
+use egizml::sources::simulator::{write_jsonl, FaultEpisode, SimulatorConfig};
+use std::path::{Path, PathBuf};
+
+pub const T0: i64 = 1_767_225_600_000;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_egizml")
+}
+
+/// One flat-format line.
+pub fn flat(thing: &str, ts: i64, values: &[(&str, f64)]) -> String {
+    let values: serde_json::Map<String, serde_json::Value> = values
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+        .collect();
+    serde_json::json!({"thing_id": thing, "equipment_type": "oven", "ts": ts, "values": values})
+        .to_string()
+}
+
+/// A healthy oven reading, with deterministic small noise from `i`.
+pub fn oven(i: i64) -> Vec<(&'static str, f64)> {
+    let n = |k: i64| (((i * 7919 + k * 104_729) % 1000) as f64 / 1000.0 - 0.5) * 0.4;
+    vec![
+        ("voltage_a", 230.0 + n(1)),
+        ("voltage_b", 229.8 + n(2)),
+        ("voltage_c", 230.2 + n(3)),
+        ("current_a", 15.0 + n(4) * 0.2),
+        ("current_b", 15.0 + n(5) * 0.2),
+        ("current_c", 15.0 + n(6) * 0.2),
+        ("power_factor", 0.92 + n(7) * 0.01),
+        ("temp_zone_1", 185.0 + n(8)),
+        ("temp_zone_2", 190.0 + n(9)),
+        ("temp_zone_3", 188.0 + n(10)),
+    ]
+}
+
+pub fn write_lines(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").expect("write input");
+}
+
+/// Writes simulator telemetry; returns the file and the injected episodes.
+pub fn simulate(
+    dir: &Path,
+    things: usize,
+    points: usize,
+    seed: u64,
+) -> (PathBuf, Vec<FaultEpisode>) {
+    let path = dir.join(format!("sim-{things}-{points}-{seed}.jsonl"));
+    let f = std::fs::File::create(&path).expect("create");
+    let cfg = SimulatorConfig {
+        things,
+        seed,
+        ..SimulatorConfig::default()
+    };
+    let episodes = write_jsonl(cfg, points, std::io::BufWriter::new(f)).expect("simulate");
+    (path, episodes)
+}
+
+pub fn replay_args(input: &Path, out: &Path, workers: usize) -> ReplayArgs {
+    ReplayArgs {
+        input: input.to_path_buf(),
+        alerts: out.join(format!("alerts-{workers}.jsonl")),
+        scores: Some(out.join(format!("scores-{workers}.jsonl"))),
+        dead_letters: Some(out.join(format!("dead-{workers}.jsonl"))),
+        workers: Some(workers),
+        config: None,
+        warmup: None,
+    }
+}
+
+pub fn run_replay(args: &ReplayArgs) -> (ReplaySummary, RunReport) {
+    replay(args).expect("replay runs")
+}
+
+pub fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("valid JSON line"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests, linked into one binary (one link instead of one per file).
+
+mod accuracy;
+mod cli;
+mod common;
+mod demo;
+mod engine;
+mod replay;

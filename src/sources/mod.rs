@@ -2,3 +2,4 @@
 
 pub mod file;
 pub mod simulator;
+pub mod kafka;

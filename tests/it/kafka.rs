@@ -294,7 +294,7 @@ fn kafka_to_kafka_alerts_every_episode_once_with_dead_letters() {
 }
 
 #[test]
-#[ignore = "work in progress: episodes right after the restart point are still missed (see the transport report)"]
+#[ignore = "flaky: alerts raised while re-reading for warm start are dropped but still feed the dedup/rate-limit policy, which can suppress the real alert of an episode just after the restart point; needs a learn-only mode in the engine"]
 fn service_killed_mid_stream_resumes_without_losing_an_episode() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Tansu::start().expect("tansu starts");

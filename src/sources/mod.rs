@@ -1,5 +1,5 @@
 //! Sources of telemetry: file replay and the built-in simulator.
 
 pub mod file;
-pub mod simulator;
 pub mod kafka;
+pub mod simulator;

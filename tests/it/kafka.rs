@@ -358,3 +358,42 @@ fn service_killed_mid_stream_resumes_without_losing_an_episode() {
         "episodes lost across the restart: {lost:?}"
     );
 }
+
+#[test]
+fn run_rejects_a_bad_service_config_with_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("svc.yaml");
+    std::fs::write(
+        &path,
+        "source:\n  kafka:\n    brokers: 127.0.0.1:1\n    topics: [t]\n    bogus: 1\nsinks:\n  jsonl:\n    alerts: out.jsonl\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("svc.yaml:5:"), "{err}");
+    assert!(err.contains("source.kafka"), "{err}");
+    assert!(err.contains("bogus"), "{err}");
+
+    std::fs::write(
+        &path,
+        "source: {}\nsinks:\n  jsonl:\n    alerts: out.jsonl\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("set exactly one of kafka, file, simulator"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod demo;
 pub mod replay;
+pub mod run;
 pub mod simulate;
 
 use crate::config::DataflowConfig;

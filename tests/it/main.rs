@@ -5,4 +5,5 @@ mod cli;
 mod common;
 mod demo;
 mod engine;
+mod kafka;
 mod replay;

@@ -47,6 +47,10 @@ pub struct Point {
     /// Position in the input: orders records deterministically within a dataflow epoch.
     pub seq: u64,
     pub origin: Origin,
+    /// Re-read only to rebuild per-thing state (e.g. a Kafka warm start after a restart): the engine
+    /// learns from it but raises nothing, so the alert policy sees exactly what the first run saw.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub learn_only: bool,
 }
 
 impl Point {

@@ -331,6 +331,7 @@ impl Decoder {
             label,
             seq: 0,
             origin: Origin::None,
+            learn_only: false,
         })
     }
 

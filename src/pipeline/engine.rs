@@ -367,7 +367,9 @@ impl Engine {
             );
             return self.dead(&p, MalformedReason::Late, detail, out);
         }
-        self.counters.points += 1;
+        if !p.learn_only {
+            self.counters.points += 1;
+        }
         let in_order = p.ts > last_ts;
         let t = self
             .things
@@ -397,6 +399,10 @@ impl Engine {
             None
         };
         let anomalous = scored.as_ref().is_some_and(|s| s.anomalous);
+        if p.learn_only {
+            learn(t, complete, anomalous, in_order, p.ts);
+            return;
+        }
 
         // Explanations read the state before this reading is learned.
         let mut candidates: Vec<(Alert, bool)> = Vec::new();
@@ -412,30 +418,7 @@ impl Engine {
             }
         }
 
-        if complete {
-            for (i, st) in t.stats.iter_mut().enumerate() {
-                if t.present[i] {
-                    st.update(t.values[i]);
-                }
-            }
-            t.consecutive_anomalous = if anomalous {
-                t.consecutive_anomalous + 1
-            } else {
-                0
-            };
-            if !anomalous || t.consecutive_anomalous > MAX_FROZEN_READINGS {
-                t.model.update(&t.values);
-            }
-            t.learned += 1;
-        }
-        if in_order {
-            t.prev_ts = Some(p.ts);
-            t.last_ts = p.ts;
-        } else {
-            // The previous values stay those of the newest reading: rate-of-change compares in-order
-            // neighbours only.
-            t.values.copy_from_slice(&t.prev_values);
-        }
+        learn(t, complete, anomalous, in_order, p.ts);
 
         if anomalous || !hits.is_empty() {
             self.counters.anomalies += 1;
@@ -474,6 +457,34 @@ impl Engine {
                 }),
             ));
         }
+    }
+}
+
+/// Learns the loaded reading of `t` (after it has been scored and explained).
+fn learn(t: &mut ThingState, complete: bool, anomalous: bool, in_order: bool, ts: i64) {
+    if complete {
+        for (i, st) in t.stats.iter_mut().enumerate() {
+            if t.present[i] {
+                st.update(t.values[i]);
+            }
+        }
+        t.consecutive_anomalous = if anomalous {
+            t.consecutive_anomalous + 1
+        } else {
+            0
+        };
+        if !anomalous || t.consecutive_anomalous > MAX_FROZEN_READINGS {
+            t.model.update(&t.values);
+        }
+        t.learned += 1;
+    }
+    if in_order {
+        t.prev_ts = Some(ts);
+        t.last_ts = ts;
+    } else {
+        // The previous values stay those of the newest reading: rate-of-change compares in-order
+        // neighbours only.
+        t.values.copy_from_slice(&t.prev_values);
     }
 }
 

@@ -16,6 +16,7 @@ fn point(thing: &str, ts: i64, values: &[(&str, f64)], seq: u64) -> Point {
         label: None,
         seq,
         origin: Origin::None,
+        learn_only: false,
     }
 }
 

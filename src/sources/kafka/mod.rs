@@ -227,12 +227,14 @@ impl KafkaReader {
                 partition: part.1,
                 offset,
             };
-            out.push(decode_record(
-                decoder,
-                msg.payload().unwrap_or(b""),
-                seq,
-                origin,
-            ));
+            let replayed = self.resume.is_replayed(&origin);
+            let mut record = decode_record(decoder, msg.payload().unwrap_or(b""), seq, origin);
+            if let Record::Point(p, _) = &mut record {
+                // Re-read for state only: the engine learns from it without alerting, so its alert
+                // policy (dedup, rate limit) stays as it was when these readings were first processed.
+                p.learn_only = replayed;
+            }
+            out.push(record);
             if self.floor.get(&part).is_none_or(|&f| offset + 1 > f) {
                 let next = self.current.entry(part).or_insert(0);
                 *next = (*next).max(offset + 1);

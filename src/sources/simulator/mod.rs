@@ -609,6 +609,7 @@ impl Simulator {
             label: Some(label),
             seq,
             origin: Origin::None,
+            learn_only: false,
         }
     }
 

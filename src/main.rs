@@ -1,7 +1,7 @@
 //! The `egizml` binary: parses the command line and runs a command from `egizml::commands`.
 
 use clap::{Parser, Subcommand};
-use egizml::commands::{bench, demo, replay, simulate};
+use egizml::commands::{bench, demo, eval, replay, simulate};
 
 /// Streaming anomaly detection and predictive maintenance for industrial telemetry.
 #[derive(Parser)]
@@ -21,6 +21,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write labelled simulator telemetry to a JSONL file.
     Simulate(simulate::SimulateArgs),
+    /// Benchmark evaluations (C-MAPSS remaining useful life, ...).
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 fn main() {
@@ -75,6 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("{}", serde_json::to_string(&s)?);
         }
+        Command::Eval(cmd) => eval::run(&cmd)?,
         Command::Simulate(args) => {
             let episodes = simulate::simulate(&args)?;
             println!(

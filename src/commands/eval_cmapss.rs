@@ -3,12 +3,16 @@
 //! docs/ACCURACY.md), predict at the last cycle of each test unit, compare with `RUL_<subset>`.
 
 use crate::rul::cmapss::{load_subset, write_jsonl};
+use crate::rul::features::FeatureSpec;
 use crate::rul::metrics::{mae, phm08, rmse};
-use crate::rul::model::{unit_rows, ForestParams, RulModel, TrainOptions};
+use crate::rul::model::{ForestParams, RulModel, TrainOptions};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// Event time of cycle 0 in `--export-jsonl` output (2026-01-01T00:00:00Z); one cycle per hour.
+pub const EXPORT_T0_MS: i64 = 1_767_225_600_000;
 
 /// Arguments of `egizml eval cmapss`.
 #[derive(Clone, Debug, clap::Args)]
@@ -37,6 +41,18 @@ pub struct CmapssArgs {
     /// Random seed.
     #[arg(long, default_value_t = ForestParams::default().seed)]
     pub seed: u64,
+    /// Short rolling window, cycles.
+    #[arg(long, default_value_t = FeatureSpec::cmapss_default().short)]
+    pub short_window: usize,
+    /// Long rolling window (mean, slope), cycles.
+    #[arg(long, default_value_t = FeatureSpec::cmapss_default().long)]
+    pub long_window: usize,
+    /// Cycles averaged as each unit's own baseline.
+    #[arg(long, default_value_t = FeatureSpec::cmapss_default().baseline)]
+    pub baseline: usize,
+    /// Successive predictions averaged per unit (1 = none).
+    #[arg(long, default_value_t = 1)]
+    pub smooth: usize,
     /// Also write the test units as flat JSONL telemetry (for replaying them through the live path).
     #[arg(long, value_name = "FILE")]
     pub export_jsonl: Option<PathBuf>,
@@ -46,6 +62,7 @@ impl CmapssArgs {
     /// Arguments with the defaults for a data directory.
     pub fn new(data: PathBuf) -> Self {
         let f = ForestParams::default();
+        let spec = FeatureSpec::cmapss_default();
         CmapssArgs {
             data,
             subset: "FD001".into(),
@@ -55,6 +72,10 @@ impl CmapssArgs {
             max_depth: f.max_depth,
             mtry: f.m,
             seed: f.seed,
+            short_window: spec.short,
+            long_window: spec.long,
+            baseline: spec.baseline,
+            smooth: 1,
             export_jsonl: None,
         }
     }
@@ -100,9 +121,16 @@ pub fn eval_cmapss(args: &CmapssArgs) -> anyhow::Result<CmapssReport> {
         let f = std::fs::File::create(path)
             .with_context(|| format!("{}: cannot create", path.display()))?;
         let mut w = std::io::BufWriter::new(f);
-        write_jsonl(&data.test, &data.name, "test", 0, 3_600_000, &mut w)
-            .and_then(|_| std::io::Write::flush(&mut w))
-            .with_context(|| format!("{}: write failed", path.display()))?;
+        write_jsonl(
+            &data.test,
+            &data.name,
+            "test",
+            EXPORT_T0_MS,
+            3_600_000,
+            &mut w,
+        )
+        .and_then(|_| std::io::Write::flush(&mut w))
+        .with_context(|| format!("{}: write failed", path.display()))?;
     }
     let mut opts = TrainOptions::cmapss(&data.name);
     opts.forest = ForestParams {
@@ -112,6 +140,10 @@ pub fn eval_cmapss(args: &CmapssArgs) -> anyhow::Result<CmapssReport> {
         m: args.mtry,
         seed: args.seed,
     };
+    opts.smooth = args.smooth;
+    opts.spec.short = args.short_window;
+    opts.spec.long = args.long_window;
+    opts.spec.baseline = args.baseline;
     anyhow::ensure!(args.trees > 0, "--trees must be at least 1");
     anyhow::ensure!(
         args.min_samples_leaf > 0,
@@ -121,13 +153,11 @@ pub fn eval_cmapss(args: &CmapssArgs) -> anyhow::Result<CmapssReport> {
     let mut model = RulModel::train(&data.train, &opts)?;
     let train_s = t_train.elapsed().as_secs_f64();
 
-    // The last feature row of each test unit, built cycle by cycle as the live path does.
-    let rows: Vec<Vec<f64>> = data
-        .test
-        .iter()
-        .map(|u| unit_rows(&model.spec, u).pop().unwrap_or_default())
-        .collect();
-    let pred = model.predict_rows(&rows)?;
+    // Each test unit's prediction at its last cycle, built cycle by cycle as the live path does.
+    let mut pred = Vec::with_capacity(data.test.len());
+    for u in &data.test {
+        pred.push(model.unit_predictions(u)?.pop().unwrap_or(model.meta.cap));
+    }
     let truth = &data.rul;
     let covered = pred
         .iter()

@@ -28,13 +28,14 @@ pub const KINDS: [&str; 4] = ["mean_short", "mean_long", "slope_long", "drift"];
 
 impl FeatureSpec {
     /// The C-MAPSS FD001 default: the 14 informative sensors (s1, s5, s6, s10, s16, s18, s19 are constant
-    /// or nearly so in FD001 and carry no degradation signal), windows 5 / 30, baseline 20 cycles.
+    /// or nearly so in FD001 and carry no degradation signal), windows 5 / 50, baseline 20 cycles
+    /// (chosen on the validation split, docs/ACCURACY.md).
     pub fn cmapss_default() -> Self {
         let sensors = [2, 3, 4, 7, 8, 9, 11, 12, 13, 14, 15, 17, 20, 21];
         FeatureSpec {
             sensors: sensors.iter().map(|i| format!("s{i}")).collect(),
             short: 5,
-            long: 30,
+            long: 50,
             baseline: 20,
         }
     }

@@ -33,7 +33,7 @@ impl Default for ForestParams {
         ForestParams {
             n_trees: 100,
             max_depth: None,
-            min_samples_leaf: 5,
+            min_samples_leaf: 15,
             m: None,
             seed: 42,
         }
@@ -53,6 +53,8 @@ pub struct TrainOptions {
     pub alpha: f64,
     /// Dataset or equipment class the model belongs to (registry directory name).
     pub dataset: String,
+    /// Predictions averaged per thing (see [`Smoother`]); 1 = none.
+    pub smooth: usize,
 }
 
 impl TrainOptions {
@@ -65,6 +67,7 @@ impl TrainOptions {
             holdout_every: 5,
             alpha: 0.1,
             dataset: dataset.to_string(),
+            smooth: 1,
         }
     }
 }
@@ -204,6 +207,9 @@ pub struct RulModel {
     /// Per feature: mean and std over healthy training rows (true RUL >= cap), for contributing factors.
     pub healthy: Vec<(f64, f64)>,
     pub conformal: Conformal,
+    /// Predictions averaged per thing by [`Smoother`].
+    #[serde(default = "one")]
+    pub smooth: usize,
     forest: Forest,
 }
 
@@ -314,9 +320,21 @@ impl RulModel {
         let (x, y, _) = training_set(&opts.spec, &fit_units, opts.cap);
         let forest = fit_forest(&x, &y, &opts.forest)?;
         let (cx, cy, craw) = training_set(&opts.spec, &cal_units, opts.cap);
-        let cp = forest
+        let raw = forest
             .predict(&matrix(&cx)?)
             .map_err(|e| RulError::Train(e.to_string()))?;
+        // Smooth per unit, as the live path does, so the residuals calibrated are the ones served.
+        let mut cp = Vec::with_capacity(raw.len());
+        let mut at = 0;
+        for u in &cal_units {
+            let n = u.cycles.len();
+            let clamped: Vec<f64> = raw[at..at + n]
+                .iter()
+                .map(|v| v.clamp(0.0, opts.cap))
+                .collect();
+            cp.extend(smooth_series(&clamped, opts.smooth, opts.cap));
+            at += n;
+        }
         let conformal = Conformal::calibrate(&cp, &cy, opts.alpha)?;
         let validation = validate(&cx, &cp, &cy, &craw, &conformal, cal_units.len());
 
@@ -349,13 +367,26 @@ impl RulModel {
                 top_features: top,
             },
             spec: opts.spec.clone(),
+            smooth: opts.smooth.max(1),
             healthy,
             conformal,
             forest,
         })
     }
 
-    /// Point predictions (cycles, within [0, cap]) for feature rows.
+    /// Smoothed predictions at every cycle of a unit, computed as the live path does (features cycle
+    /// by cycle, then [`Smoother`]).
+    pub fn unit_predictions(&self, unit: &Unit) -> Result<Vec<f64>, RulError> {
+        let raw = self.predict_rows(&unit_rows(&self.spec, unit))?;
+        Ok(smooth_series(&raw, self.smooth, self.meta.cap))
+    }
+
+    /// A smoother matching this model.
+    pub fn smoother(&self) -> Smoother {
+        Smoother::new(self.smooth, self.meta.cap)
+    }
+
+    /// Raw forest predictions (cycles, within [0, cap]) for feature rows.
     pub fn predict_rows(&self, rows: &[Vec<f64>]) -> Result<Vec<f64>, RulError> {
         if rows.is_empty() {
             return Ok(Vec::new());
@@ -431,6 +462,52 @@ impl RulModel {
         }
         Ok(m)
     }
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Per-thing smoothing of successive predictions: the RUL now is estimated by each of the last `k`
+/// predictions minus the cycles elapsed since it, averaged. Degradation is one cycle per cycle, so
+/// this averages out the forest's cycle-to-cycle noise without lag.
+#[derive(Clone, Debug)]
+pub struct Smoother {
+    k: usize,
+    cap: f64,
+    recent: std::collections::VecDeque<f64>,
+}
+
+impl Smoother {
+    pub fn new(k: usize, cap: f64) -> Self {
+        Smoother {
+            k: k.max(1),
+            cap,
+            recent: std::collections::VecDeque::with_capacity(k.max(1)),
+        }
+    }
+
+    /// Adds the raw prediction of the newest cycle; returns the smoothed RUL.
+    pub fn push(&mut self, raw: f64) -> f64 {
+        if self.recent.len() == self.k {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(raw);
+        let n = self.recent.len();
+        let sum: f64 = self
+            .recent
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r - (n - 1 - i) as f64)
+            .sum();
+        (sum / n as f64).clamp(0.0, self.cap)
+    }
+}
+
+/// Smoothed predictions of a unit's successive raw predictions.
+pub fn smooth_series(raw: &[f64], k: usize, cap: f64) -> Vec<f64> {
+    let mut s = Smoother::new(k, cap);
+    raw.iter().map(|&r| s.push(r)).collect()
 }
 
 fn validate(

@@ -6,7 +6,7 @@
 //! hours_per_cycle cycles) under the calibrated residual distribution of the prediction's band.
 
 use super::features::FeatureBuilder;
-use super::model::RulModel;
+use super::model::{RulModel, Smoother};
 use super::RulError;
 use crate::event::{alert_id, Alert, FeatureContribution, Name, Origin, Point, Severity};
 use rustc_hash::FxHashMap;
@@ -171,10 +171,14 @@ pub fn recommended_action(rul_hours: f64, horizon_hours: f64) -> String {
     }
 }
 
+/// A due thing's maintenance alert re-arms when its RUL exceeds the horizon times this.
+const REARM_FACTOR: f64 = 1.25;
+
 /// Per-thing live state.
 #[derive(Debug)]
 struct ThingState {
     builder: FeatureBuilder,
+    smoother: Smoother,
     last_emit: Option<i64>,
     /// (cycles, rul) of recent predictions, for the trend.
     recent: VecDeque<(f64, f64)>,
@@ -225,11 +229,16 @@ impl RulTracker {
             .entry(p.thing_id.clone())
             .or_insert_with(|| ThingState {
                 builder: FeatureBuilder::new(&model.spec),
+                smoother: model.smoother(),
                 last_emit: None,
                 recent: VecDeque::new(),
                 due: false,
             });
         st.builder.push(&self.vals, &mut self.row);
+        // Every reading is predicted (a few microseconds) so the smoothing sees every cycle; only
+        // emission is periodic.
+        let raw = model.predict_rows(std::slice::from_ref(&self.row))?[0];
+        let rul = st.smoother.push(raw);
         let period = i64::try_from(self.cfg.emit_every_s)
             .unwrap_or(i64::MAX / 1000)
             .saturating_mul(1000);
@@ -240,7 +249,6 @@ impl RulTracker {
             return Ok(None);
         }
         st.last_emit = Some(p.ts);
-        let rul = model.predict_rows(std::slice::from_ref(&self.row))?[0];
         let (interval, p24, p72, factors) = assess(model, &self.row, rul, &self.cfg);
         let cycles = st.builder.cycles();
         if st.recent.len() == self.cfg.trend_window {
@@ -249,7 +257,13 @@ impl RulTracker {
         st.recent.push_back((cycles as f64, rul));
         let rul_hours = rul * self.cfg.hours_per_cycle;
         let due = rul_hours <= self.cfg.alert_horizon_hours;
-        st.due = due;
+        // Hysteresis: once due, the alert re-arms only when the RUL climbs clearly back above the
+        // horizon, so a prediction wobbling around it does not alert at every wobble.
+        if due {
+            st.due = true;
+        } else if rul_hours > self.cfg.alert_horizon_hours * REARM_FACTOR {
+            st.due = false;
+        }
         Ok(Some(Prediction {
             thing_id: p.thing_id.clone(),
             equipment_type: p.equipment_type.clone(),

@@ -15,6 +15,7 @@ pub mod features;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod rul;
 pub mod rules;
 pub mod sinks;
 pub mod sources;

@@ -1,7 +1,7 @@
 //! The `egizml` binary: parses the command line and runs a command from `egizml::commands`.
 
 use clap::{Parser, Subcommand};
-use egizml::commands::{bench, demo, replay, run as service, simulate};
+use egizml::commands::{bench, demo, eval, replay, run as service, simulate};
 
 /// Streaming anomaly detection and predictive maintenance for industrial telemetry.
 #[derive(Parser)]
@@ -23,6 +23,9 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// The service: sources and sinks from a service config (configs/service.yaml).
     Run(service::RunArgs),
+    /// Benchmark evaluations (C-MAPSS remaining useful life, ...).
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 fn main() {
@@ -81,6 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let summary = service::run(&args)?;
             println!("{summary}");
         }
+        Command::Eval(cmd) => eval::run(&cmd)?,
         Command::Simulate(args) => {
             let episodes = simulate::simulate(&args)?;
             println!(

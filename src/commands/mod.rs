@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod demo;
+pub mod eval;
+pub mod eval_cmapss;
 pub mod replay;
 pub mod run;
 pub mod simulate;

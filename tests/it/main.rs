@@ -7,3 +7,4 @@ mod demo;
 mod engine;
 mod kafka;
 mod replay;
+mod rul;

@@ -1,0 +1,366 @@
+//! From a point RUL to what a maintenance planner reads ([`Prediction`]), and the live per-thing
+//! [`RulTracker`] that keeps a health index per thing and emits predictions at a configured period.
+//!
+//! Failure probabilities assume a fixed duration per cycle ([`RulConfig::hours_per_cycle`], 1 h by
+//! default: a C-MAPSS cycle is one flight). P(failure within H hours) = P(true RUL <= H /
+//! hours_per_cycle cycles) under the calibrated residual distribution of the prediction's band.
+
+use super::features::FeatureBuilder;
+use super::model::{RulModel, Smoother};
+use super::RulError;
+use crate::event::{alert_id, Alert, FeatureContribution, Name, Origin, Point, Severity};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Live RUL settings (the `rul` section a dataflow config can carry).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulConfig {
+    /// Model file (`models/<equipment>/rul/<version>/model.json`).
+    pub model: Option<PathBuf>,
+    /// Event-time period between two predictions of one thing, seconds (0 = every reading).
+    pub emit_every_s: u64,
+    /// Hours one cycle (one reading) represents, for hour-based horizons and probabilities.
+    pub hours_per_cycle: f64,
+    /// A maintenance alert is raised when the predicted RUL first falls to this many hours or less.
+    pub alert_horizon_hours: f64,
+    /// Predictions kept per thing for the degradation trend.
+    pub trend_window: usize,
+    /// Optional Kafka topic the predictions are published to.
+    pub kafka_topic: Option<String>,
+}
+
+impl Default for RulConfig {
+    fn default() -> Self {
+        RulConfig {
+            model: None,
+            emit_every_s: 3600,
+            hours_per_cycle: 1.0,
+            alert_horizon_hours: 72.0,
+            trend_window: 10,
+            kafka_topic: None,
+        }
+    }
+}
+
+impl RulConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.hours_per_cycle.is_finite() && self.hours_per_cycle > 0.0) {
+            return Err(format!(
+                "rul.hours_per_cycle must be > 0, got {}",
+                self.hours_per_cycle
+            ));
+        }
+        if !(self.alert_horizon_hours.is_finite() && self.alert_horizon_hours >= 0.0) {
+            return Err(format!(
+                "rul.alert_horizon_hours must be >= 0, got {}",
+                self.alert_horizon_hours
+            ));
+        }
+        if self.trend_window < 2 {
+            return Err("rul.trend_window must be >= 2".into());
+        }
+        Ok(())
+    }
+}
+
+/// The interval around the RUL, cycles.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    pub lower: f64,
+    pub upper: f64,
+    /// Nominal coverage (0.9 = 90 %).
+    pub level: f64,
+}
+
+/// A sensor far from its healthy baseline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Factor {
+    pub feature: String,
+    /// Deviation of the long-window mean from the healthy-fleet mean, in healthy standard deviations.
+    pub z: f64,
+}
+
+/// One prediction for one thing (the `/api/v1/predictions` and Kafka object).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub thing_id: Name,
+    pub equipment_type: Name,
+    /// Event time of the reading predicted from, epoch ms.
+    pub ts: i64,
+    /// Readings (cycles) seen for this thing.
+    pub cycles: usize,
+    /// Remaining useful life, cycles (capped at the model's cap: "cap" means "at least the cap").
+    pub rul: f64,
+    pub rul_hours: f64,
+    pub interval: Interval,
+    /// rul / cap: 1 healthy, 0 at end of life.
+    pub health_index: f64,
+    pub failure_probability_24h: f64,
+    pub failure_probability_72h: f64,
+    /// Least-squares change of RUL per cycle over recent predictions: about 0 while healthy, -1 when
+    /// wearing at the nominal rate, below -1 when degrading faster.
+    pub degradation_trend: f64,
+    pub contributing_factors: Vec<Factor>,
+    pub recommended_action: String,
+    /// True when the RUL is within the configured alert horizon.
+    pub maintenance_due: bool,
+    pub model_version: String,
+}
+
+/// Point prediction plus what follows from the model alone (no per-thing history).
+pub fn assess(
+    model: &RulModel,
+    features: &[f64],
+    rul: f64,
+    cfg: &RulConfig,
+) -> (Interval, f64, f64, Vec<Factor>) {
+    let (lower, upper) = model.conformal.interval(rul);
+    let h = |hours: f64| hours / cfg.hours_per_cycle;
+    let p24 = model.conformal.prob_within(rul, h(24.0));
+    let p72 = model.conformal.prob_within(rul, h(72.0)).max(p24);
+    (
+        Interval {
+            lower,
+            upper,
+            level: 1.0 - model.conformal.alpha,
+        },
+        p24,
+        p72,
+        factors(model, features),
+    )
+}
+
+/// Top three sensors by |z| of their long-window mean against the healthy baseline (|z| >= 1 only).
+fn factors(model: &RulModel, features: &[f64]) -> Vec<Factor> {
+    let names = model.spec.names();
+    let mut f: Vec<Factor> = names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.ends_with("_mean_long"))
+        .filter_map(|(j, n)| {
+            let (m, s) = model.healthy[j];
+            (s > 0.0).then(|| Factor {
+                feature: n.trim_end_matches("_mean_long").to_string(),
+                z: (features[j] - m) / s,
+            })
+        })
+        .filter(|f| f.z.abs() >= 1.0)
+        .collect();
+    f.sort_by(|a, b| b.z.abs().total_cmp(&a.z.abs()));
+    f.truncate(3);
+    for x in &mut f {
+        x.z = (x.z * 100.0).round() / 100.0;
+    }
+    f
+}
+
+/// Recommended action by RUL band, in hours.
+pub fn recommended_action(rul_hours: f64, horizon_hours: f64) -> String {
+    if rul_hours <= 24.0 {
+        "Stop at the next opportunity and replace or overhaul: end of life within a day".into()
+    } else if rul_hours <= horizon_hours {
+        format!("Schedule maintenance within {:.0} h", rul_hours.floor())
+    } else if rul_hours <= 3.0 * horizon_hours.max(24.0) {
+        "Plan maintenance at the next scheduled stop; order parts".into()
+    } else {
+        "No action: keep monitoring".into()
+    }
+}
+
+/// A due thing's maintenance alert re-arms when its RUL exceeds the horizon times this.
+const REARM_FACTOR: f64 = 1.25;
+
+/// Per-thing live state.
+#[derive(Debug)]
+struct ThingState {
+    builder: FeatureBuilder,
+    smoother: Smoother,
+    last_emit: Option<i64>,
+    /// (cycles, rul) of recent predictions, for the trend.
+    recent: VecDeque<(f64, f64)>,
+    due: bool,
+}
+
+/// Live RUL predictor: feed every reading of every thing; returns a prediction when one is due.
+pub struct RulTracker {
+    model: Arc<RulModel>,
+    cfg: RulConfig,
+    things: FxHashMap<Name, ThingState>,
+    vals: Vec<f64>,
+    row: Vec<f64>,
+    version: String,
+}
+
+impl RulTracker {
+    pub fn new(model: Arc<RulModel>, cfg: RulConfig) -> Result<Self, RulError> {
+        cfg.validate().map_err(RulError::Data)?;
+        let version = format!("{}/rul/{}", model.meta.dataset, model.meta.version);
+        Ok(RulTracker {
+            vals: vec![0.0; model.spec.sensors.len()],
+            row: Vec::with_capacity(model.spec.len()),
+            model,
+            cfg,
+            things: FxHashMap::default(),
+            version,
+        })
+    }
+
+    /// Things tracked.
+    pub fn things(&self) -> usize {
+        self.things.len()
+    }
+
+    /// Feeds one reading. A reading lacking one of the model's sensors is rejected (error) and leaves
+    /// the thing's state untouched. Returns a prediction when `emit_every_s` of event time has passed
+    /// since the thing's last one (the first reading always predicts).
+    pub fn observe(&mut self, p: &Point) -> Result<Option<Prediction>, RulError> {
+        for (v, name) in self.vals.iter_mut().zip(&self.model.spec.sensors) {
+            *v = p.value(name).ok_or_else(|| {
+                RulError::Data(format!("thing {}: reading lacks sensor {name}", p.thing_id))
+            })?;
+        }
+        let model = &self.model;
+        let st = self
+            .things
+            .entry(p.thing_id.clone())
+            .or_insert_with(|| ThingState {
+                builder: FeatureBuilder::new(&model.spec),
+                smoother: model.smoother(),
+                last_emit: None,
+                recent: VecDeque::new(),
+                due: false,
+            });
+        st.builder.push(&self.vals, &mut self.row);
+        // Every reading is predicted (a few microseconds) so the smoothing sees every cycle; only
+        // emission is periodic.
+        let raw = model.predict_rows(std::slice::from_ref(&self.row))?[0];
+        let rul = st.smoother.push(raw);
+        let period = i64::try_from(self.cfg.emit_every_s)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000);
+        if st
+            .last_emit
+            .is_some_and(|last| p.ts.saturating_sub(last) < period)
+        {
+            return Ok(None);
+        }
+        st.last_emit = Some(p.ts);
+        let (interval, p24, p72, factors) = assess(model, &self.row, rul, &self.cfg);
+        let cycles = st.builder.cycles();
+        if st.recent.len() == self.cfg.trend_window {
+            st.recent.pop_front();
+        }
+        st.recent.push_back((cycles as f64, rul));
+        let rul_hours = rul * self.cfg.hours_per_cycle;
+        let due = rul_hours <= self.cfg.alert_horizon_hours;
+        // Hysteresis: once due, the alert re-arms only when the RUL climbs clearly back above the
+        // horizon, so a prediction wobbling around it does not alert at every wobble.
+        if due {
+            st.due = true;
+        } else if rul_hours > self.cfg.alert_horizon_hours * REARM_FACTOR {
+            st.due = false;
+        }
+        Ok(Some(Prediction {
+            thing_id: p.thing_id.clone(),
+            equipment_type: p.equipment_type.clone(),
+            ts: p.ts,
+            cycles,
+            rul,
+            rul_hours,
+            interval,
+            health_index: rul / model.meta.cap,
+            failure_probability_24h: p24,
+            failure_probability_72h: p72,
+            degradation_trend: trend(&st.recent),
+            contributing_factors: factors,
+            recommended_action: recommended_action(rul_hours, self.cfg.alert_horizon_hours),
+            maintenance_due: due,
+            model_version: self.version.clone(),
+        }))
+    }
+
+    /// Feeds one reading and also returns a maintenance alert when the thing has just crossed into
+    /// the alert horizon (once per crossing; it re-arms when the RUL climbs back above it).
+    pub fn observe_with_alert(
+        &mut self,
+        p: &Point,
+    ) -> Result<(Option<Prediction>, Option<Alert>), RulError> {
+        let was_due = self.things.get(&p.thing_id).is_some_and(|s| s.due);
+        let pred = self.observe(p)?;
+        let alert = match &pred {
+            Some(pr) if pr.maintenance_due && !was_due => {
+                Some(maintenance_alert(pr, p.origin.clone()))
+            }
+            _ => None,
+        };
+        Ok((pred, alert))
+    }
+}
+
+/// Least-squares slope of RUL against cycles; 0 with fewer than two points.
+fn trend(recent: &VecDeque<(f64, f64)>) -> f64 {
+    let n = recent.len() as f64;
+    if recent.len() < 2 {
+        return 0.0;
+    }
+    let mx = recent.iter().map(|r| r.0).sum::<f64>() / n;
+    let my = recent.iter().map(|r| r.1).sum::<f64>() / n;
+    let sxx: f64 = recent.iter().map(|r| (r.0 - mx).powi(2)).sum();
+    let sxy: f64 = recent.iter().map(|r| (r.0 - mx) * (r.1 - my)).sum();
+    if sxx > 0.0 {
+        sxy / sxx
+    } else {
+        0.0
+    }
+}
+
+/// The maintenance alert for a prediction that crossed the horizon, in the common alert shape, so it
+/// goes through the same alert policy and sinks as anomaly alerts.
+pub fn maintenance_alert(p: &Prediction, origin: Origin) -> Alert {
+    let alert_type = "maintenance_due";
+    let severity = if p.rul_hours <= 24.0 {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    };
+    let total: f64 = p.contributing_factors.iter().map(|f| f.z.abs()).sum();
+    let top_features = p
+        .contributing_factors
+        .iter()
+        .map(|f| FeatureContribution {
+            feature: Name::from(f.feature.as_str()),
+            contribution: if total > 0.0 { f.z / total } else { 0.0 },
+        })
+        .collect();
+    let mut families = BTreeMap::new();
+    families.insert("other".to_string(), 1.0);
+    Alert {
+        alert_id: alert_id(&p.thing_id, alert_type, p.ts),
+        thing_id: p.thing_id.clone(),
+        equipment_type: p.equipment_type.clone(),
+        ts: p.ts,
+        severity,
+        source: "rul".into(),
+        alert_type: alert_type.into(),
+        score: (1.0 - p.health_index).clamp(0.0, 1.0),
+        model_version: p.model_version.clone(),
+        top_features,
+        families,
+        explanation: format!(
+            "predicted RUL {:.0} cycles ({:.0} h, {:.0}% interval {:.0}-{:.0}); failure probability 72 h {:.0}%; {}",
+            p.rul,
+            p.rul_hours,
+            p.interval.level * 100.0,
+            p.interval.lower,
+            p.interval.upper,
+            p.failure_probability_72h * 100.0,
+            p.recommended_action
+        ),
+        input_offsets: origin,
+        label: None,
+    }
+}

@@ -1,7 +1,7 @@
 //! The `egizml` binary: parses the command line and runs a command from `egizml::commands`.
 
 use clap::{Parser, Subcommand};
-use egizml::commands::{bench, demo, replay, simulate};
+use egizml::commands::{bench, demo, eval_nab, eval_skab, replay, simulate};
 
 /// Streaming anomaly detection and predictive maintenance for industrial telemetry.
 #[derive(Parser)]
@@ -21,6 +21,17 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write labelled simulator telemetry to a JSONL file.
     Simulate(simulate::SimulateArgs),
+    /// Evaluate detection on public benchmarks.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// SKAB protocol: first 400 rows of each file learn-only; point-wise F1/FAR/MAR and SKAB's NAB.
+    Skab(eval_skab::EvalSkabArgs),
+    /// Numenta Anomaly Benchmark scoring (windows, probation, scaled sigmoid, three profiles).
+    Nab(eval_nab::EvalNabArgs),
 }
 
 fn main() {
@@ -74,6 +85,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 s.points, s.workers, s.elapsed_s, s.points_per_sec, s.p50_us, s.p99_us, s.alerts
             );
             println!("{}", serde_json::to_string(&s)?);
+        }
+        Command::Eval(EvalCommand::Skab(args)) => {
+            let (summary, report) = eval_skab::eval_skab(&args)?;
+            for line in eval_skab::describe(&summary, &report) {
+                println!("{line}");
+            }
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+        Command::Eval(EvalCommand::Nab(args)) => {
+            let (summary, files) = eval_nab::eval_nab(&args)?;
+            for line in eval_nab::describe(&summary, &files) {
+                println!("{line}");
+            }
+            println!("{}", serde_json::to_string(&summary)?);
         }
         Command::Simulate(args) => {
             let episodes = simulate::simulate(&args)?;

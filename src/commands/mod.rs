@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod demo;
+pub mod eval_nab;
+pub mod eval_skab;
 pub mod replay;
 pub mod simulate;
 

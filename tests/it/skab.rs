@@ -290,3 +290,21 @@ fn bad_model_options_are_rejected_with_their_field() {
     let e = cfg.validate("f.yaml").unwrap_err().to_string();
     assert!(e.contains("calibration_quantile"), "{e}");
 }
+
+#[test]
+fn healthy_skab_sensors_raise_no_sensor_fault_with_the_defaults() {
+    use egizml::detectors::sensor_faults::{SensorFaultConfig, SensorFaultDetector};
+    use egizml::eval::skab::{find_files, load_file, SENSORS};
+    let dir = skab_dir();
+    let mut paths = find_files(&dir, Some("valve1")).unwrap();
+    paths.push(dir.join("data/anomaly-free/anomaly-free.csv"));
+    for p in paths {
+        let f = load_file(&p, &p.display().to_string()).unwrap();
+        let mut d = SensorFaultDetector::new(SensorFaultConfig::default());
+        for r in &f.rows {
+            let values: Vec<(&str, f64)> = SENSORS.iter().copied().zip(r.values).collect();
+            let ev = d.observe(r.ts, &values);
+            assert!(ev.is_empty(), "{}: {ev:?}", f.name);
+        }
+    }
+}

@@ -180,6 +180,21 @@ fn eval_nab_scores_fixture_files_by_hand() {
     .unwrap();
     assert_eq!(s2, s);
 
+    // The binary prints the table and the same summary as its last stdout line.
+    let (ok, stdout, stderr) = run(&[
+        "eval",
+        "nab",
+        "--data",
+        args.data.to_str().unwrap(),
+        "--labels",
+        args.labels.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("artificial/a.csv"), "{stdout}");
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["standard"], 94.5);
+    assert_eq!(last["low_fp"], 89.0);
+
     // Bad labels: a clear error naming the file.
     std::fs::write(&args.labels, r#"{"artificial/a.csv": [42]}"#).unwrap();
     let e = eval_nab(&args).unwrap_err().to_string();

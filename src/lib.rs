@@ -18,3 +18,4 @@ pub mod policy;
 pub mod rules;
 pub mod sinks;
 pub mod sources;
+pub mod testkit;

@@ -1,7 +1,7 @@
 //! The `egizml` binary: parses the command line and runs a command from `egizml::commands`.
 
 use clap::{Parser, Subcommand};
-use egizml::commands::{bench, demo, eval_nab, eval_skab, replay, simulate};
+use egizml::commands::{bench, demo, eval_nab, eval_skab, replay, run as service, simulate};
 
 /// Streaming anomaly detection and predictive maintenance for industrial telemetry.
 #[derive(Parser)]
@@ -21,6 +21,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write labelled simulator telemetry to a JSONL file.
     Simulate(simulate::SimulateArgs),
+    /// The service: sources and sinks from a service config (configs/service.yaml).
+    Run(service::RunArgs),
     /// Evaluate detection on public benchmarks.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -85,6 +87,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 s.points, s.workers, s.elapsed_s, s.points_per_sec, s.p50_us, s.p99_us, s.alerts
             );
             println!("{}", serde_json::to_string(&s)?);
+        }
+        Command::Run(args) => {
+            let summary = service::run(&args)?;
+            println!("{summary}");
         }
         Command::Eval(EvalCommand::Skab(args)) => {
             let (summary, report) = eval_skab::eval_skab(&args)?;

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod eval_nab;
 pub mod eval_skab;
 pub mod replay;
+pub mod run;
 pub mod simulate;
 
 use crate::config::DataflowConfig;

@@ -222,8 +222,14 @@ impl OnlineMahalanobis {
                 self.cov[j * n + i] = v;
             }
         }
-        // Factorising before the model can score would be wasted work.
-        if self.count >= self.min_samples() {
+        // Factorising before the model can score would be wasted work. Once the estimate has settled
+        // (each reading moves it by ~alpha), refactoring every REFACTOR_EVERY readings changes scores by
+        // well under a percent and saves most of the O(d^3) cost; the schedule depends only on the
+        // count, so results stay deterministic.
+        let warm_at = self.min_samples();
+        if self.count >= warm_at
+            && (self.count < 4 * warm_at || self.count % REFACTOR_EVERY == 0 || !self.factored)
+        {
             self.refactor();
         }
     }
@@ -268,6 +274,9 @@ impl OnlineMahalanobis {
         self.shrinkage = shrinkage;
     }
 }
+
+/// Readings between refactorisations of a settled model (see `update`).
+const REFACTOR_EVERY: u64 = 8;
 
 /// In-place Cholesky factorisation `A = L L^T` of a symmetric matrix whose lower triangle is in `a`
 /// (row-major n x n); the lower triangle becomes L. False if `a` is not (numerically) positive definite.

@@ -14,10 +14,14 @@ pub mod window;
 #[cfg(test)]
 mod tests;
 
+/// ln 5 (not in `std::f64::consts`).
+const LN_5: f64 = 1.609_437_912_434_100_3;
+
 /// Maps a detector statistic (|z|-like, >= 0) to a score in [0, 1] such that the detector's own
 /// threshold maps to exactly 0.8: `1 - 5^(-(s/threshold)^2)`. Monotone, 0 at 0, -> 1 as s grows.
 /// Sign-insensitive (uses `|stat|`), so signed z values can be passed directly.
 pub fn normalise(stat: f64, threshold: f64) -> f64 {
     let r = stat.abs() / threshold;
-    1.0 - 5f64.powf(-(r * r))
+    // 5^-(r^2) as exp(-(r^2) ln 5): exp is several times cheaper than powf on the hot path.
+    1.0 - (-(r * r) * LN_5).exp()
 }

@@ -18,7 +18,7 @@ pub use engine::{Counters, Engine, Output, Record};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -43,6 +43,11 @@ pub enum Input {
     /// Points pushed by another thread (simulator, network sources); worker 0 receives them. The run
     /// ends when the sender hangs up or `stop` is set.
     Live(Receiver<Point>),
+    /// A Kafka consumer group: every worker runs one consumer (partitions spread over workers),
+    /// epoch = processing-time millisecond; offsets are committed once the sink has acknowledged
+    /// every epoch they were read in (see [`crate::sources::kafka`]). The run ends on `stop` or
+    /// after the configured idle time.
+    Kafka(crate::sources::kafka::KafkaSourceConfig),
 }
 
 /// Receives the dataflow's outputs on worker 0, in input order.
@@ -104,12 +109,26 @@ pub fn run(
 ) -> anyhow::Result<RunReport> {
     let started = Instant::now();
     let workers = opts.workers.max(1);
-    let sink = Arc::new(Mutex::new(Some(sink)));
     let sink_error: Arc<Mutex<Option<anyhow::Error>>> = Arc::new(Mutex::new(None));
-    let (lines, live) = match input {
-        Input::Lines(data) => (Some(data), None),
-        Input::Live(rx) => (None, Some(rx)),
+    // Every epoch below this has had all its outputs written and flushed by the sink (worker 0):
+    // what at-least-once sources may acknowledge upstream.
+    let acked = Arc::new(AtomicU64::new(0));
+    let kafka_resume = Arc::new(crate::sources::kafka::ResumePoints::default());
+    let (lines, live, kafka) = match input {
+        Input::Lines(data) => (Some(data), None, None),
+        Input::Live(rx) => (None, Some(rx), None),
+        Input::Kafka(cfg) => (None, None, Some(cfg)),
     };
+    let sink: Box<dyn OutputSink> = if kafka.is_some() {
+        Box::new(crate::sources::kafka::SkipReplayed::new(
+            Arc::clone(&kafka_resume),
+            sink,
+        ))
+    } else {
+        sink
+    };
+    let sink = Arc::new(Mutex::new(Some(sink)));
+    let kafka_idle = Arc::new(AtomicU64::new(0));
     let live = Arc::new(Mutex::new(live));
     let sink_error2 = Arc::clone(&sink_error);
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
@@ -131,6 +150,8 @@ pub fn run(
             None
         };
         let sink_error = Arc::clone(&sink_error2);
+        let acked_sink = Arc::clone(&acked);
+        let feed_error = Arc::clone(&sink_error2);
 
         worker.dataflow::<u64, _, _>(|scope| {
             let engine = Rc::clone(&engine);
@@ -190,6 +211,7 @@ pub fn run(
                     },
                 );
             let mut my_sink = my_sink;
+            let mut sink_healthy = true;
             scored
                 .unary_frontier(Exchange::new(|_: &(u64, Output)| 0), "sink", move |_cap, _info| {
                     let mut stash: BTreeMap<u64, Vec<(u64, Output)>> = BTreeMap::new();
@@ -212,6 +234,7 @@ pub fn run(
                             if let Some(sink) = my_sink.as_mut() {
                                 let _span = tracing::trace_span!("sink").entered();
                                 if let Err(e) = sink.write(&outputs) {
+                                    sink_healthy = false;
                                     record_sink_error(&sink_error, e);
                                 }
                                 wrote = true;
@@ -220,18 +243,40 @@ pub fn run(
                         if wrote || frontier.is_empty() {
                             if let Some(sink) = my_sink.as_mut() {
                                 if let Err(e) = sink.flush() {
+                                    sink_healthy = false;
                                     record_sink_error(&sink_error, e);
                                 }
                             }
+                        }
+                        // After a failed write or flush nothing more is acknowledged: the
+                        // source re-reads from its last commit on the next start.
+                        if my_sink.is_some() && sink_healthy {
+                            let below = frontier.frontier().iter().min().copied().unwrap_or(u64::MAX);
+                            acked_sink.fetch_max(below, Ordering::SeqCst);
                         }
                     }
                 })
                 .probe_with(&probe);
         });
 
-        match &lines {
-            Some(data) => feed_lines(worker, &mut input, &probe, data.as_ref().as_ref(), &cfg, index, peers),
-            None => {
+        match (&lines, &kafka) {
+            (Some(data), _) => feed_lines(worker, &mut input, &probe, data.as_ref().as_ref(), &cfg, index, peers),
+            (None, Some(kcfg)) => {
+                let ctx = KafkaFeed {
+                    cfg: kcfg,
+                    decode: &cfg.decode,
+                    acked: &acked,
+                    resume: &kafka_resume,
+                    last_message_ms: &kafka_idle,
+                    started,
+                    stop: &opts.stop,
+                };
+                if let Err(e) = feed_kafka(worker, &mut input, &probe, ctx) {
+                    record_sink_error(&feed_error, e.context("kafka source"));
+                    opts.stop.store(true, Ordering::SeqCst);
+                }
+            }
+            (None, None) => {
                 let rx = if index == 0 {
                     live.lock().expect("live lock").take()
                 } else {
@@ -476,4 +521,83 @@ fn feed_live(
         }
         worker.step_or_park(Some(Duration::from_micros(500)));
     }
+}
+
+/// What [`feed_kafka`] needs besides the worker.
+struct KafkaFeed<'a> {
+    cfg: &'a crate::sources::kafka::KafkaSourceConfig,
+    decode: &'a crate::config::DecodeConfig,
+    acked: &'a AtomicU64,
+    resume: &'a Arc<crate::sources::kafka::ResumePoints>,
+    /// Milliseconds since `started` at which any worker last received a message (idle stop).
+    last_message_ms: &'a AtomicU64,
+    started: Instant,
+    stop: &'a AtomicBool,
+}
+
+/// One worker's Kafka consumer: epoch = milliseconds since the run started, shared by all workers so
+/// the sink's acknowledged watermark means the same on every worker. Offsets read in an epoch are
+/// committed once the watermark has passed it.
+fn feed_kafka(
+    worker: &mut timely::worker::Worker,
+    input: &mut InputHandleVec<u64, Record>,
+    probe: &ProbeHandle<u64>,
+    ctx: KafkaFeed<'_>,
+) -> anyhow::Result<()> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let mut reader =
+        crate::sources::kafka::KafkaReader::new(ctx.cfg, index, peers, Arc::clone(ctx.resume))?;
+    let mut decoder = Decoder::new(ctx.decode);
+    let mut batch: Vec<Record> = Vec::new();
+    let idle_ms = ctx.cfg.stop_after_idle_s.map(|s| (s * 1e3) as u64);
+    loop {
+        let epoch = ctx.started.elapsed().as_millis() as u64;
+        if epoch > *input.time() {
+            input.advance_to(epoch);
+        }
+        let n = reader.poll_into(&mut decoder, &mut batch, 4096, Duration::ZERO);
+        if n > 0 {
+            // +1: zero means "no message yet", and the idle clock only starts with the first one
+            // (joining the group can take a session timeout after a crash).
+            ctx.last_message_ms.fetch_max(epoch + 1, Ordering::SeqCst);
+            input.send_batch(&mut batch);
+            batch.clear();
+            reader.seal(*input.time());
+        }
+        reader.acknowledge(ctx.acked.load(Ordering::SeqCst));
+        reader.commit(false);
+        let last = ctx.last_message_ms.load(Ordering::SeqCst);
+        let idle = idle_ms.is_some_and(|ms| last > 0 && epoch.saturating_sub(last) > ms);
+        if idle || ctx.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        // Backpressure: don't run more than a second of epochs ahead of the sink.
+        let behind = epoch.saturating_sub(1_000);
+        while probe.less_than(&behind) {
+            worker.step();
+        }
+        if n == 0 {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        } else {
+            worker.step();
+        }
+    }
+    // Drain: let the sink acknowledge what was read, then commit it synchronously. Bounded, so a
+    // stuck sink cannot hang shutdown (uncommitted offsets are simply re-read next time).
+    let end = *input.time() + 1;
+    input.advance_to(end);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reader.all_acknowledged() && Instant::now() < deadline {
+        worker.step_or_park(Some(Duration::from_millis(1)));
+        reader.acknowledge(ctx.acked.load(Ordering::SeqCst));
+    }
+    reader.commit(true);
+    tracing::info!(
+        worker = index,
+        received = reader.received,
+        committed = reader.commits,
+        "kafka source stopped"
+    );
+    Ok(())
 }

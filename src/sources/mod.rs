@@ -1,4 +1,5 @@
 //! Sources of telemetry: file replay and the built-in simulator.
 
 pub mod file;
+pub mod kafka;
 pub mod simulator;

@@ -5,5 +5,6 @@ mod cli;
 mod common;
 mod demo;
 mod engine;
+mod kafka;
 mod replay;
 mod skab;

@@ -1,0 +1,369 @@
+//! `egizml run --config FILE`: the service. A service config (see `configs/service.yaml`) names the
+//! dataflow file, one source (kafka, file or simulator) and one or more sinks (kafka, jsonl,
+//! sqlite); the run lasts until SIGTERM / Ctrl-C, the end of a file, or a Kafka source's idle time.
+
+use crate::config::{load_yaml, ConfigError};
+use crate::pipeline::{self, Input, Output, OutputSink, RunOptions, RunReport};
+use crate::sinks::jsonl::LineWriter;
+use crate::sinks::kafka::{KafkaSink, KafkaSinkConfig};
+use crate::sinks::sqlite::{AlertStore, SqliteStore};
+use crate::sources::kafka::KafkaSourceConfig;
+use crate::sources::simulator::{Simulator, SimulatorConfig};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Arguments of `egizml run`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// Service config (YAML), e.g. configs/service.yaml.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Timely workers (overrides the config).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+/// The service config file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Dataflow file (relative to this file); unset: the embedded default.
+    #[serde(default)]
+    pub dataflow: Option<PathBuf>,
+    /// Timely workers (default: the machine's cores).
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// Emit a score line per reading (for sinks with a score output).
+    #[serde(default)]
+    pub scores: bool,
+    /// Where telemetry comes from: exactly one entry.
+    pub source: SourceConfig,
+    /// Where outputs go: at least one entry.
+    pub sinks: SinksConfig,
+}
+
+/// Exactly one of these is set.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub kafka: Option<KafkaSourceConfig>,
+    pub file: Option<FileSourceConfig>,
+    pub simulator: Option<SimulatorSourceConfig>,
+}
+
+/// Replay a JSONL file (flat or EgizCore lines).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// Path, relative to the service config's folder.
+    pub path: PathBuf,
+}
+
+/// The built-in simulator, paced in real time.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorSourceConfig {
+    #[serde(default = "default_things")]
+    pub things: usize,
+    /// Readings per second over all things.
+    #[serde(default = "default_rate")]
+    pub rate: f64,
+    #[serde(default)]
+    pub seed: u64,
+    /// Expected fault episodes per thing per 1,000 readings.
+    #[serde(default = "default_faults")]
+    pub faults_per_1000: f64,
+    /// Stop after this many readings (default: run until stopped).
+    #[serde(default)]
+    pub points: Option<u64>,
+}
+
+fn default_things() -> usize {
+    20
+}
+fn default_rate() -> f64 {
+    100.0
+}
+fn default_faults() -> f64 {
+    3.0
+}
+
+/// Any combination; at least one.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinksConfig {
+    pub kafka: Option<KafkaSinkConfig>,
+    pub jsonl: Option<JsonlSinkConfig>,
+    pub sqlite: Option<SqliteSinkConfig>,
+}
+
+/// Alerts as JSON lines (`-` = stdout).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSinkConfig {
+    pub alerts: PathBuf,
+}
+
+/// The SQLite anomaly store (what the REST API serves).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSinkConfig {
+    pub path: PathBuf,
+}
+
+impl ServiceConfig {
+    /// Loads, validates and resolves relative paths against the file's folder.
+    pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
+        let mut cfg: ServiceConfig = load_yaml(path)?;
+        let file = path.display().to_string();
+        let semantic = |message: String| ConfigError::Semantic {
+            file: file.clone(),
+            message,
+        };
+        let s = &cfg.source;
+        let n = [s.kafka.is_some(), s.file.is_some(), s.simulator.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if n != 1 {
+            return Err(semantic(format!(
+                "source: set exactly one of kafka, file, simulator (found {n})"
+            )));
+        }
+        if let Some(k) = &s.kafka {
+            k.validate().map_err(|m| semantic(format!("source.{m}")))?;
+        }
+        if let Some(sim) = &s.simulator {
+            if sim.things == 0 || !(sim.rate.is_finite() && sim.rate > 0.0) {
+                return Err(semantic(
+                    "source.simulator: things must be >= 1 and rate > 0".into(),
+                ));
+            }
+        }
+        let k = &cfg.sinks;
+        if k.kafka.is_none() && k.jsonl.is_none() && k.sqlite.is_none() {
+            return Err(semantic(
+                "sinks: configure at least one of kafka, jsonl, sqlite".into(),
+            ));
+        }
+        if let Some(kafka) = &k.kafka {
+            kafka
+                .validate()
+                .map_err(|m| semantic(format!("sinks.{m}")))?;
+        }
+        if cfg.workers == Some(0) {
+            return Err(semantic("workers: must be >= 1".into()));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() && p.as_os_str() != "-" {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(d) = cfg.dataflow.as_mut() {
+            resolve(d);
+        }
+        if let Some(f) = cfg.source.file.as_mut() {
+            resolve(&mut f.path);
+        }
+        if let Some(j) = cfg.sinks.jsonl.as_mut() {
+            resolve(&mut j.alerts);
+        }
+        if let Some(s) = cfg.sinks.sqlite.as_mut() {
+            resolve(&mut s.path);
+        }
+        Ok(cfg)
+    }
+}
+
+/// Writes every output to each configured sink; a flush succeeds only when all sinks' do.
+pub struct FanOut {
+    pub sinks: Vec<Box<dyn OutputSink>>,
+}
+
+impl OutputSink for FanOut {
+    fn write(&mut self, outputs: &[(u64, Output)]) -> anyhow::Result<()> {
+        for s in &mut self.sinks {
+            s.write(outputs)?;
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> anyhow::Result<()> {
+        for s in &mut self.sinks {
+            s.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Alerts as JSON lines.
+struct JsonlAlerts(LineWriter);
+
+impl OutputSink for JsonlAlerts {
+    fn write(&mut self, outputs: &[(u64, Output)]) -> anyhow::Result<()> {
+        for (_, o) in outputs {
+            if let Output::Alert(a) = o {
+                self.0.write_json(a)?;
+            }
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Alerts into the SQLite store.
+struct SqliteAlerts {
+    store: SqliteStore,
+    batch: Vec<crate::event::Alert>,
+}
+
+impl OutputSink for SqliteAlerts {
+    fn write(&mut self, outputs: &[(u64, Output)]) -> anyhow::Result<()> {
+        for (_, o) in outputs {
+            if let Output::Alert(a) = o {
+                self.batch.push(a.clone());
+            }
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if !self.batch.is_empty() {
+            self.store.insert(&self.batch)?;
+            crate::metrics::global()
+                .alerts_emitted
+                .with_label_values(&["sqlite"])
+                .inc_by(self.batch.len() as u64);
+            self.batch.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Builds the configured sinks.
+pub fn build_sinks(cfg: &SinksConfig) -> anyhow::Result<FanOut> {
+    let mut sinks: Vec<Box<dyn OutputSink>> = Vec::new();
+    if let Some(k) = &cfg.kafka {
+        sinks.push(Box::new(KafkaSink::new(k)?));
+    }
+    if let Some(j) = &cfg.jsonl {
+        sinks.push(Box::new(JsonlAlerts(LineWriter::create(&j.alerts)?)));
+    }
+    if let Some(s) = &cfg.sqlite {
+        crate::metrics::global().register_sink("sqlite");
+        sinks.push(Box::new(SqliteAlerts {
+            store: SqliteStore::open(&s.path)?,
+            batch: Vec::new(),
+        }));
+    }
+    Ok(FanOut { sinks })
+}
+
+/// Sets `stop` on Ctrl-C or SIGTERM.
+fn stop_on_signal(stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut term) = signal(SignalKind::terminate()) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+        });
+        stop.store(true, Ordering::SeqCst);
+    });
+}
+
+/// Runs the service described by `cfg` until its source ends or `stop` is set.
+pub fn run_service(
+    cfg: &ServiceConfig,
+    workers: Option<usize>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<RunReport> {
+    let (dataflow, rules) = super::load_dataflow(cfg.dataflow.as_deref())?;
+    let workers = workers
+        .or(cfg.workers)
+        .unwrap_or_else(super::default_workers);
+    crate::metrics::global().register_workers(workers);
+    let sink = build_sinks(&cfg.sinks)?;
+    let opts = RunOptions {
+        workers,
+        emit_scores: cfg.scores,
+        stop: Arc::clone(&stop),
+    };
+    let mut producer = None;
+    let input = if let Some(k) = &cfg.source.kafka {
+        Input::Kafka(k.clone())
+    } else if let Some(f) = &cfg.source.file {
+        Input::Lines(crate::sources::file::open(&f.path)?)
+    } else if let Some(sim) = &cfg.source.simulator {
+        let (tx, rx) = std::sync::mpsc::sync_channel(65_536);
+        let sim_cfg = SimulatorConfig {
+            things: sim.things,
+            seed: sim.seed,
+            faults_per_1000: sim.faults_per_1000,
+            start_ts: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as i64,
+            ..SimulatorConfig::default()
+        };
+        let (rate, limit, stop_sim) = (sim.rate, sim.points, Arc::clone(&stop));
+        producer = Some(std::thread::spawn(move || {
+            let mut sim = Simulator::new(sim_cfg);
+            let t0 = Instant::now();
+            let mut sent: u64 = 0;
+            while !stop_sim.load(Ordering::SeqCst) && limit.is_none_or(|l| sent < l) {
+                let due =
+                    ((t0.elapsed().as_secs_f64() * rate) as u64).min(limit.unwrap_or(u64::MAX));
+                while sent < due {
+                    if tx.send(sim.next_point()).is_err() {
+                        return;
+                    }
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }));
+        Input::Live(rx)
+    } else {
+        anyhow::bail!("no source configured");
+    };
+    let report = pipeline::run(dataflow, rules, input, Box::new(sink), opts)?;
+    if let Some(p) = producer {
+        let _ = p.join();
+    }
+    Ok(report)
+}
+
+/// `egizml run`: loads the config, runs until stopped, returns the summary printed as the last line.
+pub fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
+    let cfg = ServiceConfig::load(&args.config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_signal(Arc::clone(&stop));
+    let report = run_service(&cfg, args.workers, stop)?;
+    let c = &report.counters;
+    Ok(serde_json::json!({
+        "points": c.points,
+        "alerts": c.alerts,
+        "malformed": c.malformed_total(),
+        "elapsed_s": report.elapsed_s,
+        "points_per_sec": c.points as f64 / report.elapsed_s.max(1e-9),
+    }))
+}

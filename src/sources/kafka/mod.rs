@@ -1,0 +1,367 @@
+//! Kafka source: one consumer per timely worker, all in one consumer group, with offsets committed
+//! only after the sinks have acknowledged every output the offsets caused.
+//!
+//! The dataflow side lives in `pipeline::feed_kafka`; this module owns the consumer, decoding and the
+//! offset bookkeeping:
+//! - each poll's messages are decoded into [`Record`]s tagged with `Origin::Kafka`, and the next offset of
+//!   every partition read is remembered under the epoch the records were sent in;
+//! - once the sink's acknowledged watermark passes an epoch, its offsets become committable, and they are
+//!   committed every `commit_interval_ms` and at the end of the run;
+//! - with `warm_start_messages`, a partition's first message after a (re)start makes the consumer seek
+//!   back that many messages so per-thing state is rebuilt; the outputs of those re-read messages are
+//!   dropped by [`SkipReplayed`] (they were acknowledged before the restart, or their offsets would not
+//!   have been committed).
+
+pub mod config;
+
+pub use config::KafkaSourceConfig;
+
+use crate::decode::Decoder;
+use crate::event::Origin;
+use crate::pipeline::{decode_record, Output, OutputSink, Record};
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+type Partition = (String, i32);
+
+/// Per partition, the first offset this process read after its warm-start re-read: outputs caused by
+/// earlier offsets were already acknowledged in a previous run.
+#[derive(Default, Debug)]
+pub struct ResumePoints {
+    points: RwLock<HashMap<Partition, i64>>,
+}
+
+impl ResumePoints {
+    fn set(&self, p: Partition, offset: i64) {
+        self.points.write().expect("resume lock").insert(p, offset);
+    }
+
+    /// Whether the message at `origin` was re-read only to rebuild state.
+    pub fn is_replayed(&self, origin: &Origin) -> bool {
+        let Origin::Kafka {
+            topic,
+            partition,
+            offset,
+        } = origin
+        else {
+            return false;
+        };
+        let points = self.points.read().expect("resume lock");
+        if points.is_empty() {
+            return false;
+        }
+        points
+            .get(&(topic.clone(), *partition))
+            .is_some_and(|&resume| *offset < resume)
+    }
+}
+
+/// Drops outputs caused by warm-start re-reads, then passes the rest to the inner sink.
+pub struct SkipReplayed {
+    pub resume: Arc<ResumePoints>,
+    pub inner: Box<dyn OutputSink>,
+    kept: Vec<(u64, Output)>,
+}
+
+impl SkipReplayed {
+    pub fn new(resume: Arc<ResumePoints>, inner: Box<dyn OutputSink>) -> Self {
+        SkipReplayed {
+            resume,
+            inner,
+            kept: Vec::new(),
+        }
+    }
+}
+
+impl OutputSink for SkipReplayed {
+    fn write(&mut self, outputs: &[(u64, Output)]) -> anyhow::Result<()> {
+        self.kept.clear();
+        for (seq, o) in outputs {
+            let replayed = match o {
+                Output::Alert(a) => self.resume.is_replayed(&a.input_offsets),
+                Output::Dead(d) => self.resume.is_replayed(&d.origin),
+                // Score lines carry no origin: re-emitted (at-least-once).
+                Output::Score(_) => false,
+            };
+            if !replayed {
+                self.kept.push((*seq, o.clone()));
+            }
+        }
+        if self.kept.is_empty() {
+            return Ok(());
+        }
+        self.inner.write(&self.kept)
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum WarmStart {
+    /// Seeked back: drop messages at or after `resume` until the re-read range starts arriving.
+    Seeking {
+        resume: i64,
+    },
+    Done,
+}
+
+/// One worker's consumer and its offset bookkeeping.
+pub struct KafkaReader {
+    cfg: KafkaSourceConfig,
+    consumer: BaseConsumer,
+    worker: u64,
+    peers: u64,
+    count: u64,
+    /// Next offset per partition read in the current (not yet sealed) epoch.
+    current: BTreeMap<Partition, i64>,
+    /// Sealed epochs and the next offsets they read, oldest first.
+    pending: VecDeque<(u64, BTreeMap<Partition, i64>)>,
+    /// Acknowledged next offsets not yet committed.
+    committable: BTreeMap<Partition, i64>,
+    last_commit: Instant,
+    warm: HashMap<Partition, WarmStart>,
+    floor: HashMap<Partition, i64>,
+    resume: Arc<ResumePoints>,
+    /// Messages received in total.
+    pub received: u64,
+    /// Offsets committed (partitions x commits), for tests and metrics.
+    pub commits: u64,
+}
+
+impl KafkaReader {
+    /// Creates the consumer and subscribes it to the topics.
+    pub fn new(
+        cfg: &KafkaSourceConfig,
+        worker: usize,
+        peers: usize,
+        resume: Arc<ResumePoints>,
+    ) -> anyhow::Result<KafkaReader> {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &cfg.brokers)
+            .set("group.id", &cfg.group_id)
+            .set("client.id", format!("egizml-{worker}"))
+            // We commit ourselves, only acknowledged offsets.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", &cfg.auto_offset_reset)
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("enable.partition.eof", "false");
+        for (k, v) in &cfg.properties {
+            cc.set(k, v);
+        }
+        let consumer: BaseConsumer = cc.create().context("cannot create the Kafka consumer")?;
+        let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .with_context(|| format!("cannot subscribe to {}", cfg.topics.join(",")))?;
+        Ok(KafkaReader {
+            cfg: cfg.clone(),
+            consumer,
+            worker: worker as u64,
+            peers: peers.max(1) as u64,
+            count: 0,
+            current: BTreeMap::new(),
+            pending: VecDeque::new(),
+            committable: BTreeMap::new(),
+            last_commit: Instant::now(),
+            warm: HashMap::new(),
+            floor: HashMap::new(),
+            resume,
+            received: 0,
+            commits: 0,
+        })
+    }
+
+    /// Polls up to `max` messages (waiting at most `wait` for the first), decoding them into `out`.
+    /// Returns how many messages were received.
+    pub fn poll_into(
+        &mut self,
+        decoder: &mut Decoder,
+        out: &mut Vec<Record>,
+        max: usize,
+        wait: Duration,
+    ) -> usize {
+        let mut n = 0;
+        let mut timeout = wait;
+        while n < max {
+            let Some(res) = self.consumer.poll(timeout) else {
+                break;
+            };
+            timeout = Duration::ZERO;
+            let msg = match res {
+                Ok(m) => m,
+                Err(e) => {
+                    // librdkafka reconnects by itself; the error is only worth a log line.
+                    tracing::warn!(error = %e, "kafka consumer");
+                    crate::metrics::global().sink_error("kafka_source");
+                    break;
+                }
+            };
+            let part: Partition = (msg.topic().to_string(), msg.partition());
+            let offset = msg.offset();
+            let admitted = admit(
+                &self.consumer,
+                &self.cfg,
+                &mut self.warm,
+                &mut self.floor,
+                &self.resume,
+                &part,
+                offset,
+            );
+            if !admitted {
+                continue;
+            }
+            n += 1;
+            self.received += 1;
+            self.count += 1;
+            let seq = self.count * self.peers + self.worker;
+            let origin = Origin::Kafka {
+                topic: part.0.clone(),
+                partition: part.1,
+                offset,
+            };
+            out.push(decode_record(
+                decoder,
+                msg.payload().unwrap_or(b""),
+                seq,
+                origin,
+            ));
+            if self.floor.get(&part).is_none_or(|&f| offset + 1 > f) {
+                let next = self.current.entry(part).or_insert(0);
+                *next = (*next).max(offset + 1);
+            }
+        }
+        n
+    }
+
+    /// Seals the offsets read so far under `epoch` (the epoch their records were sent in).
+    pub fn seal(&mut self, epoch: u64) {
+        if self.current.is_empty() {
+            return;
+        }
+        let cur = std::mem::take(&mut self.current);
+        match self.pending.back_mut() {
+            Some((e, offsets)) if *e == epoch => {
+                for (p, o) in cur {
+                    let x = offsets.entry(p).or_insert(0);
+                    *x = (*x).max(o);
+                }
+            }
+            _ => self.pending.push_back((epoch, cur)),
+        }
+    }
+
+    /// Marks every epoch below `watermark` acknowledged by the sinks.
+    pub fn acknowledge(&mut self, watermark: u64) {
+        while let Some((epoch, _)) = self.pending.front() {
+            if *epoch >= watermark {
+                break;
+            }
+            let (_, offsets) = self.pending.pop_front().expect("front");
+            for (p, o) in offsets {
+                let x = self.committable.entry(p).or_insert(0);
+                *x = (*x).max(o);
+            }
+        }
+    }
+
+    /// Whether every sealed epoch has been acknowledged.
+    pub fn all_acknowledged(&self) -> bool {
+        self.pending.is_empty() && self.current.is_empty()
+    }
+
+    /// Commits acknowledged offsets if the interval has passed (or `force`, synchronously).
+    pub fn commit(&mut self, force: bool) {
+        if self.committable.is_empty()
+            || (!force
+                && self.last_commit.elapsed() < Duration::from_millis(self.cfg.commit_interval_ms))
+        {
+            return;
+        }
+        let mut tpl = TopicPartitionList::with_capacity(self.committable.len());
+        for ((topic, partition), offset) in &self.committable {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+                tracing::warn!(error = %e, "kafka offset");
+            }
+        }
+        let mode = if force {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        match self.consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                self.commits += self.committable.len() as u64;
+                tracing::debug!(offsets = ?self.committable, "committed");
+                self.committable.clear();
+            }
+            // Kept for the next attempt; a lost commit only means re-reading (at-least-once).
+            Err(e) => tracing::warn!(error = %e, "kafka commit failed"),
+        }
+        self.last_commit = Instant::now();
+    }
+}
+
+/// Warm start: decides whether a message is processed, seeking back on a partition's first one.
+fn admit(
+    consumer: &BaseConsumer,
+    cfg: &KafkaSourceConfig,
+    warm: &mut HashMap<Partition, WarmStart>,
+    floor: &mut HashMap<Partition, i64>,
+    resume: &ResumePoints,
+    part: &Partition,
+    offset: i64,
+) -> bool {
+    match warm.get(part) {
+        Some(WarmStart::Done) => true,
+        Some(WarmStart::Seeking { resume }) => {
+            if offset < *resume {
+                warm.insert(part.clone(), WarmStart::Done);
+                true
+            } else {
+                false
+            }
+        }
+        None => {
+            warm.insert(part.clone(), WarmStart::Done);
+            // Offsets before the first one read were committed: never commit below it.
+            floor.insert(part.clone(), offset);
+            let back = cfg.warm_start_messages;
+            if back == 0 || offset == 0 {
+                return true;
+            }
+            let low = consumer
+                .fetch_watermarks(&part.0, part.1, Duration::from_secs(5))
+                .map(|(low, _)| low)
+                .unwrap_or(offset);
+            let start = (offset - back).max(low);
+            if start >= offset {
+                return true;
+            }
+            match consumer.seek(
+                &part.0,
+                part.1,
+                Offset::Offset(start),
+                Duration::from_secs(5),
+            ) {
+                Ok(()) => {
+                    tracing::info!(topic = %part.0, partition = part.1, from = start, resume = offset, "warm start: re-reading for state");
+                    resume.set(part.clone(), offset);
+                    warm.insert(part.clone(), WarmStart::Seeking { resume: offset });
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "warm start seek failed; starting cold");
+                    true
+                }
+            }
+        }
+    }
+}

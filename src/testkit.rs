@@ -1,0 +1,186 @@
+//! Real servers for tests and benchmarks: a Kafka-protocol broker (tansu) started on a free
+//! 127.0.0.1 port and killed on drop.
+//!
+//! The broker binary is found at `$EGIZML_TANSU`, `$HOME/.cache/egizml/bin/tansu` (where
+//! `tests/run.sh` installs it), or on `PATH`; when only the prebuilt archive in `../shared/tools` exists
+//! it is unpacked to the cache first.
+
+use anyhow::Context;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound then released; the race with other processes is accepted).
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn cache_bin() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/egizml/bin"))
+}
+
+/// Path of the tansu binary, unpacking the shared prebuilt one when needed.
+pub fn tansu_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("EGIZML_TANSU") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(dir) = cache_bin() {
+        let bin = dir.join("tansu");
+        if bin.is_file() {
+            return Ok(bin);
+        }
+        let archive = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/tools/tansu-0.6.0-x86_64-linux-gnu.xz");
+        if archive.is_file() {
+            std::fs::create_dir_all(&dir)?;
+            let tmp = dir.join(format!("tansu.{}.tmp", std::process::id()));
+            let out = std::fs::File::create(&tmp)?;
+            let status = Command::new("xz")
+                .arg("-dc")
+                .arg(&archive)
+                .stdout(out)
+                .status()
+                .context("xz -dc (install xz-utils)")?;
+            anyhow::ensure!(status.success(), "xz -dc {} failed", archive.display());
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+            }
+            std::fs::rename(&tmp, &bin)?;
+            return Ok(bin);
+        }
+    }
+    if let Ok(path) = std::env::var("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let bin = dir.join("tansu");
+            if bin.is_file() {
+                return Ok(bin);
+            }
+        }
+    }
+    anyhow::bail!(
+        "the tansu broker is not installed: run `bash tests/run.sh` once (it installs it)"
+    )
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+            .is_ok()
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "nothing listens on 127.0.0.1:{port} after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A tansu broker child process; killed on drop.
+pub struct Tansu {
+    child: Option<Child>,
+    pub port: u16,
+    storage: String,
+    log: PathBuf,
+}
+
+impl Tansu {
+    /// Starts a broker with in-memory storage.
+    pub fn start() -> anyhow::Result<Tansu> {
+        Self::start_with("memory://tansu/".to_string())
+    }
+
+    /// Starts a broker storing its log in the SQLite file `path` (survives [`Tansu::restart`]).
+    pub fn start_persistent(path: &Path) -> anyhow::Result<Tansu> {
+        Self::start_with(format!("sqlite://{}", path.display()))
+    }
+
+    fn start_with(storage: String) -> anyhow::Result<Tansu> {
+        let port = free_port()?;
+        let log = std::env::temp_dir().join(format!("egizml-tansu-{port}.log"));
+        let mut t = Tansu {
+            child: None,
+            port,
+            storage,
+            log,
+        };
+        t.spawn()?;
+        Ok(t)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let bin = tansu_binary()?;
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&bin)
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &self.storage])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(30))
+    }
+
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker (SIGKILL) and starts it again on the same port and storage.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// Kills the broker.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Creates a topic (an existing one is left as it is).
+    pub fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = rt.block_on(admin.create_topics([&topic], &opts))?;
+        for r in results {
+            match r {
+                Ok(_) => {}
+                Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, e)) => anyhow::bail!("cannot create topic {t}: {e}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -93,6 +93,16 @@ pub fn unit_f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     }
 }
 
+/// Deserialises an `f64` in (0, 1].
+pub fn positive_unit_f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(D::Error::custom(format!("must be within (0, 1], got {v}")))
+    }
+}
+
 /// Deserialises a `usize` that must be >= 1.
 pub fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     let v = usize::deserialize(d)?;
@@ -270,6 +280,25 @@ pub struct ModelConfig {
     /// Normal-equivalent z of the Hotelling T^2 at which the model scores 0.8.
     #[serde(deserialize_with = "positive_f64")]
     pub threshold: f64,
+    /// Keep learning after the warm-up (default). `false` fits the model on the warm-up readings and then
+    /// freezes it: for processes whose normal state is known from a commissioning run, so a long anomaly
+    /// is never absorbed into "normal".
+    pub learn_after_warmup: bool,
+    /// Features left out of the model (exact names; they still feed the univariate detectors and rules).
+    /// For slow process variables that drift with ambient conditions (a fluid temperature), which would
+    /// otherwise dominate a multivariate distance.
+    pub exclude: Vec<String>,
+    /// EWMA factor (0, 1] applied per thing to the model's T^2 before it is scored; 1 = no smoothing.
+    /// Smoothing trades a few readings of delay for far fewer false alarms on collective anomalies
+    /// (a sustained shift) in noisy signals.
+    #[serde(deserialize_with = "positive_unit_f64")]
+    pub smoothing: f64,
+    /// Per-thing threshold calibration: when set to a quantile q in [0, 1], the warm-up readings are kept
+    /// and, once the warm-up ends, scored by the model fitted on them (smoothed as above); the q-quantile
+    /// of those T^2 values becomes this thing's T^2 threshold (it scores 0.8, replacing `threshold`), so
+    /// machines with different noise levels need no shared global threshold. Needs `warmup` >= the
+    /// model's minimum samples (max(2 x features, 16)); otherwise the global threshold applies.
+    pub calibration_quantile: Option<f64>,
 }
 
 impl Default for ModelConfig {
@@ -278,6 +307,10 @@ impl Default for ModelConfig {
             half_life: 500.0,
             shrinkage: 0.05,
             threshold: 5.0,
+            learn_after_warmup: true,
+            exclude: Vec::new(),
+            smoothing: 1.0,
+            calibration_quantile: None,
         }
     }
 }
@@ -377,6 +410,13 @@ impl DataflowConfig {
             return Err(bad(
                 "field `decode.min_ts_ms` must be below `decode.max_ts_ms`".into(),
             ));
+        }
+        if let Some(q) = self.detectors.model.calibration_quantile {
+            if !(0.0..=1.0).contains(&q) {
+                return Err(bad(format!(
+                    "field `detectors.model.calibration_quantile` must be within [0, 1], got {q}"
+                )));
+            }
         }
         if self.allowed_lateness_ms < 0 {
             return Err(bad("field `allowed_lateness_ms` must be >= 0".into()));

@@ -48,7 +48,7 @@ pub struct Point {
     pub seq: u64,
     pub origin: Origin,
     /// Re-read only to rebuild per-thing state (e.g. a Kafka warm start after a restart): the engine
-    /// learns from it but raises nothing, so the alert policy sees exactly what the first run saw.
+    /// processes it fully, including the alert policy's windows, but emits nothing for it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub learn_only: bool,
 }

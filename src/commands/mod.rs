@@ -4,6 +4,8 @@ pub mod bench;
 pub mod demo;
 pub mod eval;
 pub mod eval_cmapss;
+pub mod eval_nab;
+pub mod eval_skab;
 pub mod replay;
 pub mod run;
 pub mod simulate;

@@ -419,6 +419,7 @@ fn cfg(half_life: f64, shrinkage: f64) -> ModelConfig {
         half_life,
         shrinkage,
         threshold: 5.0,
+        ..ModelConfig::default()
     }
 }
 

@@ -6,7 +6,7 @@
 
 use crate::config::DataflowConfig;
 use crate::decode::{DeadLetter, MalformedReason};
-use crate::detectors::mahalanobis::{ModelScore, OnlineMahalanobis};
+use crate::detectors::mahalanobis::{wilson_hilferty_z, ModelScore, OnlineMahalanobis};
 use crate::detectors::normalise;
 use crate::detectors::stats::{FeatureScores, FeatureStats};
 use crate::event::{alert_id, Alert, Name, Point, ScoreLine, Severity};
@@ -95,6 +95,8 @@ struct Scratch {
     model_score: ModelScore,
     feature_scores: Vec<FeatureScores>,
     per_feature: Vec<f64>,
+    /// The model's smoothed T^2 of the reading being scored (learned into the thing's state after).
+    t2_smoothed: Option<f64>,
 }
 
 impl Default for Scratch {
@@ -108,6 +110,7 @@ impl Default for Scratch {
             },
             feature_scores: Vec::new(),
             per_feature: Vec::new(),
+            t2_smoothed: None,
         }
     }
 }
@@ -124,6 +127,17 @@ struct ThingState {
     prev_ts: Option<i64>,
     stats: Vec<FeatureStats>,
     model: OnlineMahalanobis,
+    /// Slots (indices into `values`) of the model's features, and each slot's model position.
+    model_slots: Vec<usize>,
+    model_pos: Vec<Option<usize>>,
+    /// The current reading's model features (gathered from `values`).
+    model_x: Vec<f64>,
+    /// EWMA of the model's T^2 (`detectors.model.smoothing`).
+    t2_smooth: Option<f64>,
+    /// Warm-up model vectors kept for threshold calibration (flattened), emptied once calibrated.
+    warm_buffer: Vec<f64>,
+    /// This thing's calibrated T^2 threshold (`detectors.model.calibration_quantile`).
+    t2_threshold: Option<f64>,
     rule_state: RuleState,
     learned: u64,
     last_ts: i64,
@@ -145,6 +159,12 @@ impl ThingState {
             prev_ts: None,
             stats: Vec::new(),
             model: OnlineMahalanobis::new(0, &cfg.detectors.model),
+            model_slots: Vec::new(),
+            model_pos: Vec::new(),
+            model_x: Vec::new(),
+            t2_smooth: None,
+            warm_buffer: Vec::new(),
+            t2_threshold: None,
             rule_state: RuleState::default(),
             learned: 0,
             last_ts: i64::MIN,
@@ -185,7 +205,18 @@ impl ThingState {
             }
         }
         self.present = vec![false; names.len()];
-        self.model = OnlineMahalanobis::new(names.len(), &d.model);
+        self.model_slots = (0..names.len())
+            .filter(|&i| !d.model.exclude.iter().any(|x| names[i] == x.as_str()))
+            .collect();
+        self.model_pos = vec![None; names.len()];
+        for (k, &i) in self.model_slots.iter().enumerate() {
+            self.model_pos[i] = Some(k);
+        }
+        self.model_x = vec![f64::NAN; self.model_slots.len()];
+        self.model = OnlineMahalanobis::new(self.model_slots.len(), &d.model);
+        self.t2_smooth = None;
+        self.warm_buffer = Vec::new();
+        self.t2_threshold = None;
         self.names = names;
         self.n_raw = n_raw;
         self.plan = plan;
@@ -234,7 +265,43 @@ impl ThingState {
         for x in &mut self.present[self.n_raw..] {
             *x = true;
         }
+        for (x, &i) in self.model_x.iter_mut().zip(&self.model_slots) {
+            *x = self.values[i];
+        }
         true
+    }
+
+    /// Sets this thing's T^2 threshold to the `q`-quantile of the (smoothed) T^2 of its warm-up readings
+    /// under the model fitted on them, and starts the smoothing from the last of those values. Leaves
+    /// the global threshold in force when the model cannot score yet.
+    fn calibrate(&mut self, q: f64, smoothing: f64) {
+        let buf = std::mem::take(&mut self.warm_buffer);
+        let dim = self.model.dim();
+        if dim == 0 || !self.model.warm() {
+            return;
+        }
+        let mut scratch = Vec::new();
+        let mut out = ModelScore::default();
+        let mut smooth: Option<f64> = None;
+        let mut seen = Vec::with_capacity(buf.len() / dim);
+        for x in buf.chunks_exact(dim) {
+            if self.model.score_into(x, &mut scratch, &mut out) {
+                let v = smooth.map_or(out.t2, |p| smoothing * out.t2 + (1.0 - smoothing) * p);
+                smooth = Some(v);
+                seen.push(v);
+            }
+        }
+        if seen.is_empty() {
+            return;
+        }
+        seen.sort_unstable_by(f64::total_cmp);
+        let h = (seen.len() - 1) as f64 * q.clamp(0.0, 1.0);
+        let lo = h.floor() as usize;
+        let hi = (lo + 1).min(seen.len() - 1);
+        let thr = seen[lo] + (h - lo as f64) * (seen[hi] - seen[lo]);
+        // A zero threshold (a perfectly constant warm-up) would flag every reading; floor it.
+        self.t2_threshold = Some(thr.max(1e-9));
+        self.t2_smooth = smooth;
     }
 }
 
@@ -399,10 +466,6 @@ impl Engine {
             None
         };
         let anomalous = scored.as_ref().is_some_and(|s| s.anomalous);
-        if p.learn_only {
-            learn(t, complete, anomalous, in_order, p.ts);
-            return;
-        }
 
         // Explanations read the state before this reading is learned.
         let mut candidates: Vec<(Alert, bool)> = Vec::new();
@@ -418,8 +481,20 @@ impl Engine {
             }
         }
 
-        learn(t, complete, anomalous, in_order, p.ts);
+        let t2_smoothed = self.scratch.t2_smoothed.take();
+        learn(t, &cfg, t2_smoothed, complete, anomalous, in_order, p.ts);
 
+        if p.learn_only {
+            // Re-read for state only: the policy learns these candidates (so its dedup and rate-limit
+            // windows end up as they were when the readings were first processed) but nothing is
+            // emitted or counted.
+            for (alert, bypass) in candidates {
+                let _ = t
+                    .policy
+                    .admit(&self.windows, &alert.alert_type, alert.ts, bypass);
+            }
+            return;
+        }
         if anomalous || !hits.is_empty() {
             self.counters.anomalies += 1;
         }
@@ -461,7 +536,15 @@ impl Engine {
 }
 
 /// Learns the loaded reading of `t` (after it has been scored and explained).
-fn learn(t: &mut ThingState, complete: bool, anomalous: bool, in_order: bool, ts: i64) {
+fn learn(
+    t: &mut ThingState,
+    cfg: &DataflowConfig,
+    t2_smoothed: Option<f64>,
+    complete: bool,
+    anomalous: bool,
+    in_order: bool,
+    ts: i64,
+) {
     if complete {
         for (i, st) in t.stats.iter_mut().enumerate() {
             if t.present[i] {
@@ -473,10 +556,25 @@ fn learn(t: &mut ThingState, complete: bool, anomalous: bool, in_order: bool, ts
         } else {
             0
         };
-        if !anomalous || t.consecutive_anomalous > MAX_FROZEN_READINGS {
-            t.model.update(&t.values);
+        let m = &cfg.detectors.model;
+        let in_warmup = t.learned < cfg.warmup as u64;
+        if (in_warmup || m.learn_after_warmup)
+            && (!anomalous || t.consecutive_anomalous > MAX_FROZEN_READINGS)
+        {
+            t.model.update(&t.model_x);
+        }
+        if let Some(v) = t2_smoothed {
+            t.t2_smooth = Some(v);
         }
         t.learned += 1;
+        if let Some(q) = m.calibration_quantile {
+            if in_warmup {
+                t.warm_buffer.extend_from_slice(&t.model_x);
+                if t.learned == cfg.warmup as u64 {
+                    t.calibrate(q, m.smoothing);
+                }
+            }
+        }
     }
     if in_order {
         t.prev_ts = Some(ts);
@@ -513,11 +611,24 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch) -> Scored {
         s.feature_scores.push(fs);
     }
     let stats = best.iter().sum::<f64>() / 4.0;
+    s.t2_smoothed = None;
     let model = if t
         .model
-        .score_into(&t.values, &mut s.model, &mut s.model_score)
+        .score_into(&t.model_x, &mut s.model, &mut s.model_score)
     {
-        Some(normalise(s.model_score.z, d.model.threshold))
+        let m = &d.model;
+        let t2 = s.model_score.t2;
+        let smoothed = t2_smooth_step(t.t2_smooth, t2, m.smoothing);
+        s.t2_smoothed = Some(smoothed);
+        Some(match t.t2_threshold {
+            // The calibrated T^2 maps to 0.8, like every detector's threshold.
+            Some(thr) => normalise((smoothed / thr).sqrt(), 1.0),
+            None if m.smoothing >= 1.0 => normalise(s.model_score.z, m.threshold),
+            None => normalise(
+                wilson_hilferty_z(smoothed / t.model.small_sample_factor(), t.model.dim()),
+                m.threshold,
+            ),
+        })
     } else {
         None
     };
@@ -528,6 +639,14 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch) -> Scored {
         stats,
         model,
         anomalous: ensemble >= e.threshold,
+    }
+}
+
+/// One EWMA step of the model's T^2 (`alpha` = 1: no smoothing).
+fn t2_smooth_step(prev: Option<f64>, t2: f64, alpha: f64) -> f64 {
+    match prev {
+        Some(p) if alpha < 1.0 => alpha * t2 + (1.0 - alpha) * p,
+        _ => t2,
     }
 }
 
@@ -610,10 +729,9 @@ fn ensemble_alert(
             } else {
                 0.0
             };
-            let model_share = if model_total > 0.0 {
-                sc.model_score.contributions[i].abs() / model_total
-            } else {
-                0.0
+            let model_share = match t.model_pos[i] {
+                Some(k) if model_total > 0.0 => sc.model_score.contributions[k].abs() / model_total,
+                _ => 0.0,
             };
             let fs = sc.feature_scores[i];
             let dir = if fs.z != 0.0 { fs.z } else { fs.robust_z };

@@ -8,3 +8,4 @@ mod engine;
 mod kafka;
 mod replay;
 mod rul;
+mod skab;

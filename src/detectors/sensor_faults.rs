@@ -1,0 +1,482 @@
+//! Sensor-fault detection: the instrument is broken, not the machine.
+//!
+//! A stuck transmitter, a disconnected analog input, a sensor pinned at its range limit or a sensor that
+//! stopped reporting all look like "anomalies" to a statistical detector, but they need a technician
+//! with a multimeter, not a maintenance stop. Operators lose trust in alerts that confuse the two, so
+//! these faults are their own class with their own type:
+//! - `stuck`: the bit-identical value repeated for `stuck_after` consecutive readings (a frozen gateway
+//!   register or a transmitter that stopped updating; live sensors always carry some noise).
+//! - `flatlined`: the value still changes, but its spread over the last `flatline_window` readings fell
+//!   below `flatline_ratio` times the spread it had while the detector learned it (a broken wire reading
+//!   ADC noise, a sensor out of its medium).
+//! - `saturated`: at or beyond a configured range limit for `saturated_after` consecutive readings.
+//! - `dropout`: a feature the thing used to report is absent from `dropout_after` consecutive readings, or
+//!   (via [`SensorFaultDetector::check_silence`]) has not been seen for `dropout_ms` of event time.
+//!
+//! One detector per thing. Each fault is reported once when it starts ([`FaultEvent::started`] = true)
+//! and once when it clears (false), so alerting is edge-triggered, not one alert per reading.
+
+use std::collections::BTreeMap;
+
+/// Settings of the sensor-fault detector.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SensorFaultConfig {
+    /// Identical consecutive readings that make a sensor `stuck`.
+    pub stuck_after: usize,
+    /// Readings in the window whose spread is compared with the learned spread.
+    pub flatline_window: usize,
+    /// `flatlined` when the window's standard deviation is below this fraction of the learned one.
+    pub flatline_ratio: f64,
+    /// Readings per feature from which the normal spread is learned before `flatlined` can fire.
+    pub baseline_readings: usize,
+    /// Range limits per feature, `[low, high]`: readings at or beyond them are saturated.
+    pub limits: BTreeMap<String, [f64; 2]>,
+    /// Consecutive readings at a limit that make a sensor `saturated`.
+    pub saturated_after: usize,
+    /// Consecutive readings without a feature that make it a `dropout`.
+    pub dropout_after: usize,
+    /// Event time without a feature after which [`SensorFaultDetector::check_silence`] reports it.
+    pub dropout_ms: i64,
+}
+
+impl Default for SensorFaultConfig {
+    fn default() -> Self {
+        SensorFaultConfig {
+            stuck_after: 60,
+            flatline_window: 60,
+            flatline_ratio: 0.05,
+            baseline_readings: 200,
+            limits: BTreeMap::new(),
+            saturated_after: 3,
+            dropout_after: 5,
+            dropout_ms: 60_000,
+        }
+    }
+}
+
+/// The kind of instrument fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    Stuck,
+    Flatlined,
+    Saturated,
+    Dropout,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 4] = [
+        FaultKind::Stuck,
+        FaultKind::Flatlined,
+        FaultKind::Saturated,
+        FaultKind::Dropout,
+    ];
+
+    /// The alert type: `sensor_stuck`, `sensor_flatlined`, `sensor_saturated`, `sensor_dropout`.
+    pub fn alert_type(&self) -> &'static str {
+        match self {
+            FaultKind::Stuck => "sensor_stuck",
+            FaultKind::Flatlined => "sensor_flatlined",
+            FaultKind::Saturated => "sensor_saturated",
+            FaultKind::Dropout => "sensor_dropout",
+        }
+    }
+
+    fn index(&self) -> usize {
+        *self as usize
+    }
+}
+
+/// A fault starting or clearing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultEvent {
+    pub feature: String,
+    pub kind: FaultKind,
+    /// True when the fault starts, false when it clears.
+    pub started: bool,
+    /// Event time of the reading that changed the state.
+    pub ts: i64,
+    /// Human-readable cause.
+    pub detail: String,
+}
+
+/// Welford mean/variance.
+#[derive(Clone, Debug, Default)]
+struct Moments {
+    n: u64,
+    mean: f64,
+    m2: f64,
+}
+
+impl Moments {
+    fn push(&mut self, x: f64) {
+        self.n += 1;
+        let d = x - self.mean;
+        self.mean += d / self.n as f64;
+        self.m2 += d * (x - self.mean);
+    }
+    fn std(&self) -> f64 {
+        if self.n < 2 {
+            0.0
+        } else {
+            (self.m2 / (self.n - 1) as f64).sqrt()
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct FeatureState {
+    last: Option<f64>,
+    repeats: usize,
+    baseline: Moments,
+    recent: std::collections::VecDeque<f64>,
+    at_limit: usize,
+    absent: usize,
+    last_seen_ts: i64,
+    active: [bool; 4],
+}
+
+/// Sensor-fault state of one thing.
+#[derive(Clone, Debug, Default)]
+pub struct SensorFaultDetector {
+    cfg: SensorFaultConfig,
+    features: BTreeMap<String, FeatureState>,
+}
+
+impl SensorFaultDetector {
+    pub fn new(cfg: SensorFaultConfig) -> Self {
+        SensorFaultDetector {
+            cfg,
+            features: BTreeMap::new(),
+        }
+    }
+
+    /// Faults currently active, as (feature, kind).
+    pub fn active(&self) -> Vec<(String, FaultKind)> {
+        let mut out = Vec::new();
+        for (name, st) in &self.features {
+            for k in FaultKind::ALL {
+                if st.active[k.index()] {
+                    out.push((name.clone(), k));
+                }
+            }
+        }
+        out
+    }
+
+    /// Observes one reading (all values of the thing at `ts`); returns faults that started or cleared.
+    /// Non-finite values count as absent.
+    pub fn observe(&mut self, ts: i64, values: &[(&str, f64)]) -> Vec<FaultEvent> {
+        let cfg = &self.cfg;
+        let mut events = Vec::new();
+        for &(name, v) in values.iter().filter(|(_, v)| v.is_finite()) {
+            let st = self.features.entry(name.to_string()).or_default();
+            st.last_seen_ts = ts;
+            st.absent = 0;
+            set(
+                st,
+                name,
+                FaultKind::Dropout,
+                false,
+                ts,
+                String::new(),
+                &mut events,
+            );
+
+            // Stuck: bit-identical repeats.
+            st.repeats = match st.last {
+                Some(l) if l.to_bits() == v.to_bits() => st.repeats + 1,
+                _ => 1,
+            };
+            st.last = Some(v);
+            let stuck = st.repeats >= cfg.stuck_after.max(2);
+            let detail = format!("{name} repeated {v} for {} readings", st.repeats);
+            set(st, name, FaultKind::Stuck, stuck, ts, detail, &mut events);
+
+            // Flatlined: the recent spread collapsed relative to the learned spread.
+            st.recent.push_back(v);
+            if st.recent.len() > cfg.flatline_window.max(2) {
+                st.recent.pop_front();
+            }
+            let learned = st.baseline.n >= cfg.baseline_readings as u64;
+            if !learned {
+                st.baseline.push(v);
+            }
+            let flat = if learned && st.recent.len() >= cfg.flatline_window.max(2) {
+                let mut m = Moments::default();
+                st.recent.iter().for_each(|x| m.push(*x));
+                let base = st.baseline.std();
+                // Only meaningful for a feature that varied while learning, and not double-reported
+                // when it is bit-identical (stuck).
+                base > 0.0 && m.std() < cfg.flatline_ratio * base && !stuck
+            } else {
+                false
+            };
+            let detail = format!(
+                "{name} spread fell below {:.0}% of its learned spread {:.4}",
+                cfg.flatline_ratio * 100.0,
+                st.baseline.std()
+            );
+            set(
+                st,
+                name,
+                FaultKind::Flatlined,
+                flat,
+                ts,
+                detail,
+                &mut events,
+            );
+
+            // Saturated: at or beyond a configured limit.
+            let (at, detail) = match cfg.limits.get(name) {
+                Some(&[lo, _]) if v <= lo => (true, format!("{name} at its low limit {lo} ({v})")),
+                Some(&[_, hi]) if v >= hi => (true, format!("{name} at its high limit {hi} ({v})")),
+                _ => (false, String::new()),
+            };
+            st.at_limit = if at { st.at_limit + 1 } else { 0 };
+            let saturated = st.at_limit >= cfg.saturated_after.max(1);
+            set(
+                st,
+                name,
+                FaultKind::Saturated,
+                saturated,
+                ts,
+                detail,
+                &mut events,
+            );
+        }
+        // Dropout: known features missing from this reading.
+        for (name, st) in self.features.iter_mut() {
+            let present = values
+                .iter()
+                .any(|(n, v)| *n == name.as_str() && v.is_finite());
+            if present {
+                continue;
+            }
+            st.absent += 1;
+            if st.absent >= cfg.dropout_after.max(1) {
+                let detail = format!("{name} missing from {} readings", st.absent);
+                set(st, name, FaultKind::Dropout, true, ts, detail, &mut events);
+            }
+        }
+        events
+    }
+
+    /// Reports features not seen for more than `dropout_ms` of event time before `now` (call it from a
+    /// timer, since a silent sensor produces no reading to observe).
+    pub fn check_silence(&mut self, now: i64) -> Vec<FaultEvent> {
+        let limit = self.cfg.dropout_ms;
+        let mut events = Vec::new();
+        for (name, st) in self.features.iter_mut() {
+            let silent = now - st.last_seen_ts;
+            if silent > limit {
+                let detail = format!("{name} silent for {} s", silent / 1000);
+                set(st, name, FaultKind::Dropout, true, now, detail, &mut events);
+            }
+        }
+        events
+    }
+}
+
+/// Moves one fault's state, recording an event on a change.
+fn set(
+    st: &mut FeatureState,
+    name: &str,
+    kind: FaultKind,
+    on: bool,
+    ts: i64,
+    detail: String,
+    events: &mut Vec<FaultEvent>,
+) {
+    let slot = &mut st.active[kind.index()];
+    if *slot != on {
+        *slot = on;
+        events.push(FaultEvent {
+            feature: name.to_string(),
+            kind,
+            started: on,
+            ts,
+            detail: if on {
+                detail
+            } else {
+                format!("{name} {} cleared", kind.alert_type())
+            },
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic noise in [-0.5, 0.5).
+    fn noise(i: usize) -> f64 {
+        let x = (i as u64 + 7).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let x = (x ^ (x >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        ((x >> 11) as f64 / (1u64 << 53) as f64) - 0.5
+    }
+
+    fn cfg() -> SensorFaultConfig {
+        let mut c = SensorFaultConfig {
+            stuck_after: 10,
+            flatline_window: 20,
+            baseline_readings: 100,
+            ..SensorFaultConfig::default()
+        };
+        c.limits.insert("pressure".into(), [0.0, 10.0]);
+        c
+    }
+
+    /// Runs `n` readings of `f` and returns all events with their reading index.
+    fn run(
+        d: &mut SensorFaultDetector,
+        range: std::ops::Range<usize>,
+        f: impl Fn(usize) -> Vec<(&'static str, f64)>,
+    ) -> Vec<(usize, FaultEvent)> {
+        let mut out = Vec::new();
+        for i in range {
+            for e in d.observe(i as i64 * 1000, &f(i)) {
+                out.push((i, e));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn healthy_noisy_sensors_raise_nothing() {
+        let mut d = SensorFaultDetector::new(cfg());
+        let ev = run(&mut d, 0..1000, |i| {
+            vec![("flow", 32.0 + noise(i)), ("pressure", 5.0 + noise(i + 1))]
+        });
+        assert!(ev.is_empty(), "{ev:?}");
+        // A quantised sensor that repeats a few times is not stuck.
+        let ev = run(&mut d, 1000..1100, |i| {
+            vec![
+                ("flow", 32.0 + (i / 5 % 2) as f64),
+                ("pressure", 5.0 + noise(i)),
+            ]
+        });
+        assert!(ev.is_empty(), "{ev:?}");
+    }
+
+    #[test]
+    fn stuck_is_reported_once_and_cleared() {
+        let mut d = SensorFaultDetector::new(cfg());
+        let ev = run(&mut d, 0..300, |i| {
+            let flow = if (100..200).contains(&i) {
+                31.25
+            } else {
+                32.0 + noise(i)
+            };
+            vec![("flow", flow)]
+        });
+        let kinds: Vec<(usize, FaultKind, bool)> =
+            ev.iter().map(|(i, e)| (*i, e.kind, e.started)).collect();
+        // Starts at the 10th identical reading, clears at the first different one.
+        assert_eq!(
+            kinds,
+            vec![
+                (109, FaultKind::Stuck, true),
+                (200, FaultKind::Stuck, false)
+            ]
+        );
+        assert_eq!(ev[0].1.kind.alert_type(), "sensor_stuck");
+        assert!(
+            ev[0].1.detail.contains("repeated 31.25"),
+            "{}",
+            ev[0].1.detail
+        );
+    }
+
+    #[test]
+    fn flatline_needs_a_learned_spread_and_a_collapsed_window() {
+        let mut d = SensorFaultDetector::new(cfg());
+        // Learn a spread of ~0.29; then the signal keeps changing by tiny amounts (ADC noise).
+        let ev = run(&mut d, 0..400, |i| {
+            let v = if i < 200 {
+                32.0 + noise(i)
+            } else {
+                4.0 + 0.001 * noise(i)
+            };
+            vec![("flow", v)]
+        });
+        let starts: Vec<(usize, FaultKind)> = ev
+            .iter()
+            .filter(|(_, e)| e.started)
+            .map(|(i, e)| (*i, e.kind))
+            .collect();
+        // The window of 20 must hold only flat readings: from reading 219 on.
+        assert_eq!(starts, vec![(219, FaultKind::Flatlined)]);
+        assert!(d
+            .active()
+            .contains(&("flow".to_string(), FaultKind::Flatlined)));
+    }
+
+    #[test]
+    fn saturation_at_a_configured_limit() {
+        let mut d = SensorFaultDetector::new(cfg());
+        let ev = run(&mut d, 0..60, |i| {
+            let p = match i {
+                10 => 10.0,                       // one reading at the rail: not yet
+                20..=29 => 10.0 + noise(i).abs(), // pinned high
+                40..=44 => -0.2,                  // pinned low
+                _ => 5.0 + noise(i),
+            };
+            vec![("pressure", p)]
+        });
+        let kinds: Vec<(usize, FaultKind, bool)> =
+            ev.iter().map(|(i, e)| (*i, e.kind, e.started)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (22, FaultKind::Saturated, true),
+                (30, FaultKind::Saturated, false),
+                (42, FaultKind::Saturated, true),
+                (45, FaultKind::Saturated, false),
+            ]
+        );
+        assert!(
+            ev[0].1.detail.contains("high limit 10"),
+            "{}",
+            ev[0].1.detail
+        );
+        assert!(ev[2].1.detail.contains("low limit 0"), "{}", ev[2].1.detail);
+    }
+
+    #[test]
+    fn dropout_by_missing_readings_and_by_silence() {
+        let mut d = SensorFaultDetector::new(cfg());
+        let ev = run(&mut d, 0..40, |i| {
+            let mut v = vec![("flow", 32.0 + noise(i))];
+            if !(10..20).contains(&i) {
+                v.push(("pressure", 5.0 + noise(i + 3)));
+            }
+            if i == 30 {
+                v[0].1 = f64::NAN; // a NaN is not a reading
+            }
+            v
+        });
+        let kinds: Vec<(usize, &str, FaultKind, bool)> = ev
+            .iter()
+            .map(|(i, e)| (*i, e.feature.as_str(), e.kind, e.started))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (14, "pressure", FaultKind::Dropout, true),
+                (20, "pressure", FaultKind::Dropout, false),
+            ]
+        );
+        // Silence: nothing for 2 minutes of event time.
+        let ev = d.check_silence(39_000 + 120_000);
+        assert_eq!(ev.len(), 2);
+        assert!(ev.iter().all(|e| e.kind == FaultKind::Dropout && e.started));
+        assert!(
+            ev[0].detail.contains("silent for 120 s"),
+            "{}",
+            ev[0].detail
+        );
+        // Reported once, not again while it lasts.
+        assert!(d.check_silence(39_000 + 180_000).is_empty());
+    }
+}

@@ -6,6 +6,7 @@ use super::load_dataflow;
 use crate::api::{self, ApiState};
 use crate::pipeline::{self, Input, Output, OutputSink, RunOptions};
 use crate::sinks::jsonl::LineWriter;
+use crate::sinks::retention::{Purger, RetentionConfig};
 use crate::sinks::sqlite::{AlertStore, SqliteStore};
 use crate::sources::simulator::{Simulator, SimulatorConfig};
 use serde::Serialize;
@@ -156,10 +157,17 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let stop_health = Arc::clone(&stop);
-    let state = ApiState::new(ApiState::share(reader)).with_health_details(move || {
-        serde_json::json!({"mode": "demo", "stopping": stop_health.load(Ordering::Relaxed)})
-    });
+    let shared = ApiState::share(reader);
+    // Mutating API calls (feedback, rules) need this bearer token when it is set.
+    let token = std::env::var("EGIZML_API_TOKEN").ok();
+    let state = ApiState::new(shared.clone())
+        .with_rules(rules.clone())
+        .with_token(token.as_deref())
+        .with_health_details(move || {
+            serde_json::json!({"mode": "demo", "stopping": stop_health.load(Ordering::Relaxed)})
+        });
     let server = api::spawn(args.listen, state)?;
+    let purger = Purger::spawn(shared, RetentionConfig::default())?;
     crate::metrics::global().register_workers(workers);
     crate::metrics::global().register_sink("sqlite");
     println!(
@@ -219,6 +227,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     };
     let report = pipeline::run(cfg, rules, Input::Live(rx), Box::new(sink), opts)?;
     let _ = producer.join();
+    purger.stop();
     server.shutdown()?;
     let elapsed_s = started.elapsed().as_secs_f64();
     let c = &report.counters;

@@ -54,8 +54,22 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`AlertStore`] on a PostgreSQL database.
 pub struct PostgresStore {
     // `AlertStore::query` takes `&self` but the client needs `&mut`; the lock is uncontended (the
-    // store itself sits behind the API's mutex).
-    client: Mutex<Client>,
+    // store itself sits behind the API's mutex). `None` only while dropping.
+    client: Option<Mutex<Client>>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // The sync client closes its connection by blocking on its own runtime, which panics inside
+        // another tokio runtime (the API server drops its state there); close it on a plain thread.
+        if let Some(client) = self.client.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::Builder::new()
+                    .name("egizml-pg-close".into())
+                    .spawn(move || drop(client));
+            }
+        }
+    }
 }
 
 type Params = Vec<Box<dyn ToSql + Sync>>;
@@ -88,7 +102,7 @@ impl PostgresStore {
             message: format!("migrating the schema: {e}"),
         })?;
         Ok(PostgresStore {
-            client: Mutex::new(client),
+            client: Some(Mutex::new(client)),
         })
     }
 
@@ -109,7 +123,11 @@ impl PostgresStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Client> {
         // A panic mid-call leaves at most an aborted transaction, which the next statement rolls back.
-        self.client.lock().unwrap_or_else(|e| e.into_inner())
+        self.client
+            .as_ref()
+            .expect("the client is present until drop")
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -6,3 +6,4 @@ mod common;
 mod demo;
 mod engine;
 mod replay;
+mod service;

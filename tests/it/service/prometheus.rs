@@ -99,5 +99,20 @@ fn prometheus_scrapes_and_queries_egizml_metrics() {
     // Labelled counters pre-created at 0 are visible before anything happens.
     let (_, malformed) = query(&base, "count(egizml_points_malformed_total)").unwrap();
     assert!(malformed >= 1.0);
+    // Every dashboard and alert expression is valid PromQL for this Prometheus.
+    for expr in super::docker::dashboard_exprs()
+        .into_iter()
+        .chain(super::docker::alert_exprs())
+    {
+        let mut resp = ureq::get(format!("{base}/api/v1/query"))
+            .query("query", &expr)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .unwrap();
+        let v: serde_json::Value = resp.body_mut().read_json().unwrap();
+        assert_eq!(v["status"], "success", "{expr}: {v}");
+    }
     server.shutdown().unwrap();
 }

@@ -422,7 +422,12 @@ impl Fixture {
     /// Any request; `headers` as (name, value) pairs.
     fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
         let uri = format!("{}{path}", self.base);
-        let mut req = axum::http::Request::builder().method(method).uri(uri);
+        // A fresh connection per call: the server may close a kept-alive connection after answering
+        // without reading the body (405, 401, 413), and a pooled reuse would then see EOF.
+        let mut req = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("connection", "close");
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

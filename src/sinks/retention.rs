@@ -141,4 +141,60 @@ mod tests {
         assert_eq!((cfg.days, cfg.interval_s), (7, 3600.0));
         assert!(serde_norway::from_str::<RetentionConfig>("dayz: 7").is_err());
     }
+
+    #[test]
+    fn purger_thread_purges_at_start_and_stops_promptly() {
+        use crate::event::{Alert, Origin, Severity};
+        use crate::sinks::sqlite::{AlertQuery, SqliteStore};
+        let alert = |ts: i64| Alert {
+            alert_id: crate::event::alert_id("oven-1", "overheat", ts),
+            thing_id: "oven-1".into(),
+            equipment_type: "oven".into(),
+            ts,
+            severity: Severity::Warning,
+            source: "rule".into(),
+            alert_type: "overheat".into(),
+            score: 0.5,
+            model_version: "m".into(),
+            top_features: Vec::new(),
+            families: Default::default(),
+            explanation: String::new(),
+            input_offsets: Origin::None,
+            label: None,
+        };
+        let now = now_ms();
+        let mut store = SqliteStore::open_in_memory().unwrap();
+        store
+            .insert(&[alert(now - 100 * MS_PER_DAY), alert(now - MS_PER_DAY)])
+            .unwrap();
+        let shared: Arc<Mutex<dyn AlertStore>> = Arc::new(Mutex::new(store));
+        let purged_before = crate::metrics::global().alerts_purged.get();
+        // A long interval: only the purge at start can have run when the test looks.
+        let purger = Purger::spawn(
+            shared.clone(),
+            RetentionConfig {
+                days: 90,
+                interval_s: 3600.0,
+            },
+        )
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        let remaining = loop {
+            let total = shared
+                .lock()
+                .unwrap()
+                .query(&AlertQuery::default())
+                .unwrap()
+                .total;
+            if total == 1 || t0.elapsed() > Duration::from_secs(10) {
+                break total;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(remaining, 1);
+        assert!(crate::metrics::global().alerts_purged.get() > purged_before);
+        // Stopping interrupts the hour-long wait.
+        purger.stop();
+        assert!(t0.elapsed() < Duration::from_secs(60));
+    }
 }

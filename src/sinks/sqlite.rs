@@ -286,6 +286,40 @@ pub trait AlertStore: Send {
     }
 }
 
+/// A boxed store is a store (so `open_store`'s result can be shared with the API).
+impl<S: AlertStore + ?Sized> AlertStore for Box<S> {
+    fn insert(&mut self, alerts: &[Alert]) -> Result<usize, StoreError> {
+        (**self).insert(alerts)
+    }
+    fn query(&self, q: &AlertQuery) -> Result<AlertPage, StoreError> {
+        (**self).query(q)
+    }
+    fn purge_older_than(&mut self, ts_ms: i64) -> Result<usize, StoreError> {
+        (**self).purge_older_than(ts_ms)
+    }
+    fn record_feedback(&mut self, fb: &Feedback) -> Result<FeedbackOutcome, StoreError> {
+        (**self).record_feedback(fb)
+    }
+    fn feedback(&self, q: &FeedbackQuery) -> Result<FeedbackPage, StoreError> {
+        (**self).feedback(q)
+    }
+    fn feedback_counts(&self, thing_id: Option<&str>) -> Result<FeedbackCounts, StoreError> {
+        (**self).feedback_counts(thing_id)
+    }
+}
+
+/// Opens the store `spec` names: a `postgres://` or `postgresql://` URL is PostgreSQL, anything else an
+/// SQLite file path.
+pub fn open_store(spec: &str) -> Result<Box<dyn AlertStore>, StoreError> {
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        Ok(Box::new(crate::sinks::postgres::PostgresStore::connect(
+            spec,
+        )?))
+    } else {
+        Ok(Box::new(SqliteStore::open(spec)?))
+    }
+}
+
 /// [`AlertStore`] on an SQLite database file (WAL mode, so one writer and API readers on separate
 /// connections do not block each other).
 pub struct SqliteStore {

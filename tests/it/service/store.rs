@@ -261,7 +261,7 @@ fn retention_purge(s: &mut dyn AlertStore) {
 fn api_over_store(s: Box<dyn AlertStore>) {
     let mut s = s;
     s.insert(&fixture()).unwrap();
-    let shared: egizml::api::SharedStore = Arc::new(std::sync::Mutex::new(BoxedStore(s)));
+    let shared: egizml::api::SharedStore = Arc::new(std::sync::Mutex::new(s));
     let server = api::spawn("127.0.0.1:0".parse().unwrap(), ApiState::new(shared)).unwrap();
     let base = format!("http://{}", server.local_addr());
     let page: serde_json::Value = ureq::get(format!(
@@ -285,33 +285,6 @@ fn api_over_store(s: Box<dyn AlertStore>) {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 201);
     server.shutdown().unwrap();
-}
-
-/// Adapts a boxed store to the sized type `ApiState::share` wants.
-struct BoxedStore(Box<dyn AlertStore>);
-
-impl AlertStore for BoxedStore {
-    fn insert(&mut self, alerts: &[Alert]) -> Result<usize, StoreError> {
-        self.0.insert(alerts)
-    }
-    fn query(&self, q: &AlertQuery) -> Result<egizml::sinks::sqlite::AlertPage, StoreError> {
-        self.0.query(q)
-    }
-    fn purge_older_than(&mut self, ts_ms: i64) -> Result<usize, StoreError> {
-        self.0.purge_older_than(ts_ms)
-    }
-    fn record_feedback(&mut self, fb: &Feedback) -> Result<FeedbackOutcome, StoreError> {
-        self.0.record_feedback(fb)
-    }
-    fn feedback(
-        &self,
-        q: &FeedbackQuery,
-    ) -> Result<egizml::sinks::sqlite::FeedbackPage, StoreError> {
-        self.0.feedback(q)
-    }
-    fn feedback_counts(&self, thing_id: Option<&str>) -> Result<FeedbackCounts, StoreError> {
-        self.0.feedback_counts(thing_id)
-    }
 }
 
 /// Runs each contract function against a fresh store of one backend.

@@ -102,10 +102,15 @@ impl PgCluster {
     fn start() -> Result<PgCluster, String> {
         let bin = pg_bindir().ok_or("PostgreSQL server binaries (initdb) not found")?;
         let as_postgres = is_root();
-        let dir = tempfile::Builder::new()
-            .prefix("egizml-pg-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("egizml-pg-");
+        // The `postgres` user must reach the directory: TMPDIR may point under root's home.
+        let dir = if as_postgres {
+            builder.tempdir_in("/tmp")
+        } else {
+            builder.tempdir()
+        }
+        .map_err(|e| e.to_string())?;
         if as_postgres {
             let ok = Command::new("chown")
                 .args(["-R", "postgres:"])

@@ -29,6 +29,9 @@ pub const SUPPRESSED_REASONS: [&str; 2] = ["dedup", "rate_limit"];
 /// `result` values of `egizml_rules_reloads_total`.
 pub const RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
 
+/// `verdict` values of `egizml_feedback_total`.
+pub const FEEDBACK_VERDICTS: [&str; 2] = ["true_positive", "false_positive"];
+
 /// Sink names pre-registered so their error counters show as 0 before the first error.
 pub const KNOWN_SINKS: [&str; 4] = ["jsonl", "stdout", "sqlite", "dead_letter"];
 
@@ -61,7 +64,22 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Constant 1 with the crate `version` as label.
     pub build_info: IntGaugeVec,
+    /// Time to load (deserialize and validate) a model, seconds.
+    pub model_load_time: Histogram,
+    /// 1 while the EgizCore WebSocket source is connected, 0 otherwise.
+    pub websocket_connection_status: IntGauge,
+    /// Kafka consumer lag (high watermark minus committed offset), by `topic` and `partition`.
+    pub kafka_consumer_lag: IntGaugeVec,
+    /// Operator feedback received, by `verdict` (`true_positive` | `false_positive`).
+    pub feedback: IntCounterVec,
+    /// Alerts deleted by the retention purge.
+    pub alerts_purged: IntCounter,
 }
+
+/// Model load time, seconds: 1 ms .. 60 s.
+pub const MODEL_LOAD_BUCKETS: &[f64] = &[
+    1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric definition");
@@ -173,6 +191,44 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
+        let model_load_time = histogram(
+            &r,
+            "egizml_model_load_time_seconds",
+            "Time to load a model.",
+            MODEL_LOAD_BUCKETS,
+        );
+        let websocket_connection_status = IntGauge::new(
+            "egizml_websocket_connection_status",
+            "1 while the EgizCore WebSocket source is connected, else 0.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(websocket_connection_status.clone()))
+            .expect("metric registered once");
+        let kafka_consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "egizml_kafka_consumer_lag",
+                "Kafka consumer lag in messages, by topic and partition.",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(kafka_consumer_lag.clone()))
+            .expect("metric registered once");
+        let feedback = counter_vec(
+            &r,
+            "egizml_feedback_total",
+            "Operator feedback on alerts, by verdict.",
+            &["verdict"],
+        );
+        for verdict in FEEDBACK_VERDICTS {
+            feedback.with_label_values(&[verdict]);
+        }
+        let alerts_purged = counter(
+            &r,
+            "egizml_alerts_purged_total",
+            "Alerts deleted from the store by the retention purge.",
+        );
+
         // Known label values are created up front so dashboards and alerts see 0 rather than no series.
         for reason in MalformedReason::ALL {
             points_malformed.with_label_values(&[reason.as_str()]);
@@ -198,6 +254,11 @@ impl Metrics {
             sink_errors,
             dead_letters,
             build_info,
+            model_load_time,
+            websocket_connection_status,
+            kafka_consumer_lag,
+            feedback,
+            alerts_purged,
         };
         for sink in KNOWN_SINKS {
             m.register_sink(sink);
@@ -245,6 +306,33 @@ impl Metrics {
     /// Counts one sink write failure.
     pub fn sink_error(&self, sink: &str) {
         self.sink_errors.with_label_values(&[sink]).inc();
+    }
+
+    /// Names of every registered metric family, including labelled families that have no series yet
+    /// (which [`Metrics::render`] leaves out). Dashboards and alert rules are checked against this.
+    pub fn metric_names(&self) -> std::collections::BTreeSet<String> {
+        use prometheus::core::Collector;
+        let mut names: std::collections::BTreeSet<String> = self
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        let vecs: [&dyn Collector; 9] = [
+            &self.points_malformed,
+            &self.points_processed,
+            &self.anomalies_detected,
+            &self.alerts_emitted,
+            &self.alerts_suppressed,
+            &self.rules_reloads,
+            &self.sink_errors,
+            &self.dead_letters,
+            &self.kafka_consumer_lag,
+        ];
+        for c in vecs {
+            names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
+        }
+        names
     }
 
     /// All metrics in the Prometheus text exposition format (version 0.0.4).

@@ -35,6 +35,22 @@ if [ ! -x "$EGIZML_TANSU" ]; then
   fi
 fi
 # ---------------------------------------------------------------------------------------------------
+# --- service (issue 6): PostgreSQL and Prometheus servers for the store and scrape tests -------------
+# The tests start their own throwaway PostgreSQL cluster (initdb + pg_ctl, as the `postgres` user when
+# run as root) and their own Prometheus, both on 127.0.0.1; here we only install the Debian packages.
+# Under CI=true the tests fail (not skip) when these are missing.
+service_pkgs=()
+dpkg -s postgresql >/dev/null 2>&1 || service_pkgs+=(postgresql)
+command -v prometheus >/dev/null 2>&1 || service_pkgs+=(prometheus)
+if [ "${#service_pkgs[@]}" -gt 0 ]; then
+  echo "== installing ${service_pkgs[*]}"
+  if [ -z "${EGIZML_APT_UPDATED:-}" ]; then
+    apt-get update -qq
+    export EGIZML_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${service_pkgs[@]}"
+fi
+# --- end service ---------------------------------------------------------------------------------
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

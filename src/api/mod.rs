@@ -9,17 +9,25 @@
 //! - `GET /metrics`, `GET /api/v1/metrics`: Prometheus text format
 //! - `GET /api/v1/anomalies?thing_id=&since=&until=&severity=&type=&limit=&offset=`: [`AlertPage`]
 //! - `GET /api/v1/anomalies/{thing_id}` with the same filters except `thing_id`
+//! - `POST /api/v1/feedback` `{"thing_id","alert_id","verdict":"true_positive"|"false_positive","note"?}`,
+//!   `GET /api/v1/feedback?thing_id=&verdict=&limit=&offset=` (page plus per-verdict counts)
+//! - `GET /api/v1/rules` (JSON, or the YAML text with `Accept: application/yaml`), `PUT /api/v1/rules`
+//!   (YAML text, or JSON `{"yaml": "..."}`), validated like the rules file
+//! - `GET /api/v1/openapi.json`: the OpenAPI 3.0 document of all of the above
 //!
-//! Every error is JSON `{"error": "..."}`; a 400 names the offending parameter.
+//! Every error is JSON `{"error": "..."}`; a 400 names the offending parameter or field. When a token is
+//! configured every mutating request (anything but GET/HEAD/OPTIONS) needs `Authorization: Bearer
+//! <token>` (401 otherwise). Request bodies are limited to [`MAX_BODY_BYTES`] (413).
 
 use crate::event::Severity;
-use crate::sinks::sqlite::{AlertPage, AlertQuery, AlertStore, MAX_LIMIT};
+use crate::rules::RulesHandle;
+use crate::sinks::sqlite::{AlertPage, AlertQuery, AlertStore, StoreError, MAX_LIMIT};
 use anyhow::Context;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -45,6 +53,10 @@ pub struct ApiState {
     pub started: Instant,
     /// Optional extra health details.
     pub health_details: Option<HealthHook>,
+    /// The live rules served and replaced by `/api/v1/rules`; `None` makes those routes answer 503.
+    pub rules: Option<RulesHandle>,
+    /// Bearer token required on mutating requests; `None` leaves them open (loopback demo).
+    pub token: Option<Arc<str>>,
 }
 
 impl ApiState {
@@ -52,8 +64,7 @@ impl ApiState {
     pub fn new(store: SharedStore) -> ApiState {
         ApiState {
             store: Some(store),
-            started: Instant::now(),
-            health_details: None,
+            ..ApiState::without_store()
         }
     }
 
@@ -63,6 +74,8 @@ impl ApiState {
             store: None,
             started: Instant::now(),
             health_details: None,
+            rules: None,
+            token: None,
         }
     }
 
@@ -77,6 +90,18 @@ impl ApiState {
         hook: impl Fn() -> serde_json::Value + Send + Sync + 'static,
     ) -> ApiState {
         self.health_details = Some(Arc::new(hook));
+        self
+    }
+
+    /// Serves (and lets `PUT /api/v1/rules` replace) these rules.
+    pub fn with_rules(mut self, rules: RulesHandle) -> ApiState {
+        self.rules = Some(rules);
+        self
+    }
+
+    /// Requires `Authorization: Bearer <token>` on mutating requests. An empty token is treated as none.
+    pub fn with_token(mut self, token: Option<&str>) -> ApiState {
+        self.token = token.filter(|t| !t.is_empty()).map(Arc::from);
         self
     }
 }
@@ -183,18 +208,69 @@ pub fn spawn(addr: SocketAddr, state: ApiState) -> anyhow::Result<ApiServer> {
     })
 }
 
+/// Largest accepted request body (a rules file is the largest legitimate one).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The served routes: path, methods (upper case) and handler. The OpenAPI document must list exactly
+/// these (checked by a test). Routes of DESIGN.md that belong to unfinished parts (predictions, models,
+/// train) are added together with their implementation.
+fn routes() -> Vec<(
+    &'static str,
+    &'static [&'static str],
+    MethodRouter<ApiState>,
+)> {
+    vec![
+        ("/health", &["GET"], get(health)),
+        ("/api/v1/health", &["GET"], get(health)),
+        ("/metrics", &["GET"], get(metrics)),
+        ("/api/v1/metrics", &["GET"], get(metrics)),
+        ("/api/v1/openapi.json", &["GET"], get(openapi)),
+        ("/api/v1/anomalies", &["GET"], get(anomalies)),
+        (
+            "/api/v1/anomalies/{thing_id}",
+            &["GET"],
+            get(thing_anomalies),
+        ),
+        (
+            "/api/v1/feedback",
+            &["GET", "POST"],
+            get(handlers::feedback_list).post(handlers::feedback_post),
+        ),
+        (
+            "/api/v1/rules",
+            &["GET", "PUT"],
+            get(handlers::rules_get).put(handlers::rules_put),
+        ),
+    ]
+}
+
+/// Paths and methods the router serves (for the OpenAPI consistency test and documentation).
+pub fn served_routes() -> Vec<(&'static str, &'static [&'static str])> {
+    routes().into_iter().map(|(p, m, _)| (p, m)).collect()
+}
+
+/// The OpenAPI 3.0 document served at `/api/v1/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
 /// The API routes over `state` (exposed for embedding into another server).
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/api/v1/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/metrics", get(metrics))
-        .route("/api/v1/anomalies", get(anomalies))
-        .route("/api/v1/anomalies/{thing_id}", get(thing_anomalies))
-        .fallback(not_found)
+    let mut r = Router::new();
+    for (path, _, handler) in routes() {
+        r = r.route(path, handler);
+    }
+    r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Layers run outside-in in reverse order: auth rejects before any body is read.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            handlers::require_token,
+        ))
         .with_state(state)
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
 
 /// An error response: `{"error": message}` with `status`.
@@ -205,10 +281,31 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
-            status: StatusCode::BAD_REQUEST,
+            status,
             message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 500 for a store failure, logged (the client only sees the message).
+    fn store(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Unsupported { .. } => {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, e.to_string())
+            }
+            StoreError::UnknownAlert { .. } => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            StoreError::ThingMismatch { .. } => {
+                ApiError::bad_request(format!("field `thing_id`: {e}"))
+            }
+            e => {
+                tracing::error!(error = %e, "store request failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
         }
     }
 }
@@ -220,6 +317,33 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({ "error": self.message })),
         )
             .into_response()
+    }
+}
+
+/// Runs `f` on the store on tokio's blocking pool (store calls are blocking I/O).
+async fn with_store<T: Send + 'static>(
+    state: &ApiState,
+    f: impl FnOnce(&mut dyn AlertStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = state.store.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no alert store is configured",
+        )
+    })?;
+    let result = tokio::task::spawn_blocking(move || {
+        // A panic while holding the lock cannot leave the store half-written (transactions), so a
+        // poisoned lock is still safe to use.
+        let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut *store)
+    })
+    .await;
+    match result {
+        Ok(r) => r.map_err(ApiError::store),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("store request aborted: {e}"),
+        )),
     }
 }
 
@@ -282,29 +406,7 @@ async fn thing_anomalies(
 }
 
 async fn run_query(state: ApiState, q: AlertQuery) -> Result<Json<AlertPage>, ApiError> {
-    let store = state.store.ok_or_else(|| ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        message: "no alert store is configured".to_string(),
-    })?;
-    let result = tokio::task::spawn_blocking(move || {
-        // A panic while holding the lock cannot leave SQLite half-written (transactions), so a
-        // poisoned lock is still safe to read through.
-        let store = store.lock().unwrap_or_else(|e| e.into_inner());
-        store.query(&q)
-    })
-    .await;
-    let internal = |message: String| {
-        tracing::error!(error = %message, "anomaly query failed");
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message,
-        }
-    };
-    match result {
-        Ok(Ok(page)) => Ok(Json(page)),
-        Ok(Err(e)) => Err(internal(e.to_string())),
-        Err(e) => Err(internal(format!("anomaly query aborted: {e}"))),
-    }
+    with_store(&state, move |s| s.query(&q)).await.map(Json)
 }
 
 /// Parses the anomaly filters. `path_thing` is the `{thing_id}` of the per-thing route, which then may
@@ -392,5 +494,6 @@ fn epoch_ms(name: &str, value: &str) -> Result<i64, ApiError> {
     })
 }
 
+mod handlers;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,8 @@ use super::load_dataflow;
 use crate::api::{self, ApiState};
 use crate::pipeline::{self, Input, Output, OutputSink, RunOptions};
 use crate::sinks::jsonl::LineWriter;
-use crate::sinks::sqlite::{AlertStore, SqliteStore};
+use crate::sinks::retention::{Purger, RetentionConfig};
+use crate::sinks::sqlite::{open_store, AlertStore};
 use crate::sources::simulator::{Simulator, SimulatorConfig};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -38,9 +39,9 @@ pub struct DemoArgs {
     /// Address of the REST API and /metrics.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// SQLite anomaly store.
+    /// Anomaly store: an SQLite file, or a `postgresql://` URL.
     #[arg(long, default_value = "egizml-data/demo.db")]
-    pub store: PathBuf,
+    pub store: String,
     /// Timely workers (default: the machine's cores).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -64,7 +65,9 @@ pub struct DemoSummary {
 
 /// Writes alerts to the store and prints them.
 struct DemoSink {
-    store: SqliteStore,
+    store: Box<dyn AlertStore>,
+    /// `sqlite` or `postgres`, the `sink` label of the alert metrics.
+    sink_name: &'static str,
     stdout: Option<LineWriter>,
     batch: Vec<crate::event::Alert>,
 }
@@ -102,10 +105,10 @@ impl OutputSink for DemoSink {
             match self.store.insert(&self.batch) {
                 Ok(_) => m
                     .alerts_emitted
-                    .with_label_values(&["sqlite"])
+                    .with_label_values(&[self.sink_name])
                     .inc_by(self.batch.len() as u64),
                 Err(e) => {
-                    m.sink_error("sqlite");
+                    m.sink_error(self.sink_name);
                     tracing::error!(error = %e, "storing alerts failed");
                 }
             }
@@ -150,25 +153,38 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     anyhow::ensure!(args.things > 0, "--things must be at least 1");
     anyhow::ensure!(args.rate > 0.0, "--rate must be > 0");
     let (cfg, rules) = load_dataflow(args.config.as_deref())?;
-    let writer = SqliteStore::open(&args.store)?;
-    let reader = SqliteStore::open(&args.store)?;
+    // Two connections: the pipeline writes through one while the API reads through the other.
+    let writer = open_store(&args.store)?;
+    let reader = open_store(&args.store)?;
     let workers = args.workers.unwrap_or_else(super::default_workers);
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let stop_health = Arc::clone(&stop);
-    let state = ApiState::new(ApiState::share(reader)).with_health_details(move || {
-        serde_json::json!({"mode": "demo", "stopping": stop_health.load(Ordering::Relaxed)})
-    });
+    let shared = ApiState::share(reader);
+    // Mutating API calls (feedback, rules) need this bearer token when it is set.
+    let token = std::env::var("EGIZML_API_TOKEN").ok();
+    let state = ApiState::new(shared.clone())
+        .with_rules(rules.clone())
+        .with_token(token.as_deref())
+        .with_health_details(move || {
+            serde_json::json!({"mode": "demo", "stopping": stop_health.load(Ordering::Relaxed)})
+        });
     let server = api::spawn(args.listen, state)?;
+    let purger = Purger::spawn(shared, RetentionConfig::default())?;
     crate::metrics::global().register_workers(workers);
-    crate::metrics::global().register_sink("sqlite");
+    let sink_name = if args.store.starts_with("postgres") {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    crate::metrics::global().register_sink(sink_name);
     println!(
         "egizml demo: {} simulated things at {:.0} readings/s; REST on http://{}/api/v1/anomalies, metrics on http://{}/metrics, store {}",
         args.things,
         args.rate,
         server.local_addr(),
         server.local_addr(),
-        args.store.display()
+        args.store
     );
     stop_on_signal(Arc::clone(&stop));
 
@@ -205,6 +221,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
 
     let sink = DemoSink {
         store: writer,
+        sink_name,
         stdout: if args.quiet {
             None
         } else {
@@ -219,6 +236,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     };
     let report = pipeline::run(cfg, rules, Input::Live(rx), Box::new(sink), opts)?;
     let _ = producer.join();
+    purger.stop();
     server.shutdown()?;
     let elapsed_s = started.elapsed().as_secs_f64();
     let c = &report.counters;

@@ -109,12 +109,14 @@ impl RulesHandle {
         let generation = slot.generation + 1;
         rules.generation = generation;
         *slot = Arc::new(rules);
-        self.shared.generation.store(generation, Ordering::Release);
+        // Clear the error before publishing the generation: a reader that sees the new generation must
+        // not see the previous failure still reported.
         *self
             .shared
             .last_error
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = None;
+        self.shared.generation.store(generation, Ordering::Release);
         generation
     }
 

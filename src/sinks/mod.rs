@@ -1,5 +1,8 @@
-//! Sinks: JSONL files/stdout, the SQLite anomaly store, dead letters.
+//! Sinks: JSONL files/stdout, the anomaly store (SQLite embedded, PostgreSQL for production), dead
+//! letters, retention.
 
 pub mod jsonl;
 pub mod kafka;
+pub mod postgres;
+pub mod retention;
 pub mod sqlite;

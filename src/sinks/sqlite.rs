@@ -35,6 +35,16 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alerts_thing_ts ON alerts (thing_id, ts);
     CREATE INDEX alerts_ts ON alerts (ts);",
+    // 2: operator feedback, one current verdict per alert.
+    "CREATE TABLE feedback (
+        alert_id TEXT PRIMARY KEY NOT NULL,
+        thing_id TEXT NOT NULL,
+        verdict  TEXT NOT NULL,
+        note     TEXT,
+        ts       INTEGER NOT NULL
+    );
+    CREATE INDEX feedback_thing_ts ON feedback (thing_id, ts);
+    CREATE INDEX feedback_ts ON feedback (ts);",
 ];
 
 /// Errors of an alert store.
@@ -69,6 +79,22 @@ pub enum StoreError {
     Corrupt {
         alert_id: String,
         source: serde_json::Error,
+    },
+    #[error("alert store: {0}")]
+    Postgres(#[from] postgres::Error),
+    #[error("alert store {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("alert store: stored value is invalid: {0}")]
+    Invalid(String),
+    #[error("alert store: {what} is not supported by this store")]
+    Unsupported { what: &'static str },
+    #[error("feedback: alert `{alert_id}` is not stored (unknown or purged)")]
+    UnknownAlert { alert_id: String },
+    #[error("feedback: alert `{alert_id}` belongs to thing `{stored}`, not `{given}`")]
+    ThingMismatch {
+        alert_id: String,
+        stored: String,
+        given: String,
     },
 }
 
@@ -117,15 +143,181 @@ pub struct AlertPage {
     pub offset: u64,
 }
 
-/// Alert history storage. SQLite now; PostgreSQL implements the same trait.
+/// An operator's verdict on an alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The alert was a real problem.
+    TruePositive,
+    /// The alert was a false alarm.
+    FalsePositive,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 2] = [Verdict::TruePositive, Verdict::FalsePositive];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::TruePositive => "true_positive",
+            Verdict::FalsePositive => "false_positive",
+        }
+    }
+}
+
+impl std::str::FromStr for Verdict {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "true_positive" => Ok(Verdict::TruePositive),
+            "false_positive" => Ok(Verdict::FalsePositive),
+            other => Err(format!(
+                "unknown verdict `{other}`; expected true_positive or false_positive"
+            )),
+        }
+    }
+}
+
+/// Feedback on one alert. A store keeps one current verdict per alert: a later verdict replaces the
+/// earlier one (operators correct themselves), so counts are over alerts, not submissions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Feedback {
+    pub alert_id: String,
+    pub thing_id: String,
+    pub verdict: Verdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// When the feedback was received, epoch ms.
+    pub ts: i64,
+}
+
+/// Whether [`AlertStore::record_feedback`] stored a first verdict or replaced one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedbackOutcome {
+    Created,
+    Replaced,
+}
+
+/// Filters and paging of a feedback query.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FeedbackQuery {
+    /// Only feedback on alerts of this thing.
+    pub thing_id: Option<String>,
+    /// Only this verdict.
+    pub verdict: Option<Verdict>,
+    /// Page size; default [`DEFAULT_LIMIT`], capped at [`MAX_LIMIT`]. 0 returns only the total.
+    pub limit: u32,
+    /// Matching entries to skip (newest first).
+    pub offset: u64,
+}
+
+impl Default for FeedbackQuery {
+    fn default() -> Self {
+        FeedbackQuery {
+            thing_id: None,
+            verdict: None,
+            limit: DEFAULT_LIMIT,
+            offset: 0,
+        }
+    }
+}
+
+/// One page of feedback, newest first (`ts` descending, then `alert_id`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackPage {
+    pub items: Vec<Feedback>,
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+/// Alerts with a current verdict, per verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedbackCounts {
+    pub true_positive: u64,
+    pub false_positive: u64,
+}
+
+impl FeedbackCounts {
+    /// Share of judged alerts that were real, `None` before any feedback.
+    pub fn precision(&self) -> Option<f64> {
+        let n = self.true_positive + self.false_positive;
+        (n > 0).then(|| self.true_positive as f64 / n as f64)
+    }
+
+    fn add(&mut self, verdict: Verdict, n: u64) {
+        match verdict {
+            Verdict::TruePositive => self.true_positive += n,
+            Verdict::FalsePositive => self.false_positive += n,
+        }
+    }
+}
+
+/// Alert history storage: SQLite ([`SqliteStore`], embedded default) and PostgreSQL
+/// ([`crate::sinks::postgres::PostgresStore`]) implement it with the same semantics.
+///
+/// The feedback methods have defaults that answer [`StoreError::Unsupported`] so that a store which only
+/// keeps alerts (a test double, a write-only sink) need not implement them.
 pub trait AlertStore: Send {
     /// Stores `alerts` atomically; alerts whose `alert_id` is already stored are skipped. Returns the
     /// number of alerts newly stored.
     fn insert(&mut self, alerts: &[Alert]) -> Result<usize, StoreError>;
     /// Alerts matching `q`, newest first (`ts` descending, then `alert_id`).
     fn query(&self, q: &AlertQuery) -> Result<AlertPage, StoreError>;
-    /// Deletes alerts with `ts < ts_ms`; returns how many were deleted.
+    /// Deletes alerts with `ts < ts_ms`, and feedback received before `ts_ms`; returns how many alerts
+    /// were deleted.
     fn purge_older_than(&mut self, ts_ms: i64) -> Result<usize, StoreError>;
+    /// Stores `fb` as the current verdict on its alert. The alert must be stored
+    /// ([`StoreError::UnknownAlert`]) and belong to `fb.thing_id` ([`StoreError::ThingMismatch`]).
+    fn record_feedback(&mut self, fb: &Feedback) -> Result<FeedbackOutcome, StoreError> {
+        let _ = fb;
+        Err(StoreError::Unsupported { what: "feedback" })
+    }
+    /// Feedback matching `q`, newest first.
+    fn feedback(&self, q: &FeedbackQuery) -> Result<FeedbackPage, StoreError> {
+        let _ = q;
+        Err(StoreError::Unsupported { what: "feedback" })
+    }
+    /// Alerts with a current verdict, per verdict, optionally of one thing.
+    fn feedback_counts(&self, thing_id: Option<&str>) -> Result<FeedbackCounts, StoreError> {
+        let _ = thing_id;
+        Err(StoreError::Unsupported { what: "feedback" })
+    }
+}
+
+/// A boxed store is a store (so `open_store`'s result can be shared with the API).
+impl<S: AlertStore + ?Sized> AlertStore for Box<S> {
+    fn insert(&mut self, alerts: &[Alert]) -> Result<usize, StoreError> {
+        (**self).insert(alerts)
+    }
+    fn query(&self, q: &AlertQuery) -> Result<AlertPage, StoreError> {
+        (**self).query(q)
+    }
+    fn purge_older_than(&mut self, ts_ms: i64) -> Result<usize, StoreError> {
+        (**self).purge_older_than(ts_ms)
+    }
+    fn record_feedback(&mut self, fb: &Feedback) -> Result<FeedbackOutcome, StoreError> {
+        (**self).record_feedback(fb)
+    }
+    fn feedback(&self, q: &FeedbackQuery) -> Result<FeedbackPage, StoreError> {
+        (**self).feedback(q)
+    }
+    fn feedback_counts(&self, thing_id: Option<&str>) -> Result<FeedbackCounts, StoreError> {
+        (**self).feedback_counts(thing_id)
+    }
+}
+
+/// Opens the store `spec` names: a `postgres://` or `postgresql://` URL is PostgreSQL, anything else an
+/// SQLite file path.
+pub fn open_store(spec: &str) -> Result<Box<dyn AlertStore>, StoreError> {
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        Ok(Box::new(crate::sinks::postgres::PostgresStore::connect(
+            spec,
+        )?))
+    } else {
+        Ok(Box::new(SqliteStore::open(spec)?))
+    }
 }
 
 /// [`AlertStore`] on an SQLite database file (WAL mode, so one writer and API readers on separate
@@ -336,10 +528,141 @@ impl AlertStore for SqliteStore {
     }
 
     fn purge_older_than(&mut self, ts_ms: i64) -> Result<usize, StoreError> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM alerts WHERE ts < ?1", [ts_ms])?)
+        let tx = self.conn.transaction()?;
+        let n = tx.execute("DELETE FROM alerts WHERE ts < ?1", [ts_ms])?;
+        tx.execute("DELETE FROM feedback WHERE ts < ?1", [ts_ms])?;
+        tx.commit()?;
+        Ok(n)
     }
+
+    fn record_feedback(&mut self, fb: &Feedback) -> Result<FeedbackOutcome, StoreError> {
+        // IMMEDIATE: the existence checks and the write see one state even with a concurrent writer.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let stored: Option<String> = tx
+            .prepare_cached("SELECT thing_id FROM alerts WHERE alert_id = ?1")?
+            .query_row([&fb.alert_id], |r| r.get(0))
+            .optional()?;
+        check_feedback_target(fb, stored)?;
+        let existed = tx
+            .prepare_cached("SELECT 1 FROM feedback WHERE alert_id = ?1")?
+            .exists([&fb.alert_id])?;
+        tx.prepare_cached(
+            "INSERT INTO feedback (alert_id, thing_id, verdict, note, ts) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (alert_id) DO UPDATE SET
+               thing_id = excluded.thing_id, verdict = excluded.verdict, note = excluded.note,
+               ts = excluded.ts",
+        )?
+        .execute(params![
+            fb.alert_id,
+            fb.thing_id,
+            fb.verdict.as_str(),
+            fb.note,
+            fb.ts
+        ])?;
+        tx.commit()?;
+        Ok(if existed {
+            FeedbackOutcome::Replaced
+        } else {
+            FeedbackOutcome::Created
+        })
+    }
+
+    fn feedback(&self, q: &FeedbackQuery) -> Result<FeedbackPage, StoreError> {
+        let limit = q.limit.min(MAX_LIMIT);
+        let mut clauses: Vec<&str> = Vec::new();
+        let mut values = Vec::new();
+        if let Some(t) = &q.thing_id {
+            clauses.push("thing_id = ?");
+            values.push(Value::Text(t.clone()));
+        }
+        if let Some(v) = q.verdict {
+            clauses.push("verdict = ?");
+            values.push(Value::Text(v.as_str().to_string()));
+        }
+        let clause = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", clauses.join(" AND "))
+        };
+        let tx = self.conn.unchecked_transaction()?;
+        let total: i64 = tx
+            .prepare_cached(&format!("SELECT COUNT(*) FROM feedback{clause}"))?
+            .query_row(params_from_iter(values.iter()), |r| r.get(0))?;
+        let mut items = Vec::new();
+        if limit > 0 && q.offset < total.max(0) as u64 {
+            values.push(Value::Integer(i64::from(limit)));
+            values.push(Value::Integer(i64::try_from(q.offset).unwrap_or(i64::MAX)));
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT alert_id, thing_id, verdict, note, ts FROM feedback{clause}
+                 ORDER BY ts DESC, alert_id LIMIT ? OFFSET ?"
+            ))?;
+            let mut rows = stmt.query(params_from_iter(values.iter()))?;
+            while let Some(row) = rows.next()? {
+                let verdict: String = row.get(2)?;
+                items.push(Feedback {
+                    alert_id: row.get(0)?,
+                    thing_id: row.get(1)?,
+                    verdict: verdict.parse().map_err(StoreError::Invalid)?,
+                    note: row.get(3)?,
+                    ts: row.get(4)?,
+                });
+            }
+        }
+        tx.finish()?;
+        Ok(FeedbackPage {
+            items,
+            total: total.max(0) as u64,
+            limit,
+            offset: q.offset,
+        })
+    }
+
+    fn feedback_counts(&self, thing_id: Option<&str>) -> Result<FeedbackCounts, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT verdict, COUNT(*) FROM feedback WHERE ?1 IS NULL OR thing_id = ?1 GROUP BY verdict",
+        )?;
+        let mut rows = stmt.query([thing_id])?;
+        let mut counts = FeedbackCounts::default();
+        while let Some(row) = rows.next()? {
+            let verdict: String = row.get(0)?;
+            let n: i64 = row.get(1)?;
+            add_count(&mut counts, &verdict, n)?;
+        }
+        Ok(counts)
+    }
+}
+
+/// Checks that feedback targets a stored alert of the same thing; `stored` is the alert's `thing_id`.
+pub(crate) fn check_feedback_target(
+    fb: &Feedback,
+    stored: Option<String>,
+) -> Result<(), StoreError> {
+    match stored {
+        None => Err(StoreError::UnknownAlert {
+            alert_id: fb.alert_id.clone(),
+        }),
+        Some(t) if t != fb.thing_id => Err(StoreError::ThingMismatch {
+            alert_id: fb.alert_id.clone(),
+            stored: t,
+            given: fb.thing_id.clone(),
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Adds a verdict count read from a store (shared with the PostgreSQL store).
+pub(crate) fn add_count(
+    counts: &mut FeedbackCounts,
+    verdict: &str,
+    n: i64,
+) -> Result<(), StoreError> {
+    counts.add(
+        verdict.parse().map_err(StoreError::Invalid)?,
+        n.max(0) as u64,
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,4 +8,5 @@ mod engine;
 mod kafka;
 mod replay;
 mod rul;
+mod service;
 mod skab;

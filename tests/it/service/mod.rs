@@ -1,0 +1,8 @@
+//! Service surface against real servers: the store contract on SQLite and PostgreSQL, a Prometheus
+//! server scraping /metrics, and the docker/ deployment files.
+
+mod demo_pg;
+mod docker;
+mod procs;
+mod prometheus;
+mod store;

@@ -246,7 +246,8 @@ fn kafka_to_kafka_alerts_every_episode_once_with_dead_letters() {
     broker.create_topic("telemetry-dlq", 1).unwrap();
     produce(&producer(&bs), "telemetry", &w.lines, 0.0);
 
-    let config = service_config(dir.path(), &bs, "telemetry", "    stop_after_idle_s: 4\n");
+    // Idle stop well above a consumer-group rebalance (a few seconds when both tests share the cores).
+    let config = service_config(dir.path(), &bs, "telemetry", "    stop_after_idle_s: 10\n");
     let log = dir.path().join("run.log");
     let out = wait_exit(spawn_service(&config, &log), Duration::from_secs(180), &log);
     let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
@@ -338,7 +339,7 @@ fn service_killed_mid_stream_resumes_without_losing_an_episode() {
         dir.path(),
         &bs,
         "plant",
-        "    warm_start_messages: 1000000\n    stop_after_idle_s: 4\n",
+        "    warm_start_messages: 1000000\n    stop_after_idle_s: 10\n",
     );
     let log2 = dir.path().join("run2.log");
     let child = spawn_service(&config, &log2);

@@ -267,11 +267,11 @@ impl RollingWindow {
         let left = |i: usize| m - s[split - 1 - i];
         let right = |i: usize| s[split + i] - m;
         let (nl, nr) = (split, n - split);
-        let lo = kth_of_two_sorted(&left, nl, &right, nr, (n - 1) / 2);
+        let lo = kth_of_two_sorted(left, nl, right, nr, (n - 1) / 2);
         if n % 2 == 1 {
             lo
         } else {
-            (lo + kth_of_two_sorted(&left, nl, &right, nr, n / 2)) / 2.0
+            (lo + kth_of_two_sorted(left, nl, right, nr, n / 2)) / 2.0
         }
     }
 
@@ -307,9 +307,9 @@ impl RollingWindow {
 /// The k-th smallest (0-based) element of the union of two ascending sequences given by index
 /// functions, in O(log(len)) steps: find how many to take from `a` so the first k+1 are the smallest.
 fn kth_of_two_sorted(
-    a: &dyn Fn(usize) -> f64,
+    a: impl Fn(usize) -> f64,
     a_len: usize,
-    b: &dyn Fn(usize) -> f64,
+    b: impl Fn(usize) -> f64,
     b_len: usize,
     k: usize,
 ) -> f64 {

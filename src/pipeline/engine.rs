@@ -222,6 +222,21 @@ impl ThingState {
         self.plan = plan;
     }
 
+    /// Writes the reading's values into their slots; false if a name has no slot yet.
+    fn write_values(&mut self, p: &Point) -> bool {
+        let mut all = true;
+        for (i, (name, v)) in p.values.iter().enumerate() {
+            match self.slot_of(i, name) {
+                Some(s) => {
+                    self.values[s] = *v;
+                    self.present[s] = true;
+                }
+                None => all = false,
+            }
+        }
+        all
+    }
+
     fn slot_of(&self, i: usize, name: &str) -> Option<usize> {
         if i < self.n_raw && self.names[i] == name {
             return Some(i);
@@ -232,14 +247,17 @@ impl ThingState {
     /// Writes the reading into the slots (missing sensors keep their last value). Returns false when
     /// a slot has no value yet (a sensor never seen), so the reading cannot be scored as a whole.
     fn load(&mut self, p: &Point, cfg: &DataflowConfig) -> bool {
-        let new: Vec<Name> = p
-            .values
-            .iter()
-            .enumerate()
-            .filter(|(i, (n, _))| self.slot_of(*i, n).is_none())
-            .map(|(_, (n, _))| n.clone())
-            .collect();
-        if !new.is_empty() {
+        self.prev_values.copy_from_slice(&self.values);
+        self.present.iter_mut().for_each(|x| *x = false);
+        if !self.write_values(p) {
+            // A sensor this thing has not reported before: rebuild the layout (rare), then write again.
+            let new: Vec<Name> = p
+                .values
+                .iter()
+                .enumerate()
+                .filter(|(i, (n, _))| self.slot_of(*i, n).is_none())
+                .map(|(_, (n, _))| n.clone())
+                .collect();
             let raw: Vec<Name> = self.names[..self.n_raw]
                 .iter()
                 .cloned()
@@ -247,15 +265,9 @@ impl ThingState {
                 .collect();
             tracing::info!(thing = %p.thing_id, features = raw.len(), "feature set changed; model restarts");
             self.set_layout(raw, cfg);
-        }
-        self.prev_values.copy_from_slice(&self.values);
-        self.present.iter_mut().for_each(|x| *x = false);
-        for (i, (name, v)) in p.values.iter().enumerate() {
-            let s = self
-                .slot_of(i, name)
-                .expect("slot exists after layout update");
-            self.values[s] = *v;
-            self.present[s] = true;
+            self.present.iter_mut().for_each(|x| *x = false);
+            let complete = self.write_values(p);
+            debug_assert!(complete, "every name has a slot after the layout update");
         }
         let (raw, derived) = self.values.split_at_mut(self.n_raw);
         if raw.iter().any(|v| v.is_nan()) {

@@ -38,6 +38,9 @@ impl Tok {
 #[derive(Clone, PartialEq)]
 pub struct Pattern {
     text: String,
+    /// The literal characters before the first wildcard: most names are rejected by this prefix alone,
+    /// which matters because patterns are matched against every feature of every reading.
+    prefix_len: usize,
     /// `None` for a literal name (no wildcard), which is looked up directly.
     toks: Option<Vec<Tok>>,
 }
@@ -68,6 +71,7 @@ impl Pattern {
         if !text.contains(['*', '?', '[']) {
             return Ok(Pattern {
                 text: text.to_string(),
+                prefix_len: text.len(),
                 toks: None,
             });
         }
@@ -120,6 +124,7 @@ impl Pattern {
         }
         Ok(Pattern {
             text: text.to_string(),
+            prefix_len: text.find(['*', '?', '[']).unwrap_or(text.len()),
             toks: Some(toks),
         })
     }
@@ -138,7 +143,11 @@ impl Pattern {
     pub fn matches(&self, name: &str) -> bool {
         match &self.toks {
             None => self.text == name,
-            Some(toks) => glob_match(toks, name),
+            Some(toks) => {
+                name.as_bytes()
+                    .starts_with(&self.text.as_bytes()[..self.prefix_len])
+                    && glob_match(toks, name)
+            }
         }
     }
 }

@@ -129,6 +129,10 @@ pub fn run(
     };
     let sink = Arc::new(Mutex::new(Some(sink)));
     let kafka_idle = Arc::new(AtomicU64::new(0));
+    // Every worker's consumer joins the group at the same moment, so the group forms in one rebalance
+    // instead of the first consumer taking all partitions and losing half of them (after reading them)
+    // when the next one joins.
+    let kafka_start = Arc::new(std::sync::Barrier::new(workers));
     let live = Arc::new(Mutex::new(live));
     let sink_error2 = Arc::clone(&sink_error);
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
@@ -277,6 +281,7 @@ pub fn run(
                     last_message_ms: &kafka_idle,
                     started,
                     stop: &opts.stop,
+                    start: &kafka_start,
                 };
                 if let Err(e) = feed_kafka(worker, &mut input, &probe, ctx) {
                     record_sink_error(&feed_error, e.context("kafka source"));
@@ -540,6 +545,8 @@ struct KafkaFeed<'a> {
     last_message_ms: &'a AtomicU64,
     started: Instant,
     stop: &'a AtomicBool,
+    /// All workers pass it once their consumer exists, before the first poll.
+    start: &'a std::sync::Barrier,
 }
 
 /// One worker's Kafka consumer: epoch = milliseconds since the run started, shared by all workers so
@@ -553,8 +560,11 @@ fn feed_kafka(
 ) -> anyhow::Result<()> {
     let index = worker.index();
     let peers = worker.peers();
-    let mut reader =
-        crate::sources::kafka::KafkaReader::new(ctx.cfg, index, peers, Arc::clone(ctx.resume))?;
+    let reader =
+        crate::sources::kafka::KafkaReader::new(ctx.cfg, index, peers, Arc::clone(ctx.resume));
+    // Waited on even when creating the consumer failed, so the other workers are not left waiting.
+    ctx.start.wait();
+    let mut reader = reader?;
     let mut decoder = Decoder::new(ctx.decode);
     let mut batch: Vec<Record> = Vec::new();
     let idle_ms = ctx.cfg.stop_after_idle_s.map(|s| (s * 1e3) as u64);

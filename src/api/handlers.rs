@@ -1,10 +1,10 @@
 //! Mutating and configuration routes: feedback, rules, and the bearer-token check in front of them.
 
-use super::{with_store, ApiError, ApiState, RawParams};
+use super::{parse_limit, parse_offset, with_store, ApiError, ApiState, RawParams};
 use crate::config::ConfigError;
 use crate::rules::RuleSet;
 use crate::sinks::sqlite::{
-    Feedback, FeedbackCounts, FeedbackOutcome, FeedbackPage, FeedbackQuery, Verdict, MAX_LIMIT,
+    Feedback, FeedbackCounts, FeedbackOutcome, FeedbackPage, FeedbackQuery, Verdict,
 };
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -253,23 +253,8 @@ fn parse_feedback_query(params: &[(String, String)]) -> Result<FeedbackQuery, Ap
                         .map_err(|e| ApiError::bad_request(format!("parameter `verdict`: {e}")))?,
                 )
             }
-            "limit" => {
-                q.limit = match value.parse::<u32>() {
-                    Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                    _ => {
-                        return Err(ApiError::bad_request(format!(
-                        "parameter `limit` must be an integer from 1 to {MAX_LIMIT}, got `{value}`"
-                    )))
-                    }
-                }
-            }
-            "offset" => {
-                q.offset = value.parse::<u64>().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "parameter `offset` must be a non-negative integer, got `{value}`"
-                    ))
-                })?
-            }
+            "limit" => q.limit = parse_limit(value)?,
+            "offset" => q.offset = parse_offset(value)?,
             other => {
                 return Err(ApiError::bad_request(format!(
                     "unknown parameter `{other}`; expected thing_id, verdict, limit or offset"

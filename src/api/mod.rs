@@ -453,21 +453,10 @@ pub fn parse_query(
                 q.alert_type = Some(value.clone());
             }
             "limit" => {
-                q.limit = match value.parse::<u32>() {
-                    Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                    _ => {
-                        return Err(ApiError::bad_request(format!(
-                            "parameter `limit` must be an integer from 1 to {MAX_LIMIT}, got `{value}`"
-                        )))
-                    }
-                }
+                q.limit = parse_limit(value)?
             }
             "offset" => {
-                q.offset = value.parse::<u64>().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "parameter `offset` must be a non-negative integer, got `{value}`"
-                    ))
-                })?
+                q.offset = parse_offset(value)?
             }
             other => {
                 return Err(ApiError::bad_request(format!(
@@ -497,3 +486,22 @@ fn epoch_ms(name: &str, value: &str) -> Result<i64, ApiError> {
 mod handlers;
 #[cfg(test)]
 mod tests;
+
+/// The `limit` query parameter: 1 to [`MAX_LIMIT`].
+pub(crate) fn parse_limit(value: &str) -> Result<u32, ApiError> {
+    match value.parse::<u32>() {
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(ApiError::bad_request(format!(
+            "parameter `limit` must be an integer from 1 to {MAX_LIMIT}, got `{value}`"
+        ))),
+    }
+}
+
+/// The `offset` query parameter: a non-negative integer.
+pub(crate) fn parse_offset(value: &str) -> Result<u64, ApiError> {
+    value.parse::<u64>().map_err(|_| {
+        ApiError::bad_request(format!(
+            "parameter `offset` must be a non-negative integer, got `{value}`"
+        ))
+    })
+}

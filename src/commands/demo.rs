@@ -121,34 +121,6 @@ impl OutputSink for DemoSink {
     }
 }
 
-/// Sets `stop` on Ctrl-C or SIGTERM.
-fn stop_on_signal(stop: Arc<AtomicBool>) {
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async {
-            #[cfg(unix)]
-            {
-                use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut term) = signal(SignalKind::terminate()) else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            #[cfg(not(unix))]
-            let _ = tokio::signal::ctrl_c().await;
-        });
-        stop.store(true, Ordering::SeqCst);
-    });
-}
-
 pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     anyhow::ensure!(args.things > 0, "--things must be at least 1");
     anyhow::ensure!(args.rate > 0.0, "--rate must be > 0");
@@ -186,7 +158,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         server.local_addr(),
         args.store
     );
-    stop_on_signal(Arc::clone(&stop));
+    super::stop_on_signal(Arc::clone(&stop));
 
     // The simulator runs on its own thread at the requested rate; event time starts now.
     let (tx, rx) = sync_channel(65_536);

@@ -263,34 +263,6 @@ pub fn build_sinks(cfg: &SinksConfig) -> anyhow::Result<FanOut> {
     Ok(FanOut { sinks })
 }
 
-/// Sets `stop` on Ctrl-C or SIGTERM.
-fn stop_on_signal(stop: Arc<AtomicBool>) {
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async {
-            #[cfg(unix)]
-            {
-                use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut term) = signal(SignalKind::terminate()) else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            #[cfg(not(unix))]
-            let _ = tokio::signal::ctrl_c().await;
-        });
-        stop.store(true, Ordering::SeqCst);
-    });
-}
-
 /// Runs the service described by `cfg` until its source ends or `stop` is set.
 pub fn run_service(
     cfg: &ServiceConfig,
@@ -356,7 +328,7 @@ pub fn run_service(
 pub fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
     let cfg = ServiceConfig::load(&args.config)?;
     let stop = Arc::new(AtomicBool::new(false));
-    stop_on_signal(Arc::clone(&stop));
+    super::stop_on_signal(Arc::clone(&stop));
     let report = run_service(&cfg, args.workers, stop)?;
     let c = &report.counters;
     Ok(serde_json::json!({

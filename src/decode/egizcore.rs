@@ -4,7 +4,7 @@
 //! Streaming (rather than going through `serde_json::Value`) keeps the leaves in message order, which
 //! `Value`'s sorted map would lose.
 
-use super::scan::{upsert, NameKey, Shape};
+use super::scan::{non_object_shapes, upsert, NameKey, Shape};
 use crate::config::EgizCoreMapping;
 use crate::event::Name;
 use rustc_hash::FxHashMap;
@@ -114,28 +114,7 @@ impl<'de> Visitor<'de> for FeaturesSeed<'_> {
         }
         Ok(Shape::Object)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Shape::Other("an array"))
-    }
-    fn visit_unit<E>(self) -> Result<Shape, E> {
-        Ok(Shape::Other("null"))
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Shape, E> {
-        Ok(Shape::Other("a boolean"))
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Shape, E> {
-        Ok(Shape::Other("a number"))
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Shape, E> {
-        Ok(Shape::Other("a number"))
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Shape, E> {
-        Ok(Shape::Other("a number"))
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Shape, E> {
-        Ok(Shape::Other("a string"))
-    }
+    non_object_shapes!();
 }
 
 struct Ctx<'a> {

@@ -1,9 +1,9 @@
 //! The flat format's `values` object: `{name: number | null, ...}` streamed into `(Name, f64)` pairs.
 
-use super::scan::{upsert, BadValue, NameKey, Scalar, Shape};
+use super::scan::{non_object_shapes, upsert, BadValue, NameKey, Scalar, Shape};
 use super::MalformedReason;
 use crate::event::Name;
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use std::fmt;
 
 /// Strings that producers use for non-finite floats (JSON has no literal for them).
@@ -93,26 +93,5 @@ impl<'de> Visitor<'de> for ValuesSeed<'_> {
         }
         Ok(Shape::Object)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Shape::Other("an array"))
-    }
-    fn visit_unit<E>(self) -> Result<Shape, E> {
-        Ok(Shape::Other("null"))
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Shape, E> {
-        Ok(Shape::Other("a boolean"))
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Shape, E> {
-        Ok(Shape::Other("a number"))
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Shape, E> {
-        Ok(Shape::Other("a number"))
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Shape, E> {
-        Ok(Shape::Other("a number"))
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Shape, E> {
-        Ok(Shape::Other("a string"))
-    }
+    non_object_shapes!();
 }

@@ -182,6 +182,36 @@ pub(crate) enum Shape {
     Other(&'static str),
 }
 
+/// The visitor methods of a container that must be an object: every other JSON kind is consumed and
+/// reported as [`Shape::Other`] (for the error detail). Shared by the `values` and `features` visitors.
+macro_rules! non_object_shapes {
+    () => {
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(Shape::Other("an array"))
+        }
+        fn visit_unit<E>(self) -> Result<Shape, E> {
+            Ok(Shape::Other("null"))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Shape, E> {
+            Ok(Shape::Other("a boolean"))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Shape, E> {
+            Ok(Shape::Other("a number"))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Shape, E> {
+            Ok(Shape::Other("a number"))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Shape, E> {
+            Ok(Shape::Other("a number"))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Shape, E> {
+            Ok(Shape::Other("a string"))
+        }
+    };
+}
+pub(crate) use non_object_shapes;
+
 /// A value in `values` (or a leaf in `features`) that makes the message malformed.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct BadValue {

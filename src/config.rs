@@ -137,6 +137,25 @@ pub struct DataflowConfig {
     pub detectors: DetectorConfig,
     pub ensemble: EnsembleConfig,
     pub policy: PolicyConfig,
+    /// Remaining-useful-life predictions per thing (off when absent); see docs/RUL.md.
+    pub rul: Option<crate::rul::predict::RulConfig>,
+    /// The model named by `rul.model`, loaded by [`DataflowConfig::load`] (or set by the caller).
+    #[serde(skip)]
+    pub rul_model: Option<LoadedRulModel>,
+}
+
+/// A RUL model loaded once and shared by every worker.
+#[derive(Clone)]
+pub struct LoadedRulModel(pub std::sync::Arc<crate::rul::model::RulModel>);
+
+impl std::fmt::Debug for LoadedRulModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RulModel({}/rul/{})",
+            self.0.meta.dataset, self.0.meta.version
+        )
+    }
 }
 
 impl Default for DataflowConfig {
@@ -153,6 +172,8 @@ impl Default for DataflowConfig {
             detectors: DetectorConfig::default(),
             ensemble: EnsembleConfig::default(),
             policy: PolicyConfig::default(),
+            rul: None,
+            rul_model: None,
         }
     }
 }
@@ -385,6 +406,22 @@ impl DataflowConfig {
             }
         }
         cfg.validate(&path.display().to_string())?;
+        if let Some(rul) = &mut cfg.rul {
+            let file = path.display().to_string();
+            let model = rul.model.as_mut().ok_or_else(|| ConfigError::Semantic {
+                file: file.clone(),
+                message: "field `rul.model` is required when `rul` is present".into(),
+            })?;
+            if model.is_relative() {
+                *model = path.parent().unwrap_or(Path::new(".")).join(&*model);
+            }
+            let loaded =
+                crate::rul::model::RulModel::load(model).map_err(|e| ConfigError::Semantic {
+                    file: file.clone(),
+                    message: format!("field `rul.model`: {e}"),
+                })?;
+            cfg.rul_model = Some(LoadedRulModel(std::sync::Arc::new(loaded)));
+        }
         Ok(cfg)
     }
 
@@ -420,6 +457,9 @@ impl DataflowConfig {
         }
         if self.allowed_lateness_ms < 0 {
             return Err(bad("field `allowed_lateness_ms` must be >= 0".into()));
+        }
+        if let Some(rul) = &self.rul {
+            rul.validate().map_err(bad)?;
         }
         Ok(())
     }

@@ -13,6 +13,9 @@
 //!   `GET /api/v1/feedback?thing_id=&verdict=&limit=&offset=` (page plus per-verdict counts)
 //! - `GET /api/v1/rules` (JSON, or the YAML text with `Accept: application/yaml`), `PUT /api/v1/rules`
 //!   (YAML text, or JSON `{"yaml": "..."}`), validated like the rules file
+//! - `GET /api/v1/predictions?thing_id=&since=&until=&latest=&maintenance_due=&limit=&offset=`: each
+//!   thing's newest RUL prediction (`latest=false`: every stored one), newest first
+//! - `GET /api/v1/predictions/{thing_id}`: one thing's predictions, newest first (same filters)
 //! - `GET /api/v1/openapi.json`: the OpenAPI 3.0 document of all of the above
 //!
 //! Every error is JSON `{"error": "..."}`; a 400 names the offending parameter or field. When a token is
@@ -240,6 +243,16 @@ fn routes() -> Vec<(
             "/api/v1/rules",
             &["GET", "PUT"],
             get(handlers::rules_get).put(handlers::rules_put),
+        ),
+        (
+            "/api/v1/predictions",
+            &["GET"],
+            get(predictions::predictions),
+        ),
+        (
+            "/api/v1/predictions/{thing_id}",
+            &["GET"],
+            get(predictions::thing_predictions),
         ),
     ]
 }
@@ -484,6 +497,8 @@ fn epoch_ms(name: &str, value: &str) -> Result<i64, ApiError> {
 }
 
 mod handlers;
+mod predictions;
+pub use predictions::parse_prediction_query;
 #[cfg(test)]
 mod tests;
 

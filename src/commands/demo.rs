@@ -70,6 +70,7 @@ struct DemoSink {
     sink_name: &'static str,
     stdout: Option<LineWriter>,
     batch: Vec<crate::event::Alert>,
+    predictions: Vec<crate::rul::predict::Prediction>,
 }
 
 impl OutputSink for DemoSink {
@@ -93,6 +94,7 @@ impl OutputSink for DemoSink {
                 Output::Dead(d) => {
                     tracing::warn!(reason = %d.reason, detail = %d.detail, "dead letter")
                 }
+                Output::Prediction(p) => self.predictions.push((**p).clone()),
                 Output::Score(_) => {}
             }
         }
@@ -113,6 +115,13 @@ impl OutputSink for DemoSink {
                 }
             }
             self.batch.clear();
+        }
+        if !self.predictions.is_empty() {
+            if let Err(e) = self.store.insert_predictions(&self.predictions) {
+                crate::metrics::global().sink_error(self.sink_name);
+                tracing::error!(error = %e, "storing predictions failed");
+            }
+            self.predictions.clear();
         }
         if let Some(out) = self.stdout.as_mut() {
             out.flush()?;
@@ -200,6 +209,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
             Some(LineWriter::create(std::path::Path::new("-"))?)
         },
         batch: Vec::new(),
+        predictions: Vec::new(),
     };
     let opts = RunOptions {
         workers,

@@ -21,6 +21,9 @@ pub struct ReplayArgs {
     /// Optional per-reading score lines.
     #[arg(long)]
     pub scores: Option<PathBuf>,
+    /// RUL predictions, one JSON object per line (needs a dataflow with a `rul` section).
+    #[arg(long)]
+    pub predictions: Option<PathBuf>,
     /// Dead letters (malformed or late input with its raw bytes); default: next to the alerts file,
     /// `<alerts>.dead.jsonl`, created only when there is one.
     #[arg(long)]
@@ -42,6 +45,9 @@ pub struct ReplaySummary {
     pub points: u64,
     pub alerts: u64,
     pub malformed: u64,
+    /// RUL predictions emitted (0 without a `rul` section).
+    #[serde(default)]
+    pub predictions: u64,
     pub elapsed_s: f64,
     pub points_per_sec: f64,
 }
@@ -69,7 +75,14 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<(ReplaySummary, RunReport)> {
         .dead_letters
         .clone()
         .unwrap_or_else(|| default_dead_letters(&args.alerts));
-    let sink = JsonlSink::create(&args.alerts, args.scores.as_deref(), &dead)?;
+    let mut sink = JsonlSink::create(&args.alerts, args.scores.as_deref(), &dead)?;
+    if let Some(path) = &args.predictions {
+        anyhow::ensure!(
+            cfg.rul.is_some(),
+            "--predictions needs a dataflow with a `rul` section (--config)"
+        );
+        sink = sink.with_predictions(path)?;
+    }
     let opts = RunOptions {
         workers: args.workers.unwrap_or_else(super::default_workers),
         emit_scores: args.scores.is_some(),
@@ -87,6 +100,7 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<(ReplaySummary, RunReport)> {
         points: c.points,
         alerts: c.alerts,
         malformed: c.malformed_total(),
+        predictions: c.predictions,
         elapsed_s: report.elapsed_s,
         points_per_sec: if report.elapsed_s > 0.0 {
             c.points as f64 / report.elapsed_s
@@ -111,6 +125,12 @@ pub fn describe(summary: &ReplaySummary, report: &RunReport) -> Vec<String> {
         c.suppressed_dedup,
         c.suppressed_rate
     )];
+    if c.predictions > 0 || c.rul_skipped > 0 {
+        lines.push(format!(
+            "{} RUL predictions; {} readings lacked a model sensor",
+            c.predictions, c.rul_skipped
+        ));
+    }
     if summary.malformed > 0 {
         let by_reason: Vec<String> = MalformedReason::ALL
             .iter()

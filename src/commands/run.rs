@@ -216,17 +216,20 @@ impl OutputSink for JsonlAlerts {
     }
 }
 
-/// Alerts into the SQLite store.
+/// Alerts and RUL predictions into the SQLite store.
 struct SqliteAlerts {
     store: SqliteStore,
     batch: Vec<crate::event::Alert>,
+    predictions: Vec<crate::rul::predict::Prediction>,
 }
 
 impl OutputSink for SqliteAlerts {
     fn write(&mut self, outputs: &[(u64, Output)]) -> anyhow::Result<()> {
         for (_, o) in outputs {
-            if let Output::Alert(a) = o {
-                self.batch.push(a.clone());
+            match o {
+                Output::Alert(a) => self.batch.push(a.clone()),
+                Output::Prediction(p) => self.predictions.push((**p).clone()),
+                Output::Score(_) | Output::Dead(_) => {}
             }
         }
         Ok(())
@@ -239,6 +242,10 @@ impl OutputSink for SqliteAlerts {
                 .with_label_values(&["sqlite"])
                 .inc_by(self.batch.len() as u64);
             self.batch.clear();
+        }
+        if !self.predictions.is_empty() {
+            self.store.insert_predictions(&self.predictions)?;
+            self.predictions.clear();
         }
         Ok(())
     }
@@ -258,6 +265,7 @@ pub fn build_sinks(cfg: &SinksConfig) -> anyhow::Result<FanOut> {
         sinks.push(Box::new(SqliteAlerts {
             store: SqliteStore::open(&s.path)?,
             batch: Vec::new(),
+            predictions: Vec::new(),
         }));
     }
     Ok(FanOut { sinks })

@@ -13,6 +13,7 @@ use crate::event::{alert_id, Alert, Name, Point, ScoreLine, Severity};
 use crate::explain::{alert_type_for, explain, round4, Explanation};
 use crate::features::DerivedPlan;
 use crate::policy::{PolicyState, PolicyWindows, Suppressed};
+use crate::rul::predict::{Prediction, RulTracker};
 use crate::rules::{evaluate, Readings, RuleHit, RuleSet, RuleState, RulesHandle};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,8 @@ pub enum Output {
     Alert(Alert),
     Score(ScoreLine),
     Dead(DeadLetter),
+    /// A remaining-useful-life prediction (dataflows with a `rul` section).
+    Prediction(Box<Prediction>),
 }
 
 /// Counters a worker accumulates between metric flushes.
@@ -53,6 +56,10 @@ pub struct Counters {
     pub alerts: u64,
     pub suppressed_dedup: u64,
     pub suppressed_rate: u64,
+    /// RUL predictions emitted.
+    pub predictions: u64,
+    /// Readings of tracked things the RUL model could not use (a model sensor missing).
+    pub rul_skipped: u64,
 }
 
 impl Counters {
@@ -81,6 +88,8 @@ pub struct Engine {
     rule_set: Arc<RuleSet>,
     rule_generation: u64,
     things: FxHashMap<Name, ThingState>,
+    /// Remaining-useful-life state per thing (dataflows with a `rul` section and a loaded model).
+    rul: Option<RulTracker>,
     emit_scores: bool,
     pub counters: Counters,
     /// Ingest-to-emit latencies (ns) of alerts since the last drain.
@@ -362,7 +371,13 @@ struct Scored {
 impl Engine {
     pub fn new(cfg: Arc<DataflowConfig>, rules: RulesHandle, emit_scores: bool) -> Engine {
         let (rule_set, rule_generation) = rules.current();
+        // `pipeline::run` checks the section (and that its model is loaded) before building engines.
+        let rul = match (&cfg.rul, &cfg.rul_model) {
+            (Some(rc), Some(m)) => RulTracker::new(Arc::clone(&m.0), rc.clone()).ok(),
+            _ => None,
+        };
         Engine {
+            rul,
             windows: PolicyWindows::from(&cfg.policy),
             cfg,
             rules,
@@ -496,14 +511,45 @@ impl Engine {
         let t2_smoothed = self.scratch.t2_smoothed.take();
         learn(t, &cfg, t2_smoothed, complete, anomalous, in_order, p.ts);
 
+        // Remaining useful life: in-order readings only (its features are sequences of cycles). The
+        // maintenance alert joins the candidates so the same policy (dedup, rate limit) applies.
+        let mut prediction = None;
+        if let (Some(tracker), Some(rc)) = (self.rul.as_mut(), cfg.rul.as_ref()) {
+            let tracked = rc
+                .equipment_type
+                .as_deref()
+                .is_none_or(|e| e == p.equipment_type.as_str());
+            if tracked && in_order {
+                match tracker.observe_with_alert(&p) {
+                    Ok((pred, alert)) => {
+                        prediction = pred;
+                        if let Some(a) = alert {
+                            candidates.push((a, false));
+                        }
+                    }
+                    Err(e) => {
+                        if !p.learn_only {
+                            self.counters.rul_skipped += 1;
+                        }
+                        tracing::debug!(thing = %p.thing_id, error = %e, "reading skipped by the RUL model");
+                    }
+                }
+            }
+        }
+
         if p.learn_only {
             // Re-read for state only: the policy learns these candidates (so its dedup and rate-limit
             // windows end up as they were when the readings were first processed) but nothing is
             // emitted or counted.
             for (alert, bypass) in candidates {
-                let _ = t
+                let admitted = t
                     .policy
                     .admit(&self.windows, &alert.alert_type, alert.ts, bypass);
+                if admitted == Err(Suppressed::RateLimit) && alert.source == "rul" {
+                    if let Some(tracker) = self.rul.as_mut() {
+                        tracker.rearm(&alert.thing_id);
+                    }
+                }
             }
             return;
         }
@@ -524,8 +570,21 @@ impl Engine {
                     out.push((p.seq, Output::Alert(alert)));
                 }
                 Err(Suppressed::Dedup) => self.counters.suppressed_dedup += 1,
-                Err(Suppressed::RateLimit) => self.counters.suppressed_rate += 1,
+                Err(Suppressed::RateLimit) => {
+                    self.counters.suppressed_rate += 1;
+                    // A maintenance alert hidden by the rate limit is raised again at the thing's
+                    // next prediction inside the horizon, so it is delayed, never lost.
+                    if alert.source == "rul" {
+                        if let Some(tracker) = self.rul.as_mut() {
+                            tracker.rearm(&alert.thing_id);
+                        }
+                    }
+                }
             }
+        }
+        if let Some(pred) = prediction {
+            self.counters.predictions += 1;
+            out.push((p.seq, Output::Prediction(Box::new(pred))));
         }
         if self.emit_scores {
             let score = if hits.is_empty() {

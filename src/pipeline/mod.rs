@@ -108,6 +108,13 @@ pub fn run(
     opts: RunOptions,
 ) -> anyhow::Result<RunReport> {
     let started = Instant::now();
+    if let Some(rc) = &cfg.rul {
+        let model = cfg.rul_model.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("dataflow {}: `rul` is set but its model is not loaded", cfg.name)
+        })?;
+        crate::rul::predict::RulTracker::new(Arc::clone(&model.0), rc.clone())
+            .map_err(|e| anyhow::anyhow!("dataflow {}: rul: {e}", cfg.name))?;
+    }
     let workers = opts.workers.max(1);
     let sink_error: Arc<Mutex<Option<anyhow::Error>>> = Arc::new(Mutex::new(None));
     // Every epoch below this has had all its outputs written and flushed by the sink (worker 0):
@@ -405,6 +412,8 @@ fn add_counters(total: &mut Counters, c: &Counters) {
     total.alerts += c.alerts;
     total.suppressed_dedup += c.suppressed_dedup;
     total.suppressed_rate += c.suppressed_rate;
+    total.predictions += c.predictions;
+    total.rul_skipped += c.rul_skipped;
 }
 
 /// Routes a record to the worker owning its thing (dead letters spread by position).

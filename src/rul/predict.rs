@@ -15,53 +15,68 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Live RUL settings (the `rul` section a dataflow config can carry).
+/// Live RUL settings: the `rul` section of a dataflow file (docs/RUL.md).
+///
+/// ```yaml
+/// rul:
+///   model: ../models/FD001/rul/1/model.json   # relative to the dataflow file
+///   equipment_type: turbofan                  # optional: only things of this type
+///   emit_every_s: 3600                        # one prediction per thing per hour of event time
+///   hours_per_cycle: 1.0                      # one reading = one cycle = one hour
+///   alert_horizon_hours: 72                   # maintenance_due alert when RUL <= 72 h
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RulConfig {
-    /// Model file (`models/<equipment>/rul/<version>/model.json`).
+    /// Model file (`models/<equipment>/rul/<version>/model.json`, as `egizml eval cmapss --save-model`
+    /// writes it); required. A relative path is resolved against the dataflow file's folder.
     pub model: Option<PathBuf>,
-    /// Event-time period between two predictions of one thing, seconds (0 = every reading).
+    /// Only things of this equipment type are tracked (all things when absent). A tracked thing's
+    /// readings must carry every sensor the model reads; a reading lacking one is skipped (counted in
+    /// `rul_skipped`) and leaves the thing's RUL state untouched.
+    pub equipment_type: Option<String>,
+    /// Event-time period between two predictions of one thing, seconds (0 = every reading). Every
+    /// in-order reading still updates the thing's state; only emission is periodic.
     pub emit_every_s: u64,
     /// Hours one cycle (one reading) represents, for hour-based horizons and probabilities.
     pub hours_per_cycle: f64,
-    /// A maintenance alert is raised when the predicted RUL first falls to this many hours or less.
+    /// A `maintenance_due` alert is raised when the predicted RUL first falls to this many hours or
+    /// less (re-armed once it climbs back above 1.25 times the horizon).
     pub alert_horizon_hours: f64,
     /// Predictions kept per thing for the degradation trend.
     pub trend_window: usize,
-    /// Optional Kafka topic the predictions are published to.
-    pub kafka_topic: Option<String>,
 }
 
 impl Default for RulConfig {
     fn default() -> Self {
         RulConfig {
             model: None,
+            equipment_type: None,
             emit_every_s: 3600,
             hours_per_cycle: 1.0,
             alert_horizon_hours: 72.0,
             trend_window: 10,
-            kafka_topic: None,
         }
     }
 }
 
 impl RulConfig {
+    /// Checks the values; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.hours_per_cycle.is_finite() && self.hours_per_cycle > 0.0) {
             return Err(format!(
-                "rul.hours_per_cycle must be > 0, got {}",
+                "field `rul.hours_per_cycle` must be > 0, got {}",
                 self.hours_per_cycle
             ));
         }
         if !(self.alert_horizon_hours.is_finite() && self.alert_horizon_hours >= 0.0) {
             return Err(format!(
-                "rul.alert_horizon_hours must be >= 0, got {}",
+                "field `rul.alert_horizon_hours` must be >= 0, got {}",
                 self.alert_horizon_hours
             ));
         }
         if self.trend_window < 2 {
-            return Err("rul.trend_window must be >= 2".into());
+            return Err("field `rul.trend_window` must be >= 2".into());
         }
         Ok(())
     }
@@ -281,6 +296,14 @@ impl RulTracker {
             maintenance_due: due,
             model_version: self.version.clone(),
         }))
+    }
+
+    /// Lets the thing's next prediction inside the horizon raise its maintenance alert again (the
+    /// alert policy suppressed this one by its rate limit: another alert of the thing came just before).
+    pub fn rearm(&mut self, thing_id: &str) {
+        if let Some(st) = self.things.get_mut(thing_id) {
+            st.due = false;
+        }
     }
 
     /// Feeds one reading and also returns a maintenance alert when the thing has just crossed into

@@ -52,10 +52,12 @@ impl LineWriter {
     }
 }
 
-/// Replay's sink: alerts (always), scores (optional), dead letters (file created on the first one).
+/// Replay's sink: alerts (always), scores and RUL predictions (optional), dead letters (file created
+/// on the first one).
 pub struct JsonlSink {
     alerts: LineWriter,
     scores: Option<LineWriter>,
+    predictions: Option<LineWriter>,
     dead_path: PathBuf,
     dead: Option<LineWriter>,
 }
@@ -69,9 +71,16 @@ impl JsonlSink {
         Ok(JsonlSink {
             alerts: LineWriter::create(alerts)?,
             scores: scores.map(LineWriter::create).transpose()?,
+            predictions: None,
             dead_path: dead_letters.to_path_buf(),
             dead: None,
         })
+    }
+
+    /// Also writes RUL predictions, one JSON object per line, to `path`.
+    pub fn with_predictions(mut self, path: &Path) -> anyhow::Result<JsonlSink> {
+        self.predictions = Some(LineWriter::create(path)?);
+        Ok(self)
     }
 }
 
@@ -83,6 +92,11 @@ impl OutputSink for JsonlSink {
                 Output::Score(s) => {
                     if let Some(w) = self.scores.as_mut() {
                         w.write_json(s)?;
+                    }
+                }
+                Output::Prediction(p) => {
+                    if let Some(w) = self.predictions.as_mut() {
+                        w.write_json(p)?;
                     }
                 }
                 Output::Dead(d) => {
@@ -101,6 +115,9 @@ impl OutputSink for JsonlSink {
     fn flush(&mut self) -> anyhow::Result<()> {
         self.alerts.flush()?;
         if let Some(w) = self.scores.as_mut() {
+            w.flush()?;
+        }
+        if let Some(w) = self.predictions.as_mut() {
             w.flush()?;
         }
         if let Some(w) = self.dead.as_mut() {

@@ -11,7 +11,9 @@ use super::sqlite::{
     add_count, check_feedback_target, AlertPage, AlertQuery, AlertStore, Feedback, FeedbackCounts,
     FeedbackOutcome, FeedbackPage, FeedbackQuery, StoreError, MAX_LIMIT,
 };
+use super::sqlite::{decode_prediction, PredictionPage, PredictionQuery};
 use crate::event::Alert;
+use crate::rul::predict::Prediction;
 use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, NoTls};
 use std::sync::Mutex;
@@ -43,6 +45,17 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX feedback_thing_ts ON feedback (thing_id, ts);
     CREATE INDEX feedback_ts ON feedback (ts);",
+    // 3: remaining-useful-life predictions, one per thing and event time.
+    "CREATE TABLE predictions (
+        thing_id        TEXT NOT NULL,
+        ts              BIGINT NOT NULL,
+        equipment_type  TEXT NOT NULL,
+        rul             DOUBLE PRECISION NOT NULL,
+        maintenance_due BOOLEAN NOT NULL,
+        body            TEXT NOT NULL,
+        PRIMARY KEY (thing_id, ts)
+    );
+    CREATE INDEX predictions_ts ON predictions (ts);",
 ];
 
 /// Advisory lock key serialising migrations between processes (any constant unique to EgizML).
@@ -192,6 +205,51 @@ fn decode(alert_id: &str, body: &str) -> Result<Alert, StoreError> {
     })
 }
 
+/// The WHERE clause (with `$n` placeholders) and its parameters for the filters of a prediction query.
+fn prediction_filters(q: &PredictionQuery) -> (String, Params) {
+    let mut values: Params = Vec::new();
+    // The thing and time bounds, numbered from the current parameter count (used twice with `latest`).
+    let bounds = |values: &mut Params| {
+        let mut clauses = Vec::new();
+        let mut add = |col: &str, op: &str, v: Box<dyn ToSql + Sync>| {
+            values.push(v);
+            clauses.push(format!("{col} {op} ${}", values.len()));
+        };
+        if let Some(t) = &q.thing_id {
+            add("thing_id", "=", Box::new(t.clone()));
+        }
+        if let Some(s) = q.since_ms {
+            add("ts", ">=", Box::new(s));
+        }
+        if let Some(u) = q.until_ms {
+            add("ts", "<=", Box::new(u));
+        }
+        clauses
+    };
+    let mut clauses = bounds(&mut values);
+    if q.latest {
+        let inner = bounds(&mut values);
+        let inner = if inner.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", inner.join(" AND "))
+        };
+        clauses.push(format!(
+            "(thing_id, ts) IN (SELECT thing_id, MAX(ts) FROM predictions{inner} GROUP BY thing_id)"
+        ));
+    }
+    if let Some(d) = q.maintenance_due {
+        values.push(Box::new(d));
+        clauses.push(format!("maintenance_due = ${}", values.len()));
+    }
+    let sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", clauses.join(" AND "))
+    };
+    (sql, values)
+}
+
 /// The WHERE clause (with `$n` placeholders) and its parameters for the filters of `q`.
 fn filters(q: &AlertQuery) -> (String, Params) {
     let mut clauses = Vec::new();
@@ -306,11 +364,90 @@ impl AlertStore for PostgresStore {
         })
     }
 
+    fn insert_predictions(&mut self, predictions: &[Prediction]) -> Result<usize, StoreError> {
+        if predictions.is_empty() {
+            return Ok(0);
+        }
+        let mut c = self.lock();
+        let mut tx = c.transaction()?;
+        let stmt = tx.prepare(
+            "INSERT INTO predictions (thing_id, ts, equipment_type, rul, maintenance_due, body)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (thing_id, ts) DO NOTHING",
+        )?;
+        let mut inserted = 0;
+        for p in predictions {
+            let body = serde_json::to_string(p).map_err(|source| StoreError::Encode {
+                alert_id: format!("prediction {} {}", p.thing_id, p.ts),
+                source,
+            })?;
+            inserted += tx.execute(
+                &stmt,
+                &[
+                    &p.thing_id.as_str(),
+                    &p.ts,
+                    &p.equipment_type.as_str(),
+                    &p.rul,
+                    &p.maintenance_due,
+                    &body,
+                ],
+            )? as usize;
+        }
+        tx.commit()?;
+        Ok(inserted)
+    }
+
+    fn predictions(&self, q: &PredictionQuery) -> Result<PredictionPage, StoreError> {
+        let limit = q.limit.min(MAX_LIMIT);
+        let (clause, mut values) = prediction_filters(q);
+        let mut c = self.lock();
+        let mut tx = c
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        let total: i64 = tx
+            .query_one(
+                &format!("SELECT COUNT(*) FROM predictions{clause}"),
+                &refs(&values),
+            )?
+            .get(0);
+        let mut items = Vec::new();
+        if limit > 0 && q.offset < total.max(0) as u64 {
+            let n = values.len();
+            values.push(Box::new(i64::from(limit)));
+            values.push(Box::new(i64::try_from(q.offset).unwrap_or(i64::MAX)));
+            let rows = tx.query(
+                &format!(
+                    "SELECT thing_id, ts, body FROM predictions{clause}
+                     ORDER BY ts DESC, thing_id COLLATE \"C\" LIMIT ${} OFFSET ${}",
+                    n + 1,
+                    n + 2
+                ),
+                &refs(&values),
+            )?;
+            for row in rows {
+                let thing: String = row.get(0);
+                let ts: i64 = row.get(1);
+                let body: String = row.get(2);
+                items.push(decode_prediction(&thing, ts, &body)?);
+            }
+        }
+        tx.commit()?;
+        Ok(PredictionPage {
+            items,
+            total: total.max(0) as u64,
+            limit,
+            offset: q.offset,
+        })
+    }
+
     fn purge_older_than(&mut self, ts_ms: i64) -> Result<usize, StoreError> {
         let mut c = self.lock();
         let mut tx = c.transaction()?;
         let n = tx.execute("DELETE FROM alerts WHERE ts < $1", &[&ts_ms])?;
         tx.execute("DELETE FROM feedback WHERE ts < $1", &[&ts_ms])?;
+        tx.execute("DELETE FROM predictions WHERE ts < $1", &[&ts_ms])?;
         tx.commit()?;
         Ok(n as usize)
     }

@@ -5,6 +5,7 @@
 //! store never loses a field that a newer alert format adds.
 
 use crate::event::{Alert, Severity};
+use crate::rul::predict::Prediction;
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,17 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX feedback_thing_ts ON feedback (thing_id, ts);
     CREATE INDEX feedback_ts ON feedback (ts);",
+    // 3: remaining-useful-life predictions, one per thing and event time.
+    "CREATE TABLE predictions (
+        thing_id        TEXT NOT NULL,
+        ts              INTEGER NOT NULL,
+        equipment_type  TEXT NOT NULL,
+        rul             REAL NOT NULL,
+        maintenance_due INTEGER NOT NULL,
+        body            TEXT NOT NULL,
+        PRIMARY KEY (thing_id, ts)
+    );
+    CREATE INDEX predictions_ts ON predictions (ts);",
 ];
 
 /// Errors of an alert store.
@@ -141,6 +153,63 @@ pub struct AlertPage {
     /// The page size applied (after capping).
     pub limit: u32,
     pub offset: u64,
+}
+
+/// Filters and paging of a prediction query. Time bounds are inclusive; `None` means unbounded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PredictionQuery {
+    /// Only predictions of this thing.
+    pub thing_id: Option<String>,
+    /// Only predictions with `ts >= since_ms` (epoch ms).
+    pub since_ms: Option<i64>,
+    /// Only predictions with `ts <= until_ms` (epoch ms).
+    pub until_ms: Option<i64>,
+    /// Only each thing's newest prediction within the other bounds (the fleet's current state).
+    pub latest: bool,
+    /// Only predictions whose `maintenance_due` is this (applied after `latest`).
+    pub maintenance_due: Option<bool>,
+    /// Page size; default [`DEFAULT_LIMIT`], capped at [`MAX_LIMIT`]. 0 returns only the total.
+    pub limit: u32,
+    /// Matching predictions to skip (newest first) before the page starts.
+    pub offset: u64,
+}
+
+impl Default for PredictionQuery {
+    fn default() -> Self {
+        PredictionQuery {
+            thing_id: None,
+            since_ms: None,
+            until_ms: None,
+            latest: false,
+            maintenance_due: None,
+            limit: DEFAULT_LIMIT,
+            offset: 0,
+        }
+    }
+}
+
+/// One page of predictions, newest first (`ts` descending, then `thing_id`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PredictionPage {
+    pub items: Vec<Prediction>,
+    /// Number of predictions matching the filters, over all pages.
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+/// Decodes a stored prediction body.
+pub(crate) fn decode_prediction(
+    thing_id: &str,
+    ts: i64,
+    body: &str,
+) -> Result<Prediction, StoreError> {
+    serde_json::from_str(body).map_err(|e| {
+        StoreError::Invalid(format!(
+            "prediction of {thing_id} at {ts} is not a valid prediction: {e}"
+        ))
+    })
 }
 
 /// An operator's verdict on an alert.
@@ -284,6 +353,21 @@ pub trait AlertStore: Send {
         let _ = thing_id;
         Err(StoreError::Unsupported { what: "feedback" })
     }
+    /// Stores RUL predictions; one already stored for the same thing and `ts` is kept (replays and
+    /// retries are idempotent). Returns the number newly stored.
+    fn insert_predictions(&mut self, predictions: &[Prediction]) -> Result<usize, StoreError> {
+        let _ = predictions;
+        Err(StoreError::Unsupported {
+            what: "predictions",
+        })
+    }
+    /// Predictions matching `q`, newest first (`ts` descending, then `thing_id`).
+    fn predictions(&self, q: &PredictionQuery) -> Result<PredictionPage, StoreError> {
+        let _ = q;
+        Err(StoreError::Unsupported {
+            what: "predictions",
+        })
+    }
 }
 
 /// A boxed store is a store (so `open_store`'s result can be shared with the API).
@@ -305,6 +389,12 @@ impl<S: AlertStore + ?Sized> AlertStore for Box<S> {
     }
     fn feedback_counts(&self, thing_id: Option<&str>) -> Result<FeedbackCounts, StoreError> {
         (**self).feedback_counts(thing_id)
+    }
+    fn insert_predictions(&mut self, predictions: &[Prediction]) -> Result<usize, StoreError> {
+        (**self).insert_predictions(predictions)
+    }
+    fn predictions(&self, q: &PredictionQuery) -> Result<PredictionPage, StoreError> {
+        (**self).predictions(q)
     }
 }
 
@@ -428,6 +518,47 @@ fn decode(alert_id: &str, body: &str) -> Result<Alert, StoreError> {
     })
 }
 
+/// The WHERE clause and its parameters for the filters of a prediction query.
+fn prediction_filters(q: &PredictionQuery) -> (String, Vec<Value>) {
+    let mut base: Vec<&str> = Vec::new();
+    let mut values = Vec::new();
+    if let Some(t) = &q.thing_id {
+        base.push("thing_id = ?");
+        values.push(Value::Text(t.clone()));
+    }
+    if let Some(s) = q.since_ms {
+        base.push("ts >= ?");
+        values.push(Value::Integer(s));
+    }
+    if let Some(u) = q.until_ms {
+        base.push("ts <= ?");
+        values.push(Value::Integer(u));
+    }
+    let base_sql = base.join(" AND ");
+    let mut clauses: Vec<String> = base.iter().map(|c| c.to_string()).collect();
+    if q.latest {
+        let inner = if base_sql.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {base_sql}")
+        };
+        clauses.push(format!(
+            "(thing_id, ts) IN (SELECT thing_id, MAX(ts) FROM predictions{inner} GROUP BY thing_id)"
+        ));
+        values.extend(values.clone());
+    }
+    if let Some(d) = q.maintenance_due {
+        clauses.push("maintenance_due = ?".into());
+        values.push(Value::Integer(i64::from(d)));
+    }
+    let sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", clauses.join(" AND "))
+    };
+    (sql, values)
+}
+
 /// The WHERE clause and its parameters for the filters of `q`.
 fn filters(q: &AlertQuery) -> (String, Vec<Value>) {
     let mut clauses: Vec<&str> = Vec::new();
@@ -527,10 +658,75 @@ impl AlertStore for SqliteStore {
         })
     }
 
+    fn insert_predictions(&mut self, predictions: &[Prediction]) -> Result<usize, StoreError> {
+        if predictions.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.conn.transaction()?;
+        let mut inserted = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO predictions
+                 (thing_id, ts, equipment_type, rul, maintenance_due, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for p in predictions {
+                let body = serde_json::to_string(p).map_err(|source| StoreError::Encode {
+                    alert_id: format!("prediction {} {}", p.thing_id, p.ts),
+                    source,
+                })?;
+                inserted += stmt.execute(params![
+                    p.thing_id.as_str(),
+                    p.ts,
+                    p.equipment_type.as_str(),
+                    p.rul,
+                    p.maintenance_due,
+                    body,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(inserted)
+    }
+
+    fn predictions(&self, q: &PredictionQuery) -> Result<PredictionPage, StoreError> {
+        let limit = q.limit.min(MAX_LIMIT);
+        let (clause, values) = prediction_filters(q);
+        let tx = self.conn.unchecked_transaction()?;
+        let total: i64 = tx
+            .prepare_cached(&format!("SELECT COUNT(*) FROM predictions{clause}"))?
+            .query_row(params_from_iter(values.iter()), |r| r.get(0))?;
+        let mut items = Vec::with_capacity((limit as usize).min(total.max(0) as usize));
+        if limit > 0 && q.offset < total.max(0) as u64 {
+            let mut page_values = values;
+            page_values.push(Value::Integer(i64::from(limit)));
+            page_values.push(Value::Integer(i64::try_from(q.offset).unwrap_or(i64::MAX)));
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT thing_id, ts, body FROM predictions{clause}
+                 ORDER BY ts DESC, thing_id LIMIT ? OFFSET ?"
+            ))?;
+            let mut rows = stmt.query(params_from_iter(page_values.iter()))?;
+            while let Some(row) = rows.next()? {
+                let thing: String = row.get(0)?;
+                let ts: i64 = row.get(1)?;
+                let body: String = row.get(2)?;
+                items.push(decode_prediction(&thing, ts, &body)?);
+            }
+        }
+        tx.finish()?;
+        Ok(PredictionPage {
+            items,
+            total: total.max(0) as u64,
+            limit,
+            offset: q.offset,
+        })
+    }
+
     fn purge_older_than(&mut self, ts_ms: i64) -> Result<usize, StoreError> {
         let tx = self.conn.transaction()?;
         let n = tx.execute("DELETE FROM alerts WHERE ts < ?1", [ts_ms])?;
         tx.execute("DELETE FROM feedback WHERE ts < ?1", [ts_ms])?;
+        tx.execute("DELETE FROM predictions WHERE ts < ?1", [ts_ms])?;
         tx.commit()?;
         Ok(n)
     }

@@ -65,6 +65,7 @@ pub fn replay_args(input: &Path, out: &Path, workers: usize) -> ReplayArgs {
         input: input.to_path_buf(),
         alerts: out.join(format!("alerts-{workers}.jsonl")),
         scores: Some(out.join(format!("scores-{workers}.jsonl"))),
+        predictions: None,
         dead_letters: Some(out.join(format!("dead-{workers}.jsonl"))),
         workers: Some(workers),
         config: None,

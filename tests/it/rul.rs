@@ -176,3 +176,94 @@ fn eval_cmapss_fails_in_one_line_on_a_missing_directory() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("/nonexistent/cmapss/train_FD001.txt"), "{err}");
 }
+
+/// The live path end to end: `egizml replay` of the test units (flat JSONL, one thing per unit, one
+/// cycle per hour) with a dataflow whose `rul` section names the saved model. Each unit's last
+/// prediction is the evaluation's number, bit for bit, whatever the worker count.
+#[test]
+fn replay_with_a_rul_dataflow_predicts_what_eval_predicts() {
+    let run = run();
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("flow.yaml");
+    std::fs::write(
+        &flow,
+        format!(
+            "name: cmapss\nrul:\n  model: {}\n  equipment_type: turbofan\n  emit_every_s: 3600\n  alert_horizon_hours: 72\n",
+            run.report.saved.as_ref().unwrap().display()
+        ),
+    )
+    .unwrap();
+    let mut by_workers = Vec::new();
+    for workers in [1, 2] {
+        let preds = dir.path().join(format!("predictions-{workers}.jsonl"));
+        let alerts = dir.path().join(format!("alerts-{workers}.jsonl"));
+        let out = std::process::Command::new(bin())
+            .arg("replay")
+            .arg("--input")
+            .arg(&run.jsonl)
+            .arg("--alerts")
+            .arg(&alerts)
+            .arg("--predictions")
+            .arg(&preds)
+            .arg("--config")
+            .arg(&flow)
+            .args(["--workers", &workers.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: serde_json::Value = serde_json::from_str(
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .lines()
+                .last()
+                .unwrap(),
+        )
+        .unwrap();
+        let lines = crate::common::read_json_lines(&preds);
+        // One cycle per hour and a 1 h period: every reading predicts.
+        assert_eq!(summary["predictions"].as_u64().unwrap(), lines.len() as u64);
+        assert_eq!(summary["points"].as_u64().unwrap(), lines.len() as u64);
+        let mut last: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        for p in &lines {
+            last.insert(p["thing_id"].as_str().unwrap().to_string(), p.clone());
+        }
+        assert_eq!(last.len(), 100);
+        for (unit, eval_pred, _) in &run.report.predictions {
+            let p = &last[&format!("fd001-test-{unit:03}")];
+            assert_eq!(p["rul"].as_f64().unwrap(), *eval_pred, "unit {unit}");
+            let lo = p["interval"]["lower"].as_f64().unwrap();
+            let hi = p["interval"]["upper"].as_f64().unwrap();
+            assert!(lo <= *eval_pred && *eval_pred <= hi + 1e-9, "unit {unit}");
+            let p24 = p["failure_probability_24h"].as_f64().unwrap();
+            let p72 = p["failure_probability_72h"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&p24) && p24 <= p72 && p72 <= 1.0);
+            assert!(p["degradation_trend"].is_number());
+            assert!(p["contributing_factors"].is_array());
+            assert!(!p["recommended_action"].as_str().unwrap().is_empty());
+        }
+        // Maintenance alerts went through the alert policy into the alerts file: at most one per unit
+        // (a unit's RUL does not climb back above the horizon), and one for every unit whose last
+        // prediction is inside it.
+        let maint: Vec<serde_json::Value> = crate::common::read_json_lines(&alerts)
+            .into_iter()
+            .filter(|a| a["type"] == "maintenance_due")
+            .collect();
+        let mut alerted = std::collections::BTreeSet::new();
+        for a in &maint {
+            assert_eq!(a["source"], "rul");
+            assert!(alerted.insert(a["thing_id"].as_str().unwrap().to_string()));
+        }
+        for (thing, p) in &last {
+            if p["rul"].as_f64().unwrap() <= 72.0 {
+                assert!(alerted.contains(thing), "{thing}: due but no alert");
+            }
+        }
+        assert!(!maint.is_empty());
+        by_workers.push((std::fs::read(&preds).unwrap(), maint));
+    }
+    assert!(by_workers[0] == by_workers[1], "1 and 2 workers differ");
+}

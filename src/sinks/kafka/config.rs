@@ -21,6 +21,9 @@ pub struct KafkaSinkConfig {
     /// Malformed input: the raw message as value, headers `reason` and `detail`.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// RUL predictions (docs/RUL.md), keyed by thing_id (needs a dataflow with a `rul` section).
+    #[serde(default)]
+    pub predictions_topic: Option<String>,
     /// How long the producer keeps retrying a message before it counts as failed, milliseconds.
     #[serde(default = "default_delivery_timeout")]
     pub delivery_timeout_ms: u64,
@@ -47,6 +50,7 @@ impl KafkaSinkConfig {
             alerts_topic: alerts_topic.to_string(),
             scores_topic: None,
             dead_letter_topic: None,
+            predictions_topic: None,
             delivery_timeout_ms: default_delivery_timeout(),
             queue_messages: default_queue(),
             properties: BTreeMap::new(),

@@ -142,6 +142,13 @@ impl OutputSink for KafkaSink {
                         self.send(topic, s.thing_id.as_bytes(), &self.buf, None)?;
                     }
                 }
+                Output::Prediction(p) => {
+                    if let Some(topic) = &self.cfg.predictions_topic {
+                        self.buf.clear();
+                        serde_json::to_writer(&mut self.buf, p)?;
+                        self.send(topic, p.thing_id.as_bytes(), &self.buf, None)?;
+                    }
+                }
                 Output::Dead(d) => {
                     if let Some(topic) = &self.cfg.dead_letter_topic {
                         let headers = OwnedHeaders::new()

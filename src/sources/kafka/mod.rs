@@ -87,6 +87,8 @@ impl OutputSink for SkipReplayed {
                 Output::Dead(d) => self.resume.is_replayed(&d.origin),
                 // Score lines carry no origin: re-emitted (at-least-once).
                 Output::Score(_) => false,
+                // Warm-start re-reads are learn-only: they never emit predictions.
+                Output::Prediction(_) => false,
             };
             if !replayed {
                 self.kept.push((*seq, o.clone()));

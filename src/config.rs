@@ -477,6 +477,27 @@ mod tests {
     }
 
     #[test]
+    fn a_rul_section_needs_a_valid_loadable_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let flow = dir.path().join("flow.yaml");
+        let load = |text: &str| {
+            std::fs::write(&flow, text).unwrap();
+            DataflowConfig::load(&flow).unwrap_err().to_string()
+        };
+        let e = load("rul:\n  emit_every_s: 60\n");
+        assert!(e.contains("flow.yaml") && e.contains("`rul.model`"), "{e}");
+        let e = load("rul:\n  model: missing/model.json\n");
+        assert!(
+            e.contains("`rul.model`") && e.contains("missing/model.json"),
+            "{e}"
+        );
+        let e = load("rul:\n  model: m.json\n  hours_per_cycle: 0\n");
+        assert!(e.contains("`rul.hours_per_cycle`"), "{e}");
+        let e = load("rul:\n  model: m.json\n  every: 1h\n");
+        assert!(e.starts_with(&format!("{}:3:", flow.display())), "{e}");
+    }
+
+    #[test]
     fn errors_name_file_line_and_field() {
         let text = "name: x\nwindow: 60\ndetectors:\n  zscore_threshold: -1\n";
         let err = parse_yaml::<DataflowConfig>(text, "flow.yaml")

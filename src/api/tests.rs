@@ -333,6 +333,39 @@ fn parse_query_defaults() {
     );
 }
 
+#[test]
+fn prediction_routes_validate_parameters_and_default_to_the_fleet_view() {
+    let f = Fixture::new();
+    for (query, param) in [
+        ("latest=yes", "latest"),
+        ("maintenance_due=1", "maintenance_due"),
+        ("since=500&until=100", "since"),
+        ("limit=0", "limit"),
+        ("offset=x", "offset"),
+        ("severity=warning", "severity"),
+        ("latest=true&latest=false", "latest"),
+    ] {
+        f.bad_request(&format!("/api/v1/predictions?{query}"), param);
+        f.bad_request(&format!("/api/v1/predictions/fan-1?{query}"), param);
+    }
+    f.bad_request("/api/v1/predictions/fan-1?thing_id=fan-2", "thing_id");
+    // No prediction stored yet: empty pages, not errors.
+    let (status, body) = f.json("/api/v1/predictions");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["total"], 0);
+    assert_eq!(body["items"], serde_json::json!([]));
+    let fleet = parse_prediction_query(&[], None).unwrap();
+    assert!(fleet.latest && fleet.thing_id.is_none());
+    let one = parse_prediction_query(
+        &[("maintenance_due".into(), "true".into())],
+        Some("fan-1".into()),
+    )
+    .unwrap();
+    assert!(!one.latest);
+    assert_eq!(one.thing_id.as_deref(), Some("fan-1"));
+    assert_eq!(one.maintenance_due, Some(true));
+}
+
 // ---- feedback, rules, auth, body limit, OpenAPI ----------------------------------------------------
 
 use crate::rules::{RuleSet, RulesHandle};

@@ -110,7 +110,10 @@ pub fn run(
     let started = Instant::now();
     if let Some(rc) = &cfg.rul {
         let model = cfg.rul_model.as_ref().ok_or_else(|| {
-            anyhow::anyhow!("dataflow {}: `rul` is set but its model is not loaded", cfg.name)
+            anyhow::anyhow!(
+                "dataflow {}: `rul` is set but its model is not loaded",
+                cfg.name
+            )
         })?;
         crate::rul::predict::RulTracker::new(Arc::clone(&model.0), rc.clone())
             .map_err(|e| anyhow::anyhow!("dataflow {}: rul: {e}", cfg.name))?;

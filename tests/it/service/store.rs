@@ -3,12 +3,14 @@
 use super::procs;
 use egizml::api::{self, ApiState};
 use egizml::event::{alert_id, Alert, FeatureContribution, Origin, Severity};
+use egizml::rul::predict::{Factor, Interval, Prediction};
 use egizml::sinks::postgres::PostgresStore;
 use egizml::sinks::retention::{purge_once, RetentionConfig};
 use egizml::sinks::sqlite::{
     AlertQuery, AlertStore, Feedback, FeedbackCounts, FeedbackOutcome, FeedbackQuery, SqliteStore,
     StoreError, Verdict,
 };
+use egizml::sinks::sqlite::{PredictionPage, PredictionQuery};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -287,6 +289,150 @@ fn api_over_store(s: Box<dyn AlertStore>) {
     server.shutdown().unwrap();
 }
 
+fn prediction(thing: &str, ts: i64, rul: f64) -> Prediction {
+    Prediction {
+        thing_id: thing.into(),
+        equipment_type: "turbofan".into(),
+        ts,
+        cycles: ((ts - T0) / 3_600_000) as usize,
+        // Not representable exactly in decimal: the store must give back the same f64.
+        rul: rul + 0.1 + 0.2,
+        rul_hours: rul + 0.1 + 0.2,
+        interval: Interval {
+            lower: rul - 10.0,
+            upper: rul + 12.5,
+            level: 0.9,
+        },
+        health_index: rul / 125.0,
+        failure_probability_24h: 0.01,
+        failure_probability_72h: 0.2,
+        degradation_trend: -0.93,
+        contributing_factors: vec![Factor {
+            feature: "s11".into(),
+            z: 2.5,
+        }],
+        recommended_action: "Plan maintenance at the next scheduled stop; order parts".into(),
+        maintenance_due: rul <= 72.0,
+        model_version: "FD001/rul/1".into(),
+    }
+}
+
+/// 3 things x 6 hourly predictions; thing k loses 20 cycles an hour from 150 - 30 k.
+fn prediction_fixture() -> Vec<Prediction> {
+    let mut v = Vec::new();
+    for (k, thing) in ["fan-1", "fan-2", "fan:3"].iter().enumerate() {
+        for i in 0..6i64 {
+            let rul = 150.0 - 30.0 * k as f64 - 20.0 * i as f64;
+            v.push(prediction(thing, T0 + i * 3_600_000, rul.max(0.0)));
+        }
+    }
+    v
+}
+
+fn preds(s: &dyn AlertStore, f: impl FnOnce(&mut PredictionQuery)) -> PredictionPage {
+    let mut q = PredictionQuery {
+        limit: 1000,
+        ..PredictionQuery::default()
+    };
+    f(&mut q);
+    s.predictions(&q).unwrap()
+}
+
+fn predictions_contract(s: &mut dyn AlertStore) {
+    let all_preds = prediction_fixture();
+    assert_eq!(s.insert_predictions(&[]).unwrap(), 0);
+    assert_eq!(s.insert_predictions(&all_preds[..4]).unwrap(), 4);
+    // Replays store only what is new (one prediction per thing and ts).
+    assert_eq!(
+        s.insert_predictions(&all_preds).unwrap(),
+        all_preds.len() - 4
+    );
+    assert_eq!(s.insert_predictions(&all_preds).unwrap(), 0);
+    let mut newest = all_preds.clone();
+    newest.sort_by(|a, b| b.ts.cmp(&a.ts).then_with(|| a.thing_id.cmp(&b.thing_id)));
+    let page = preds(s, |_| {});
+    assert_eq!(page.total, 18);
+    // Lossless: the same f64s and strings come back.
+    assert_eq!(page.items, newest);
+    // Latest: each thing's newest prediction.
+    let latest = preds(s, |q| q.latest = true);
+    assert_eq!(latest.total, 3);
+    assert!(latest.items.iter().all(|p| p.ts == T0 + 5 * 3_600_000));
+    // ... within the time bounds.
+    let earlier = preds(s, |q| {
+        q.latest = true;
+        q.until_ms = Some(T0 + 2 * 3_600_000);
+    });
+    assert_eq!(earlier.total, 3);
+    assert!(earlier.items.iter().all(|p| p.ts == T0 + 2 * 3_600_000));
+    // Things whose newest prediction is due: fan-1 ends at 50.3, fan-2 at 20.3, fan:3 at 0.3.
+    let due = preds(s, |q| {
+        q.latest = true;
+        q.maintenance_due = Some(true);
+    });
+    assert_eq!(due.total, 3);
+    let due_at_2 = preds(s, |q| {
+        q.latest = true;
+        q.until_ms = Some(T0 + 2 * 3_600_000);
+        q.maintenance_due = Some(true);
+    });
+    let things: Vec<&str> = due_at_2.items.iter().map(|p| p.thing_id.as_str()).collect();
+    assert_eq!(things, vec!["fan:3"]);
+    // One thing's history, paged.
+    let one = preds(s, |q| {
+        q.thing_id = Some("fan:3".into());
+        q.since_ms = Some(T0 + 3_600_000);
+        q.limit = 2;
+        q.offset = 1;
+    });
+    assert_eq!(one.total, 5);
+    assert_eq!(
+        one.items.iter().map(|p| p.ts).collect::<Vec<_>>(),
+        vec![T0 + 4 * 3_600_000, T0 + 3 * 3_600_000]
+    );
+    assert!(preds(s, |q| q.limit = 0).items.is_empty());
+    // Retention applies to predictions too.
+    s.purge_older_than(T0 + 3 * 3_600_000).unwrap();
+    assert_eq!(preds(s, |_| {}).total, 9);
+}
+
+/// The prediction routes serve whatever store they are given.
+fn api_predictions_over_store(s: Box<dyn AlertStore>) {
+    let mut s = s;
+    s.insert_predictions(&prediction_fixture()).unwrap();
+    let shared: egizml::api::SharedStore = Arc::new(std::sync::Mutex::new(s));
+    let server = api::spawn("127.0.0.1:0".parse().unwrap(), ApiState::new(shared)).unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let get = |path: &str| -> PredictionPage {
+        ureq::get(format!("{base}{path}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap()
+    };
+    let fleet = get("/api/v1/predictions");
+    assert_eq!(fleet.total, 3);
+    assert!(fleet.items.iter().all(|p| p.ts == T0 + 5 * 3_600_000));
+    let history = get("/api/v1/predictions/fan:3?limit=2");
+    assert_eq!(history.total, 6);
+    let mut want: Vec<Prediction> = prediction_fixture()
+        .into_iter()
+        .filter(|p| p.thing_id == "fan:3")
+        .collect();
+    want.reverse();
+    assert_eq!(history.items, want[..2]);
+    let current = get("/api/v1/predictions/fan-1?latest=true");
+    assert_eq!(current.items.len(), 1);
+    assert_eq!(current.items[0].rul, 50.0 + 0.1 + 0.2);
+    let bad = ureq::get(format!("{base}/api/v1/predictions?latest=maybe")).call();
+    match bad {
+        Err(ureq::Error::StatusCode(400)) => {}
+        other => panic!("expected 400, got {other:?}"),
+    }
+    server.shutdown().unwrap();
+}
+
 /// Runs each contract function against a fresh store of one backend.
 macro_rules! contract {
     ($backend:ident, $open:expr) => {
@@ -318,6 +464,20 @@ macro_rules! contract {
             fn retention_purge() {
                 if let Some((mut s, _keep)) = $open("retention") {
                     super::retention_purge(&mut *s);
+                }
+            }
+
+            #[test]
+            fn predictions_contract() {
+                if let Some((mut s, _keep)) = $open("predictions") {
+                    super::predictions_contract(&mut *s);
+                }
+            }
+
+            #[test]
+            fn api_predictions_over_store() {
+                if let Some((s, _keep)) = $open("api_predictions") {
+                    super::api_predictions_over_store(s);
                 }
             }
 

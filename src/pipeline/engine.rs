@@ -80,6 +80,9 @@ impl Counters {
 /// new normal (a permanent re-rating of the machine), and alerting on it forever helps nobody.
 const MAX_FROZEN_READINGS: u32 = 600;
 
+/// Source of [`ThingState::layout_id`]s, unique in the process.
+static NEXT_LAYOUT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// All per-thing state of one worker, plus the configuration it runs with.
 pub struct Engine {
     cfg: Arc<DataflowConfig>,
@@ -128,6 +131,8 @@ struct ThingState {
     equipment_type: Name,
     /// Raw features first (`n_raw`), then derived ones.
     names: Vec<Name>,
+    /// Changes whenever `names` does (rules resolve their features to slots per layout).
+    layout_id: u64,
     n_raw: usize,
     plan: DerivedPlan,
     values: Vec<f64>,
@@ -160,6 +165,7 @@ impl ThingState {
         let mut t = ThingState {
             equipment_type: p.equipment_type.clone(),
             names: Vec::new(),
+            layout_id: 0,
             n_raw: 0,
             plan: DerivedPlan::default(),
             values: Vec::new(),
@@ -227,6 +233,7 @@ impl ThingState {
         self.warm_buffer = Vec::new();
         self.t2_threshold = None;
         self.names = names;
+        self.layout_id = NEXT_LAYOUT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.n_raw = n_raw;
         self.plan = plan;
     }
@@ -358,6 +365,22 @@ impl Readings for ThingReadings<'_> {
             }
         }
     }
+    fn layout(&self) -> Option<(u64, &[Name])> {
+        Some((self.t.layout_id, &self.t.names))
+    }
+    fn value_at(&self, slot: usize) -> f64 {
+        self.t.values[slot]
+    }
+    fn name_at(&self, slot: usize) -> &str {
+        &self.t.names[slot]
+    }
+    fn previous_at(&self, slot: usize) -> Option<(f64, i64)> {
+        if !self.in_order {
+            return None;
+        }
+        let ts = self.t.prev_ts?;
+        Some((self.t.prev_values[slot], ts)).filter(|(v, _)| !v.is_nan())
+    }
 }
 
 /// One scored reading, before the alert policy.
@@ -488,7 +511,7 @@ impl Engine {
         };
 
         let scored = if complete && t.learned >= cfg.warmup as u64 {
-            Some(score(t, &cfg, &mut self.scratch))
+            Some(score(t, &cfg, &mut self.scratch, self.emit_scores))
         } else {
             None
         };
@@ -658,8 +681,46 @@ fn learn(
 }
 
 /// Scores the loaded reading of `t` against its state before the reading.
-fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch) -> Scored {
+///
+/// The model is scored first. Unless every score is wanted (`full`, for score lines), the per-feature
+/// statistics are skipped when they cannot change the outcome: the statistics score is at most 1, so a
+/// reading with `stats_weight + model_weight * model < threshold` is not anomalous whatever they say
+/// (IEEE rounding is monotonic, so the bound holds in floating point too). Most readings are normal,
+/// and the statistics (median/MAD selection, quartiles, four mappings per feature) are the most
+/// expensive part of scoring.
+fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) -> Scored {
     let d = &cfg.detectors;
+    let e = &cfg.ensemble;
+    s.t2_smoothed = None;
+    let model = if t
+        .model
+        .score_into(&t.model_x, &mut s.model, &mut s.model_score)
+    {
+        let m = &d.model;
+        let t2 = s.model_score.t2;
+        let smoothed = t2_smooth_step(t.t2_smooth, t2, m.smoothing);
+        s.t2_smoothed = Some(smoothed);
+        Some(match t.t2_threshold {
+            // The calibrated T^2 maps to 0.8, like every detector's threshold.
+            Some(thr) => normalise((smoothed / thr).sqrt(), 1.0),
+            None if m.smoothing >= 1.0 => normalise(s.model_score.z, m.threshold),
+            None => normalise(
+                wilson_hilferty_z(smoothed / t.model.small_sample_factor(), t.model.dim()),
+                m.threshold,
+            ),
+        })
+    } else {
+        None
+    };
+    let model_part = e.model_weight * model.unwrap_or(0.0);
+    if !full && e.stats_weight + model_part < e.threshold {
+        return Scored {
+            ensemble: f64::NAN,
+            stats: f64::NAN,
+            model,
+            anomalous: false,
+        };
+    }
     s.feature_scores.clear();
     s.per_feature.clear();
     let mut best = [0.0f64; 4];
@@ -682,29 +743,7 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch) -> Scored {
         s.feature_scores.push(fs);
     }
     let stats = best.iter().sum::<f64>() / 4.0;
-    s.t2_smoothed = None;
-    let model = if t
-        .model
-        .score_into(&t.model_x, &mut s.model, &mut s.model_score)
-    {
-        let m = &d.model;
-        let t2 = s.model_score.t2;
-        let smoothed = t2_smooth_step(t.t2_smooth, t2, m.smoothing);
-        s.t2_smoothed = Some(smoothed);
-        Some(match t.t2_threshold {
-            // The calibrated T^2 maps to 0.8, like every detector's threshold.
-            Some(thr) => normalise((smoothed / thr).sqrt(), 1.0),
-            None if m.smoothing >= 1.0 => normalise(s.model_score.z, m.threshold),
-            None => normalise(
-                wilson_hilferty_z(smoothed / t.model.small_sample_factor(), t.model.dim()),
-                m.threshold,
-            ),
-        })
-    } else {
-        None
-    };
-    let e = &cfg.ensemble;
-    let ensemble = e.stats_weight * stats + e.model_weight * model.unwrap_or(0.0);
+    let ensemble = e.stats_weight * stats + model_part;
     Scored {
         ensemble,
         stats,

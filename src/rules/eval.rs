@@ -22,6 +22,71 @@ pub struct RuleState {
     applicable: Vec<u32>,
     equipment: Name,
     ready: bool,
+    /// Layout id (see [`Readings::layout`]) the rules' features are resolved against, and the
+    /// resolution, parallel to `applicable` (empty when the readings give no layout).
+    layout: Option<u64>,
+    bound: Vec<Bound>,
+}
+
+/// A rule's features resolved to the slots of one layout.
+#[derive(Clone, Debug)]
+enum Bound {
+    /// The slots one pattern matches, in layout order (a literal name: its first slot, if any).
+    Matches(Vec<u32>),
+    /// A feature set without globs: each literal's slot in pattern order (`None`: not in the layout).
+    Literals(Vec<Option<u32>>),
+    /// A feature set with globs: every matched slot in layout order, and whether the first pattern
+    /// matching it is a literal.
+    Globbed(Vec<(u32, bool)>),
+    /// `compare`: the slots of the left and right features.
+    Pair(Option<u32>, Option<u32>),
+}
+
+impl Bound {
+    fn resolve(cond: &Condition, names: &[Name]) -> Bound {
+        let first = |name: &str| names.iter().position(|n| n == name).map(|i| i as u32);
+        let matches = |p: &Pattern| {
+            if p.is_glob() {
+                let slots = names.iter().enumerate();
+                Bound::Matches(
+                    slots
+                        .filter(|(_, n)| p.matches(n))
+                        .map(|(i, _)| i as u32)
+                        .collect(),
+                )
+            } else {
+                Bound::Matches(first(p.as_str()).into_iter().collect())
+            }
+        };
+        match cond {
+            Condition::Threshold { feature, .. }
+            | Condition::Range { feature, .. }
+            | Condition::RateOfChange { feature, .. } => matches(feature),
+            Condition::Spread { features, .. } | Condition::Imbalance { features, .. } => {
+                if features.has_glob() {
+                    Bound::Globbed(
+                        names
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(i, n)| {
+                                let p = features.patterns.iter().position(|p| p.matches(n))?;
+                                Some((i as u32, p < features.literals))
+                            })
+                            .collect(),
+                    )
+                } else {
+                    Bound::Literals(
+                        features
+                            .patterns
+                            .iter()
+                            .map(|p| first(p.as_str()))
+                            .collect(),
+                    )
+                }
+            }
+            Condition::Compare { left, right, .. } => Bound::Pair(first(left), first(right)),
+        }
+    }
 }
 
 impl RuleState {
@@ -34,6 +99,8 @@ impl RuleState {
         self.counts.clear();
         self.applicable.clear();
         self.ready = false;
+        self.layout = None;
+        self.bound.clear();
         true
     }
 
@@ -42,28 +109,46 @@ impl RuleState {
         self.counts.get(index).copied().unwrap_or(0)
     }
 
-    fn prepare(&mut self, rules: &RuleSet, equipment_type: &str) {
+    fn prepare(&mut self, rules: &RuleSet, equipment_type: &str, readings: &dyn Readings) {
+        let layout = readings.layout();
         if self.ready
             && self.generation == rules.generation
             && self.counts.len() == rules.rules.len()
             && self.equipment == equipment_type
+            && self.layout == layout.map(|(id, _)| id)
         {
             return;
         }
-        self.generation = rules.generation;
-        self.counts.clear();
-        self.counts.resize(rules.rules.len(), 0);
-        self.equipment = Name::new(equipment_type);
-        self.applicable.clear();
-        self.applicable.extend(
-            rules
-                .rules
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.enabled && r.applies_to(equipment_type))
-                .map(|(i, _)| i as u32),
-        );
-        self.ready = true;
+        if !(self.ready
+            && self.generation == rules.generation
+            && self.counts.len() == rules.rules.len()
+            && self.equipment == equipment_type)
+        {
+            self.generation = rules.generation;
+            self.counts.clear();
+            self.counts.resize(rules.rules.len(), 0);
+            self.equipment = Name::new(equipment_type);
+            self.applicable.clear();
+            self.applicable.extend(
+                rules
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.enabled && r.applies_to(equipment_type))
+                    .map(|(i, _)| i as u32),
+            );
+            self.ready = true;
+        }
+        // A new layout keeps the `for:` counters (the same rules, the same thing): only the slots move.
+        self.layout = layout.map(|(id, _)| id);
+        self.bound.clear();
+        if let Some((_, names)) = layout {
+            self.bound.extend(
+                self.applicable
+                    .iter()
+                    .map(|&i| Bound::resolve(&rules.rules[i as usize].condition, names)),
+            );
+        }
     }
 }
 
@@ -78,13 +163,13 @@ pub fn evaluate(
     readings: &dyn Readings,
     state: &mut RuleState,
 ) -> Vec<RuleHit> {
-    state.prepare(rules, equipment_type);
+    state.prepare(rules, equipment_type, readings);
     let mut hits = Vec::new();
-    for &i in &state.applicable {
+    for (k, &i) in state.applicable.iter().enumerate() {
         let i = i as usize;
         let rule = &rules.rules[i];
         let count = &mut state.counts[i];
-        match check(&rule.condition, readings) {
+        match check(&rule.condition, state.bound.get(k), readings) {
             Some(finding) => {
                 *count = count.saturating_add(1);
                 if *count >= rule.for_samples {
@@ -147,31 +232,55 @@ fn finite(v: Option<f64>) -> Option<f64> {
     v.filter(|v| v.is_finite())
 }
 
-/// Calls `f` for every feature of the reading that `pattern` names, with its finite value.
+/// Calls `f` for every feature of the reading that `pattern` names, with its slot (when resolved) and
+/// finite value.
 #[inline]
 fn for_matching<'a>(
     pattern: &'a Pattern,
+    bound: Option<&'a Bound>,
     readings: &'a dyn Readings,
-    f: &mut dyn FnMut(&'a str, f64),
+    f: &mut dyn FnMut(Option<u32>, &'a str, f64),
 ) {
-    if pattern.is_glob() {
+    if let Some(Bound::Matches(slots)) = bound {
+        for &slot in slots {
+            let v = readings.value_at(slot as usize);
+            if v.is_finite() {
+                f(Some(slot), readings.name_at(slot as usize), v)
+            }
+        }
+    } else if pattern.is_glob() {
         readings.for_each_value(&mut |name, v| {
             if v.is_finite() && pattern.matches(name) {
-                f(name, v)
+                f(None, name, v)
             }
         });
     } else if let Some(v) = finite(readings.value(pattern.as_str())) {
-        f(pattern.as_str(), v)
+        f(None, pattern.as_str(), v)
     }
 }
 
-fn check<'a>(cond: &'a Condition, readings: &'a dyn Readings) -> Option<Finding<'a>> {
+/// The finite value of a feature, by slot when resolved.
+#[inline]
+fn value_of(readings: &dyn Readings, slot: Option<Option<u32>>, name: &str) -> Option<f64> {
+    match slot {
+        Some(slot) => slot
+            .map(|s| readings.value_at(s as usize))
+            .filter(|v| v.is_finite()),
+        None => finite(readings.value(name)),
+    }
+}
+
+fn check<'a>(
+    cond: &'a Condition,
+    bound: Option<&'a Bound>,
+    readings: &'a dyn Readings,
+) -> Option<Finding<'a>> {
     match cond {
         Condition::Threshold { feature, op, value } => {
             // The condition is monotone in the value, so only the most extreme match matters.
             let upper = op.is_upper();
             let mut worst: Option<(&str, f64)> = None;
-            for_matching(feature, readings, &mut |name, v| {
+            for_matching(feature, bound, readings, &mut |_, name, v| {
                 let better = match worst {
                     None => true,
                     Some((_, w)) => (upper && v > w) || (!upper && v < w),
@@ -190,7 +299,7 @@ fn check<'a>(cond: &'a Condition, readings: &'a dyn Readings) -> Option<Finding<
         }
         Condition::Range { feature, min, max } => {
             let mut worst: Option<(&str, f64, f64)> = None;
-            for_matching(feature, readings, &mut |name, v| {
+            for_matching(feature, bound, readings, &mut |_, name, v| {
                 let excess = (v - max).max(min - v);
                 if excess > 0.0 && worst.is_none_or(|(_, _, e)| excess > e) {
                     worst = Some((name, v, excess));
@@ -211,8 +320,12 @@ fn check<'a>(cond: &'a Condition, readings: &'a dyn Readings) -> Option<Finding<
         } => {
             let now = readings.ts();
             let mut worst: Option<(&str, f64, f64, f64, f64)> = None;
-            for_matching(feature, readings, &mut |name, v| {
-                let Some((prev, prev_ts)) = readings.previous(name) else {
+            for_matching(feature, bound, readings, &mut |slot, name, v| {
+                let previous = match slot {
+                    Some(s) => readings.previous_at(s as usize),
+                    None => readings.previous(name),
+                };
+                let Some((prev, prev_ts)) = previous else {
                     return;
                 };
                 if !prev.is_finite() || now <= prev_ts {
@@ -240,7 +353,7 @@ fn check<'a>(cond: &'a Condition, readings: &'a dyn Readings) -> Option<Finding<
             })
         }
         Condition::Spread { features, max } => {
-            let e = extremes(features, readings)?;
+            let e = extremes(features, bound, readings)?;
             let spread = e.hi.1 - e.lo.1;
             (spread > *max).then_some(Finding::Spread {
                 hi: e.hi,
@@ -254,7 +367,7 @@ fn check<'a>(cond: &'a Condition, readings: &'a dyn Readings) -> Option<Finding<
             max_pct,
             min_mean,
         } => {
-            let e = extremes(features, readings)?;
+            let e = extremes(features, bound, readings)?;
             let mean = e.sum / e.n as f64;
             // Below `min_mean` (an idle motor) the ratio is noise; a mean <= 0 makes it meaningless.
             if mean <= 0.0 || mean <= *min_mean {
@@ -275,8 +388,12 @@ fn check<'a>(cond: &'a Condition, readings: &'a dyn Readings) -> Option<Finding<
             right,
             offset,
         } => {
-            let l = finite(readings.value(left))?;
-            let r = finite(readings.value(right))?;
+            let (l_slot, r_slot) = match bound {
+                Some(Bound::Pair(l, r)) => (Some(*l), Some(*r)),
+                _ => (None, None),
+            };
+            let l = value_of(readings, l_slot, left)?;
+            let r = value_of(readings, r_slot, right)?;
             op.holds(l, r + offset).then_some(Finding::Compare {
                 left: (left.as_str(), l),
                 right: (right.as_str(), r),
@@ -296,7 +413,11 @@ struct Extremes<'a> {
 
 /// Max, min, sum and count over a feature set; `None` when a listed name is missing or fewer than two
 /// features are present.
-fn extremes<'a>(set: &'a FeatureSet, readings: &'a dyn Readings) -> Option<Extremes<'a>> {
+fn extremes<'a>(
+    set: &'a FeatureSet,
+    bound: Option<&'a Bound>,
+    readings: &'a dyn Readings,
+) -> Option<Extremes<'a>> {
     let mut e = Extremes {
         hi: ("", f64::NEG_INFINITY),
         lo: ("", f64::INFINITY),
@@ -313,27 +434,49 @@ fn extremes<'a>(set: &'a FeatureSet, readings: &'a dyn Readings) -> Option<Extre
         e.sum += v;
         e.n += 1;
     };
-    if !set.has_glob() {
-        for p in &set.patterns {
-            let v = finite(readings.value(p.as_str()))?;
-            add(&mut e, p.as_str(), v);
+    match bound {
+        Some(Bound::Literals(slots)) => {
+            for (p, slot) in set.patterns.iter().zip(slots) {
+                let v = value_of(readings, Some(*slot), p.as_str())?;
+                add(&mut e, p.as_str(), v);
+            }
         }
-    } else {
-        // One pass over the reading so a feature matched by two patterns counts once.
-        let mut literals_seen = 0;
-        readings.for_each_value(&mut |name, v| {
-            if !v.is_finite() {
-                return;
-            }
-            if let Some(p) = set.patterns.iter().position(|p| p.matches(name)) {
-                if p < set.literals {
-                    literals_seen += 1;
+        Some(Bound::Globbed(slots)) => {
+            let mut literals_seen = 0;
+            for &(slot, literal) in slots {
+                let v = readings.value_at(slot as usize);
+                if v.is_finite() {
+                    literals_seen += usize::from(literal);
+                    add(&mut e, readings.name_at(slot as usize), v);
                 }
-                add(&mut e, name, v);
             }
-        });
-        if literals_seen < set.literals {
-            return None;
+            if literals_seen < set.literals {
+                return None;
+            }
+        }
+        _ if !set.has_glob() => {
+            for p in &set.patterns {
+                let v = finite(readings.value(p.as_str()))?;
+                add(&mut e, p.as_str(), v);
+            }
+        }
+        _ => {
+            // One pass over the reading so a feature matched by two patterns counts once.
+            let mut literals_seen = 0;
+            readings.for_each_value(&mut |name, v| {
+                if !v.is_finite() {
+                    return;
+                }
+                if let Some(p) = set.patterns.iter().position(|p| p.matches(name)) {
+                    if p < set.literals {
+                        literals_seen += 1;
+                    }
+                    add(&mut e, name, v);
+                }
+            });
+            if literals_seen < set.literals {
+                return None;
+            }
         }
     }
     if e.n < 2 {

@@ -43,6 +43,25 @@ pub trait Readings {
             }
         }
     }
+    /// Slot-addressed access for hot-path implementors: an id that changes whenever the feature layout
+    /// (the names and their order) changes, and the names by slot. When given, [`evaluate`] resolves each
+    /// rule's features to slots once per layout and reads them with [`Readings::value_at`],
+    /// [`Readings::name_at`] and [`Readings::previous_at`] instead of looking names up per reading.
+    fn layout(&self) -> Option<(u64, &[Name])> {
+        None
+    }
+    /// The current value in `slot` of the layout (NaN when there is none).
+    fn value_at(&self, _slot: usize) -> f64 {
+        f64::NAN
+    }
+    /// The feature name of `slot`.
+    fn name_at(&self, _slot: usize) -> &str {
+        ""
+    }
+    /// [`Readings::previous`] by slot.
+    fn previous_at(&self, _slot: usize) -> Option<(f64, i64)> {
+        None
+    }
 }
 
 /// A validated set of rules.

@@ -47,6 +47,51 @@ impl Readings for R {
     }
 }
 
+/// The same reading through the slot-addressed path ([`Readings::layout`]), as the engine provides it.
+struct Slotted<'a> {
+    inner: &'a dyn Readings,
+    names: Vec<Name>,
+    layout: u64,
+}
+
+impl<'a> Slotted<'a> {
+    fn new(inner: &'a dyn Readings, layout: u64) -> Slotted<'a> {
+        let names = inner.feature_names().into_iter().map(Name::new).collect();
+        Slotted {
+            inner,
+            names,
+            layout,
+        }
+    }
+}
+
+impl Readings for Slotted<'_> {
+    fn ts(&self) -> i64 {
+        self.inner.ts()
+    }
+    fn value(&self, feature: &str) -> Option<f64> {
+        self.inner.value(feature)
+    }
+    fn previous(&self, feature: &str) -> Option<(f64, i64)> {
+        self.inner.previous(feature)
+    }
+    fn feature_names(&self) -> Vec<&str> {
+        self.names.iter().map(|n| n.as_str()).collect()
+    }
+    fn layout(&self) -> Option<(u64, &[Name])> {
+        Some((self.layout, &self.names))
+    }
+    fn value_at(&self, slot: usize) -> f64 {
+        self.inner.value(&self.names[slot]).unwrap_or(f64::NAN)
+    }
+    fn name_at(&self, slot: usize) -> &str {
+        &self.names[slot]
+    }
+    fn previous_at(&self, slot: usize) -> Option<(f64, i64)> {
+        self.inner.previous(&self.names[slot])
+    }
+}
+
 fn rules(yaml: &str) -> RuleSet {
     RuleSet::parse(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"))
 }
@@ -55,9 +100,21 @@ fn one(rule: &str) -> RuleSet {
     rules(&format!("rules:\n  - name: r\n{rule}"))
 }
 
-/// Hits of a fresh state on one reading.
+/// Hits of a fresh state on one reading; the slot-resolved path must give the same hits as the
+/// name-based one.
 fn fire(set: &RuleSet, equipment: &str, r: &dyn Readings) -> Vec<RuleHit> {
-    evaluate(set, equipment, r, &mut RuleState::default())
+    let by_name = evaluate(set, equipment, r, &mut RuleState::default());
+    let by_slot = evaluate(
+        set,
+        equipment,
+        &Slotted::new(r, 1),
+        &mut RuleState::default(),
+    );
+    assert_eq!(
+        by_name, by_slot,
+        "slot-resolved rules disagree with name lookups"
+    );
+    by_name
 }
 
 fn fires(set: &RuleSet, r: &R) -> bool {
@@ -809,7 +866,9 @@ fn patterns_use_for_each_value_when_overridden() {
         vec![("a", 10.0), ("z1", 6.0), ("z2", 4.0)],
         Default::default(),
     );
-    let hits = fire(&set, "oven", &r);
+    // Name-based path only: the slot-resolved one (`fire`) reads the layout's names instead.
+    let by_name = |r: &Streamed| evaluate(&set, "oven", r, &mut RuleState::default());
+    let hits = by_name(&r);
     assert_eq!(hits.len(), 2);
     assert_eq!(hits[0].message, "z1 = 6 above limit 5");
     assert_eq!(
@@ -819,5 +878,52 @@ fn patterns_use_for_each_value_when_overridden() {
     assert_eq!(r.1.get(), 0, "feature_names() was called");
     // The plain name `a` is required even though the pattern matches others.
     let r = Streamed(vec![("z1", 6.0), ("z2", 4.0)], Default::default());
-    assert_eq!(fire(&set, "oven", &r).len(), 1);
+    assert_eq!(by_name(&r).len(), 1);
+}
+
+#[test]
+fn slot_resolution_follows_layout_changes_and_keeps_for_counters() {
+    let set = rules(
+        "rules:
+  - name: hot
+    kind: threshold
+    feature: temp_zone_*
+    op: \">\"
+    value: 250
+    for: 2
+  - name: spread
+    kind: spread
+    features: [temp_zone_*]
+    max: 20
+  - name: cmp
+    kind: compare
+    left: current_a
+    op: \">\"
+    right: current_b
+    offset: 5
+",
+    );
+    let mut by_name = RuleState::default();
+    let mut by_slot = RuleState::default();
+    let a = R::new(&[
+        ("temp_zone_1", 251.0),
+        ("temp_zone_2", 240.0),
+        ("current_a", 10.0),
+    ]);
+    // The layout changes between the two readings (a new sensor first, the rest moved): the `for:`
+    // counter of `hot` must carry over, and every slot must be re-resolved.
+    let b = R::new(&[
+        ("current_b", 1.0),
+        ("temp_zone_3", 200.0),
+        ("temp_zone_1", 252.0),
+        ("current_a", 10.0),
+    ]);
+    for (i, r) in [&a, &b].into_iter().enumerate() {
+        let n = evaluate(&set, "oven", r, &mut by_name);
+        let s = evaluate(&set, "oven", &Slotted::new(r, 10 + i as u64), &mut by_slot);
+        assert_eq!(n, s, "reading {i}");
+    }
+    let last = evaluate(&set, "oven", &Slotted::new(&b, 11), &mut by_slot);
+    let names: Vec<&str> = last.iter().map(|h| h.rule.as_str()).collect();
+    assert_eq!(names, ["hot", "spread", "cmp"], "{last:?}");
 }

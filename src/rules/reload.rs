@@ -49,6 +49,7 @@ impl RulesHandle {
             path: path.to_path_buf(),
             interval,
             stamp: before,
+            settling: before,
             last_text: xxhash_rust::xxh3::xxh3_64(text.as_bytes()),
         };
         std::thread::Builder::new()
@@ -157,6 +158,10 @@ struct Watcher {
     interval: Duration,
     /// Stamp of the file when it was last read.
     stamp: Stamp,
+    /// Stamp seen by the previous poll: a file is read only once two polls in a row see the same stamp,
+    /// so a writer caught between truncating the file and writing it (an empty file, which is a valid
+    /// "no rules" file) is not loaded.
+    settling: Stamp,
     /// Hash of the text last read (loaded or rejected), so one bad version is reported once.
     last_text: u64,
 }
@@ -189,6 +194,10 @@ impl Watcher {
             .duration_since(modified)
             .map_or(true, |age| age < FRESH);
         if stamp == self.stamp && !fresh {
+            return;
+        }
+        if stamp != self.settling {
+            self.settling = stamp;
             return;
         }
         self.stamp = stamp;

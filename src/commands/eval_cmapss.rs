@@ -53,6 +53,9 @@ pub struct CmapssArgs {
     /// Successive predictions averaged per unit (1 = none).
     #[arg(long, default_value_t = 1)]
     pub smooth: usize,
+    /// Leave out the linear health-index feature (the forest on window features alone).
+    #[arg(long)]
+    pub no_linear_hi: bool,
     /// Also write the test units as flat JSONL telemetry (for replaying them through the live path).
     #[arg(long, value_name = "FILE")]
     pub export_jsonl: Option<PathBuf>,
@@ -76,6 +79,7 @@ impl CmapssArgs {
             long_window: spec.long,
             baseline: spec.baseline,
             smooth: 1,
+            no_linear_hi: false,
             export_jsonl: None,
         }
     }
@@ -141,6 +145,7 @@ pub fn eval_cmapss(args: &CmapssArgs) -> anyhow::Result<CmapssReport> {
         seed: args.seed,
     };
     opts.smooth = args.smooth;
+    opts.linear_hi = !args.no_linear_hi;
     opts.spec.short = args.short_window;
     opts.spec.long = args.long_window;
     opts.spec.baseline = args.baseline;

@@ -14,6 +14,11 @@ use smartcore::linalg::basic::matrix::DenseMatrix;
 use std::path::{Path, PathBuf};
 
 type Forest = RandomForestRegressor<f64, f64, DenseMatrix<f64>, Vec<f64>>;
+type Ridge =
+    smartcore::linear::ridge_regression::RidgeRegression<f64, f64, DenseMatrix<f64>, Vec<f64>>;
+
+/// Name of the appended linear health-index feature (see [`RulModel::linear_hi`]).
+pub const LINEAR_HI: &str = "linear_hi";
 
 /// Random-forest hyper-parameters (chosen on a validation split of the training units; docs/ACCURACY.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,6 +60,8 @@ pub struct TrainOptions {
     pub dataset: String,
     /// Predictions averaged per thing (see [`Smoother`]); 1 = none.
     pub smooth: usize,
+    /// Append the linear health index (ridge regression on the window features) to the forest inputs.
+    pub linear_hi: bool,
 }
 
 impl TrainOptions {
@@ -68,6 +75,7 @@ impl TrainOptions {
             alpha: 0.1,
             dataset: dataset.to_string(),
             smooth: 1,
+            linear_hi: true,
         }
     }
 }
@@ -210,6 +218,11 @@ pub struct RulModel {
     /// Predictions averaged per thing by [`Smoother`].
     #[serde(default = "one")]
     pub smooth: usize,
+    /// Linear health index: a ridge regression of the capped RUL on all window features, appended to
+    /// each row as one more forest input. One low-noise combination of all sensors, which single
+    /// trees, splitting on one noisy sensor at a time, cannot form. Absent in older model files.
+    #[serde(default)]
+    linear_hi: Option<Ridge>,
     forest: Forest,
 }
 
@@ -263,6 +276,34 @@ fn matrix(rows: &[Vec<f64>]) -> Result<DenseMatrix<f64>, RulError> {
     DenseMatrix::new(rows.len(), ncols, values, false).map_err(|e| RulError::Train(e.to_string()))
 }
 
+fn fit_ridge(x: &[Vec<f64>], y: &[f64]) -> Result<Ridge, RulError> {
+    Ridge::fit(
+        &matrix(x)?,
+        &y.to_vec(),
+        smartcore::linear::ridge_regression::RidgeRegressionParameters::default(),
+    )
+    .map_err(|e| RulError::Train(format!("linear health index: {e}")))
+}
+
+/// `rows` with the linear health index appended to each (unchanged without one).
+fn with_hi(ridge: Option<&Ridge>, rows: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, RulError> {
+    let Some(r) = ridge else {
+        return Ok(rows.to_vec());
+    };
+    let hi = r
+        .predict(&matrix(rows)?)
+        .map_err(|e| RulError::Data(e.to_string()))?;
+    Ok(rows
+        .iter()
+        .zip(hi)
+        .map(|(row, h)| {
+            let mut v = row.clone();
+            v.push(h);
+            v
+        })
+        .collect())
+}
+
 fn fit_forest(x: &[Vec<f64>], y: &[f64], p: &ForestParams) -> Result<Forest, RulError> {
     let mut params = RandomForestRegressorParameters::default()
         .with_n_trees(p.n_trees)
@@ -277,23 +318,76 @@ fn fit_forest(x: &[Vec<f64>], y: &[f64], p: &ForestParams) -> Result<Forest, Rul
     Forest::fit(&matrix(x)?, &y.to_vec(), params).map_err(|e| RulError::Train(e.to_string()))
 }
 
+/// Folds of the cross-fitted health index.
+const HI_FOLDS: usize = 5;
+
+/// Training rows with the linear health index appended, cross-fitted: each unit's index comes from a
+/// ridge fitted on the other folds' units, so the forest learns how far to trust the index on units it
+/// was not fitted on (as at prediction time), not its in-sample fit. Returns the augmented rows and the
+/// ridge fitted on all rows (the one used for prediction).
+fn cross_fitted_hi(
+    x: &[Vec<f64>],
+    y: &[f64],
+    unit_of_row: &[usize],
+) -> Result<(Vec<Vec<f64>>, Ridge), RulError> {
+    let mut out = x.to_vec();
+    for fold in 0..HI_FOLDS {
+        let (mut fx, mut fy, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, &u) in unit_of_row.iter().enumerate() {
+            if u % HI_FOLDS == fold {
+                rows.push(i);
+            } else {
+                fx.push(x[i].clone());
+                fy.push(y[i]);
+            }
+        }
+        if rows.is_empty() {
+            continue;
+        }
+        let ridge = fit_ridge(&fx, &fy)?;
+        let held: Vec<Vec<f64>> = rows.iter().map(|&i| x[i].clone()).collect();
+        let hi = ridge
+            .predict(&matrix(&held)?)
+            .map_err(|e| RulError::Train(e.to_string()))?;
+        for (&i, h) in rows.iter().zip(hi) {
+            out[i].push(h);
+        }
+    }
+    Ok((out, fit_ridge(x, y)?))
+}
+
+/// The forest (and the linear health index when enabled) on training rows.
+fn fit_model(
+    x: &[Vec<f64>],
+    y: &[f64],
+    unit_of_row: &[usize],
+    opts: &TrainOptions,
+) -> Result<(Forest, Option<Ridge>), RulError> {
+    if opts.linear_hi {
+        let (xa, ridge) = cross_fitted_hi(x, y, unit_of_row)?;
+        Ok((fit_forest(&xa, y, &opts.forest)?, Some(ridge)))
+    } else {
+        Ok((fit_forest(x, y, &opts.forest)?, None))
+    }
+}
+
+/// Rows, capped targets, uncapped targets and unit positions of run-to-failure units.
+type TrainingSet = (Vec<Vec<f64>>, Vec<f64>, Vec<f64>, Vec<usize>);
+
 /// Rows and capped targets of run-to-failure units.
-fn training_set(
-    spec: &FeatureSpec,
-    units: &[&Unit],
-    cap: f64,
-) -> (Vec<Vec<f64>>, Vec<f64>, Vec<f64>) {
-    let (mut x, mut y, mut raw) = (Vec::new(), Vec::new(), Vec::new());
-    for u in units {
+fn training_set(spec: &FeatureSpec, units: &[&Unit], cap: f64) -> TrainingSet {
+    let (mut x, mut y, mut raw, mut unit_of_row) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (k, u) in units.iter().enumerate() {
         let last = f64::from(u.last_cycle());
         for (row, c) in unit_rows(spec, u).into_iter().zip(&u.cycles) {
             let rul = last - f64::from(c.cycle);
             x.push(row);
             y.push(rul.min(cap));
             raw.push(rul);
+            unit_of_row.push(k);
         }
     }
-    (x, y, raw)
+    (x, y, raw, unit_of_row)
 }
 
 impl RulModel {
@@ -317,11 +411,11 @@ impl RulModel {
                 fit_units.push(u);
             }
         }
-        let (x, y, _) = training_set(&opts.spec, &fit_units, opts.cap);
-        let forest = fit_forest(&x, &y, &opts.forest)?;
-        let (cx, cy, craw) = training_set(&opts.spec, &cal_units, opts.cap);
+        let (x, y, _, groups) = training_set(&opts.spec, &fit_units, opts.cap);
+        let (forest, ridge) = fit_model(&x, &y, &groups, opts)?;
+        let (cx, cy, craw, _) = training_set(&opts.spec, &cal_units, opts.cap);
         let raw = forest
-            .predict(&matrix(&cx)?)
+            .predict(&matrix(&with_hi(ridge.as_ref(), &cx)?)?)
             .map_err(|e| RulError::Train(e.to_string()))?;
         // Smooth per unit, as the live path does, so the residuals calibrated are the ones served.
         let mut cp = Vec::with_capacity(raw.len());
@@ -339,10 +433,13 @@ impl RulModel {
         let validation = validate(&cx, &cp, &cy, &craw, &conformal, cal_units.len());
 
         let all: Vec<&Unit> = units.iter().collect();
-        let (x, y, raw) = training_set(&opts.spec, &all, opts.cap);
-        let forest = fit_forest(&x, &y, &opts.forest)?;
+        let (x, y, raw, groups) = training_set(&opts.spec, &all, opts.cap);
+        let (forest, linear_hi) = fit_model(&x, &y, &groups, opts)?;
         let healthy = healthy_stats(&x, &raw, opts.cap, opts.spec.len());
-        let names = opts.spec.names();
+        let mut names = opts.spec.names();
+        if linear_hi.is_some() {
+            names.push(LINEAR_HI.to_string());
+        }
         let mut top: Vec<(String, f64)> = forest
             .compute_feature_importances()
             .map(|imp| names.iter().cloned().zip(imp).collect())
@@ -370,6 +467,7 @@ impl RulModel {
             smooth: opts.smooth.max(1),
             healthy,
             conformal,
+            linear_hi,
             forest,
         })
     }
@@ -400,7 +498,7 @@ impl RulModel {
         }
         let p = self
             .forest
-            .predict(&matrix(rows)?)
+            .predict(&matrix(&with_hi(self.linear_hi.as_ref(), rows)?)?)
             .map_err(|e| RulError::Data(e.to_string()))?;
         Ok(p.into_iter().map(|v| v.clamp(0.0, self.meta.cap)).collect())
     }

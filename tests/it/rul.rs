@@ -53,7 +53,8 @@ fn fd001_rmse_meets_the_target_with_a_sane_phm08_score() {
     let s = &run().report.summary;
     assert_eq!(s.subset, "FD001");
     assert_eq!(s.units, 100);
-    assert!(s.rmse <= 14.0, "RMSE {} > 14", s.rmse);
+    // 13.655 measured (docs/ACCURACY.md); the bound is 14.
+    assert!(s.rmse <= 13.8, "RMSE {} > 13.8", s.rmse);
     // Deep LSTM scores 338 at RMSE 16; a model at RMSE <= 14 that is not systematically late stays well
     // below 600.
     assert!(s.phm08 > 0.0 && s.phm08 < 600.0, "PHM08 {}", s.phm08);
@@ -75,7 +76,7 @@ fn saved_model_is_versioned_and_reloads_to_the_same_predictions() {
     assert_eq!(meta["version"], 1);
     assert_eq!(meta["train_units"], 100);
     assert_eq!(meta["forest"]["seed"], 42);
-    assert!(meta["metrics"]["test_rmse"].as_f64().unwrap() <= 14.0);
+    assert!(meta["metrics"]["test_rmse"].as_f64().unwrap() <= 13.8);
     let loaded = RulModel::load(path).unwrap();
     assert_eq!(loaded.meta.version, 1);
     let data = egizml::rul::cmapss::load_subset(&data_dir(), "FD001").unwrap();

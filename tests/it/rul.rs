@@ -267,4 +267,59 @@ fn replay_with_a_rul_dataflow_predicts_what_eval_predicts() {
         by_workers.push((std::fs::read(&preds).unwrap(), maint));
     }
     assert!(by_workers[0] == by_workers[1], "1 and 2 workers differ");
+
+    // A 3 h cadence emits every third cycle of each unit (the first reading always predicts), with the
+    // same values: every reading still updates the state, only emission is periodic.
+    let every_hour: BTreeMap<(String, i64), f64> =
+        crate::common::read_json_lines(&dir.path().join("predictions-1.jsonl"))
+            .iter()
+            .map(|p| {
+                let key = (
+                    p["thing_id"].as_str().unwrap().to_string(),
+                    p["ts"].as_i64().unwrap(),
+                );
+                (key, p["rul"].as_f64().unwrap())
+            })
+            .collect();
+    std::fs::write(
+        &flow,
+        format!(
+            "rul:\n  model: {}\n  emit_every_s: 10800\n",
+            run.report.saved.as_ref().unwrap().display()
+        ),
+    )
+    .unwrap();
+    let sparse = dir.path().join("predictions-3h.jsonl");
+    let status = std::process::Command::new(bin())
+        .arg("replay")
+        .arg("--input")
+        .arg(&run.jsonl)
+        .arg("--alerts")
+        .arg(dir.path().join("alerts-3h.jsonl"))
+        .arg("--predictions")
+        .arg(&sparse)
+        .arg("--config")
+        .arg(&flow)
+        .args(["--workers", "1"])
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    let lines = crate::common::read_json_lines(&sparse);
+    let mut per_thing: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for p in &lines {
+        let thing = p["thing_id"].as_str().unwrap().to_string();
+        let key = (thing.clone(), p["ts"].as_i64().unwrap());
+        assert_eq!(p["rul"].as_f64().unwrap(), every_hour[&key], "{key:?}");
+        per_thing
+            .entry(thing)
+            .or_default()
+            .push(p["cycles"].as_u64().unwrap());
+    }
+    assert_eq!(per_thing.len(), 100);
+    for (thing, cycles) in &per_thing {
+        let want: Vec<u64> = (0..cycles.len() as u64).map(|k| 1 + 3 * k).collect();
+        assert_eq!(cycles, &want, "{thing}");
+    }
+    let total_cycles = every_hour.len();
+    assert!(lines.len() * 3 >= total_cycles && lines.len() * 3 <= total_cycles + 300);
 }

@@ -1,7 +1,7 @@
 //! The `egizml` binary: parses the command line and runs a command from `egizml::commands`.
 
 use clap::{Parser, Subcommand};
-use egizml::commands::{bench, demo, eval, replay, run as service, simulate};
+use egizml::commands::{bench, demo, eval, loadgen, replay, run as service, simulate};
 
 /// Streaming anomaly detection and predictive maintenance for industrial telemetry.
 #[derive(Parser)]
@@ -23,6 +23,8 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// The service: sources and sinks from a service config (configs/service.yaml).
     Run(service::RunArgs),
+    /// Produce simulator telemetry to Kafka or MQTT at a given rate (load tests).
+    Loadgen(loadgen::LoadgenArgs),
     /// Benchmark evaluations (C-MAPSS remaining useful life, ...).
     #[command(subcommand)]
     Eval(eval::EvalCommand),
@@ -85,6 +87,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{summary}");
         }
         Command::Eval(cmd) => eval::run(&cmd)?,
+        Command::Loadgen(args) => {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            egizml::commands::stop_on_signal(std::sync::Arc::clone(&stop));
+            let s = loadgen::loadgen(&args, stop)?;
+            println!("{}", serde_json::to_string(&s)?);
+        }
         Command::Simulate(args) => {
             let episodes = simulate::simulate(&args)?;
             println!(

@@ -1,5 +1,5 @@
-//! Real servers for tests and benchmarks: a Kafka-protocol broker (tansu) started on a free
-//! 127.0.0.1 port and killed on drop.
+//! Real servers for tests and benchmarks: a Kafka-protocol broker (tansu) and an MQTT broker
+//! (Mosquitto), each started on a free 127.0.0.1 port and killed on drop.
 //!
 //! The broker binary is found at `$EGIZML_TANSU`, `$HOME/.cache/egizml/bin/tansu` (where
 //! `tests/run.sh` installs it), or on `PATH`; when only the prebuilt archive in `../shared/tools` exists
@@ -182,5 +182,106 @@ impl Tansu {
 impl Drop for Tansu {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Path of the Mosquitto broker (Debian's `mosquitto` package: `/usr/sbin/mosquitto`), if installed.
+pub fn mosquitto_binary() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join("mosquitto"))
+        .find(|b| b.is_file())
+}
+
+/// A Mosquitto broker child process on a free 127.0.0.1 port, from a generated config (anonymous
+/// access, no limit on queued QoS 1 messages, sessions persisted in its folder when it stops);
+/// killed on drop.
+pub struct Mosquitto {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Mosquitto {
+    /// Starts a broker.
+    pub fn start() -> anyhow::Result<Mosquitto> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("egizml-mosquitto-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("mosquitto.conf"),
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}/\nautosave_interval 3600\nmax_queued_messages 0\nmax_inflight_messages 100\nlog_dest stderr\n\
+                 log_type error\nlog_type warning\nlog_type notice\n",
+                dir.display()
+            ),
+        )?;
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            dir,
+        };
+        m.spawn()?;
+        Ok(m)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let bin = mosquitto_binary()
+            .context("mosquitto is not installed: run `bash tests/run.sh` once (it installs it)")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.log"))?;
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(30))
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker (SIGTERM: it saves its sessions and queued messages) and starts it again on
+    /// the same port.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+        self.spawn()
+    }
+
+    /// Kills the broker.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The broker's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

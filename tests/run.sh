@@ -41,6 +41,8 @@ fi
 # Under CI=true the tests fail (not skip) when these are missing.
 service_pkgs=()
 dpkg -s postgresql >/dev/null 2>&1 || service_pkgs+=(postgresql)
+# MQTT tests (issue 3): each test starts its own Mosquitto on a free port from a generated config.
+dpkg -s mosquitto >/dev/null 2>&1 || service_pkgs+=(mosquitto)
 command -v prometheus >/dev/null 2>&1 || service_pkgs+=(prometheus)
 if [ "${#service_pkgs[@]}" -gt 0 ]; then
   echo "== installing ${service_pkgs[*]}"

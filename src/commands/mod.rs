@@ -6,6 +6,7 @@ pub mod eval;
 pub mod eval_cmapss;
 pub mod eval_nab;
 pub mod eval_skab;
+pub mod loadgen;
 pub mod replay;
 pub mod run;
 pub mod simulate;

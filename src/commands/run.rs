@@ -1,5 +1,5 @@
 //! `egizml run --config FILE`: the service. A service config (see `configs/service.yaml`) names the
-//! dataflow file, one source (kafka, file or simulator) and one or more sinks (kafka, jsonl,
+//! dataflow file, one source (kafka, mqtt, file or simulator) and one or more sinks (kafka, jsonl,
 //! sqlite); the run lasts until SIGTERM / Ctrl-C, the end of a file, or a Kafka source's idle time.
 
 use crate::config::{load_yaml, ConfigError};
@@ -8,6 +8,7 @@ use crate::sinks::jsonl::LineWriter;
 use crate::sinks::kafka::{KafkaSink, KafkaSinkConfig};
 use crate::sinks::sqlite::{AlertStore, SqliteStore};
 use crate::sources::kafka::KafkaSourceConfig;
+use crate::sources::mqtt::MqttSourceConfig;
 use crate::sources::simulator::{Simulator, SimulatorConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,8 @@ pub struct SourceConfig {
     pub kafka: Option<KafkaSourceConfig>,
     pub file: Option<FileSourceConfig>,
     pub simulator: Option<SimulatorSourceConfig>,
+    /// MQTT topic filters (QoS 1), see `sources::mqtt`.
+    pub mqtt: Option<MqttSourceConfig>,
 }
 
 /// Replay a JSONL file (flat or EgizCore lines).
@@ -124,17 +127,25 @@ impl ServiceConfig {
             message,
         };
         let s = &cfg.source;
-        let n = [s.kafka.is_some(), s.file.is_some(), s.simulator.is_some()]
-            .iter()
-            .filter(|x| **x)
-            .count();
+        let n = [
+            s.kafka.is_some(),
+            s.file.is_some(),
+            s.simulator.is_some(),
+            s.mqtt.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
         if n != 1 {
             return Err(semantic(format!(
-                "source: set exactly one of kafka, file, simulator (found {n})"
+                "source: set exactly one of kafka, file, simulator, mqtt (found {n})"
             )));
         }
         if let Some(k) = &s.kafka {
             k.validate().map_err(|m| semantic(format!("source.{m}")))?;
+        }
+        if let Some(m) = &s.mqtt {
+            m.validate().map_err(|m| semantic(format!("source.{m}")))?;
         }
         if let Some(sim) = &s.simulator {
             if sim.things == 0 || !(sim.rate.is_finite() && sim.rate > 0.0) {
@@ -289,7 +300,11 @@ pub fn run_service(
         stop: Arc::clone(&stop),
     };
     let mut producer = None;
-    let input = if let Some(k) = &cfg.source.kafka {
+    let input = if let Some(m) = &cfg.source.mqtt {
+        let source = crate::sources::mqtt::start(m, Arc::clone(&stop))?;
+        producer = Some(source.thread);
+        Input::Messages(source.messages)
+    } else if let Some(k) = &cfg.source.kafka {
         Input::Kafka(k.clone())
     } else if let Some(f) = &cfg.source.file {
         Input::Lines(crate::sources::file::open(&f.path)?)

@@ -43,6 +43,10 @@ pub enum Input {
     /// Points pushed by another thread (simulator, network sources); worker 0 receives them. The run
     /// ends when the sender hangs up or `stop` is set.
     Live(Receiver<Point>),
+    /// Raw messages (flat or EgizCore JSON, one reading each) pushed by a network source's thread
+    /// (MQTT, EgizCore WebSocket); worker 0 decodes them, and a malformed one becomes a dead letter
+    /// like any other source's. The run ends when the sender hangs up or `stop` is set.
+    Messages(Receiver<Vec<u8>>),
     /// A Kafka consumer group: every worker runs one consumer (partitions spread over workers),
     /// epoch = processing-time millisecond; offsets are committed once the sink has acknowledged
     /// every epoch they were read in (see [`crate::sources::kafka`]). The run ends on `stop` or
@@ -126,7 +130,8 @@ pub fn run(
     let kafka_resume = Arc::new(crate::sources::kafka::ResumePoints::default());
     let (lines, live, kafka) = match input {
         Input::Lines(data) => (Some(data), None, None),
-        Input::Live(rx) => (None, Some(rx), None),
+        Input::Live(rx) => (None, Some(LiveRx::Points(rx)), None),
+        Input::Messages(rx) => (None, Some(LiveRx::Messages(rx)), None),
         Input::Kafka(cfg) => (None, None, Some(cfg)),
     };
     let sink: Box<dyn OutputSink> = if kafka.is_some() {
@@ -304,7 +309,7 @@ pub fn run(
                 } else {
                     None
                 };
-                feed_live(worker, &mut input, &probe, rx, &opts.stop);
+                feed_live(worker, &mut input, &probe, rx, &opts.stop, &cfg.decode);
             }
         }
         drop(input);
@@ -493,16 +498,44 @@ pub fn decode_record(decoder: &mut Decoder, raw: &[u8], seq: u64, origin: Origin
     }
 }
 
+/// What worker 0 of a live run receives from the source's thread.
+enum LiveRx {
+    Points(Receiver<Point>),
+    Messages(Receiver<Vec<u8>>),
+}
+
+impl LiveRx {
+    /// The next record, if one is waiting; `Err` once the sender has hung up.
+    fn try_next(&self, seq: u64, decoder: &mut Decoder) -> Result<Option<Record>, ()> {
+        let next = match self {
+            LiveRx::Points(rx) => rx.try_recv().map(|mut p| {
+                p.seq = seq;
+                Record::Point(p, clock_ns())
+            }),
+            LiveRx::Messages(rx) => rx
+                .try_recv()
+                .map(|raw| decode_record(decoder, &raw, seq, Origin::None)),
+        };
+        match next {
+            Ok(r) => Ok(Some(r)),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(()),
+        }
+    }
+}
+
 fn feed_live(
     worker: &mut timely::worker::Worker,
     input: &mut InputHandleVec<u64, Record>,
     probe: &ProbeHandle<u64>,
-    rx: Option<Receiver<Point>>,
+    rx: Option<LiveRx>,
     stop: &AtomicBool,
+    decode: &crate::config::DecodeConfig,
 ) {
     let start = Instant::now();
     let mut seq: u64 = 0;
     let mut batch: Vec<Record> = Vec::new();
+    let mut decoder = Decoder::new(decode);
     loop {
         let epoch = start.elapsed().as_millis() as u64;
         if epoch > *input.time() {
@@ -511,17 +544,16 @@ fn feed_live(
         let mut disconnected = false;
         if let Some(rx) = &rx {
             loop {
-                match rx.try_recv() {
-                    Ok(mut p) => {
+                match rx.try_next(seq + 1, &mut decoder) {
+                    Ok(Some(record)) => {
                         seq += 1;
-                        p.seq = seq;
-                        batch.push(Record::Point(p, clock_ns()));
+                        batch.push(record);
                         if batch.len() >= 4096 {
                             break;
                         }
                     }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
+                    Ok(None) => break,
+                    Err(()) => {
                         disconnected = true;
                         break;
                     }

@@ -6,6 +6,8 @@ mod common;
 mod demo;
 mod engine;
 mod kafka;
+mod loadgen;
+mod mqtt;
 mod replay;
 mod rul;
 mod service;

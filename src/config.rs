@@ -137,6 +137,8 @@ pub struct DataflowConfig {
     pub detectors: DetectorConfig,
     pub ensemble: EnsembleConfig,
     pub policy: PolicyConfig,
+    /// Instrument faults (stuck, flatlined, saturated, dropped-out sensors) as their own alert class.
+    pub sensor_faults: crate::detectors::sensor_faults::SensorFaultConfig,
     /// Remaining-useful-life predictions per thing (off when absent); see docs/RUL.md.
     pub rul: Option<crate::rul::predict::RulConfig>,
     /// The model named by `rul.model`, loaded by [`DataflowConfig::load`] (or set by the caller).
@@ -172,6 +174,7 @@ impl Default for DataflowConfig {
             detectors: DetectorConfig::default(),
             ensemble: EnsembleConfig::default(),
             policy: PolicyConfig::default(),
+            sensor_faults: Default::default(),
             rul: None,
             rul_model: None,
         }

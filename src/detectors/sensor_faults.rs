@@ -18,10 +18,12 @@
 
 use std::collections::BTreeMap;
 
-/// Settings of the sensor-fault detector.
+/// Settings of the sensor-fault detector (the dataflow's `sensor_faults` section).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SensorFaultConfig {
+    /// Raise `sensor_*` alerts (the detector runs on every raw feature of every thing).
+    pub enabled: bool,
     /// Identical consecutive readings that make a sensor `stuck`.
     pub stuck_after: usize,
     /// Readings in the window whose spread is compared with the learned spread.
@@ -43,6 +45,7 @@ pub struct SensorFaultConfig {
 impl Default for SensorFaultConfig {
     fn default() -> Self {
         SensorFaultConfig {
+            enabled: true,
             stuck_after: 60,
             flatline_window: 60,
             flatline_ratio: 0.05,
@@ -100,7 +103,7 @@ pub struct FaultEvent {
     pub detail: String,
 }
 
-/// Welford mean/variance.
+/// Welford mean/variance (the learned baseline).
 #[derive(Clone, Debug, Default)]
 struct Moments {
     n: u64,
@@ -124,15 +127,67 @@ impl Moments {
     }
 }
 
+/// Spread of the last `capacity` readings in O(1) per reading: sums of `x - shift` (`shift` = the
+/// learned mean, so the sums stay small for a signal near its normal level), recomputed exactly every
+/// `capacity` readings so the add/subtract drift cannot build up.
+#[derive(Clone, Debug, Default)]
+struct RecentSpread {
+    values: std::collections::VecDeque<f64>,
+    shift: f64,
+    s1: f64,
+    s2: f64,
+    since_exact: usize,
+}
+
+impl RecentSpread {
+    fn push(&mut self, x: f64, capacity: usize, shift: f64) {
+        self.values.push_back(x);
+        if self.values.len() > capacity {
+            let old = self.values.pop_front().unwrap_or(x) - self.shift;
+            self.s1 -= old;
+            self.s2 -= old * old;
+        }
+        let d = x - self.shift;
+        self.s1 += d;
+        self.s2 += d * d;
+        self.since_exact += 1;
+        if self.since_exact >= capacity || shift.to_bits() != self.shift.to_bits() {
+            self.shift = shift;
+            self.since_exact = 0;
+            (self.s1, self.s2) = self.values.iter().fold((0.0, 0.0), |(s1, s2), v| {
+                let d = v - shift;
+                (s1 + d, s2 + d * d)
+            });
+        }
+    }
+    fn len(&self) -> usize {
+        self.values.len()
+    }
+    /// Sample standard deviation of the window.
+    fn std(&self) -> f64 {
+        let n = self.values.len() as f64;
+        if n < 2.0 {
+            return 0.0;
+        }
+        ((self.s2 - self.s1 * self.s1 / n) / (n - 1.0))
+            .max(0.0)
+            .sqrt()
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 struct FeatureState {
     last: Option<f64>,
     repeats: usize,
     baseline: Moments,
-    recent: std::collections::VecDeque<f64>,
+    recent: RecentSpread,
     at_limit: usize,
+    /// Range limits of this feature (from the configuration), looked up once.
+    limits: Option<[f64; 2]>,
     absent: usize,
     last_seen_ts: i64,
+    /// Seen in the reading being observed.
+    seen: bool,
     active: [bool; 4],
 }
 
@@ -140,48 +195,70 @@ struct FeatureState {
 #[derive(Clone, Debug, Default)]
 pub struct SensorFaultDetector {
     cfg: SensorFaultConfig,
-    features: BTreeMap<String, FeatureState>,
+    /// Feature names in first-seen order, parallel to `features` (a thing's readings list their
+    /// sensors in the same order, so the i-th value is almost always the i-th feature).
+    names: Vec<String>,
+    features: Vec<FeatureState>,
 }
 
 impl SensorFaultDetector {
     pub fn new(cfg: SensorFaultConfig) -> Self {
         SensorFaultDetector {
             cfg,
-            features: BTreeMap::new(),
+            names: Vec::new(),
+            features: Vec::new(),
         }
     }
 
-    /// Faults currently active, as (feature, kind).
+    /// Faults currently active, as (feature, kind), by feature name.
     pub fn active(&self) -> Vec<(String, FaultKind)> {
         let mut out = Vec::new();
-        for (name, st) in &self.features {
+        for (name, st) in self.names.iter().zip(&self.features) {
             for k in FaultKind::ALL {
                 if st.active[k.index()] {
                     out.push((name.clone(), k));
                 }
             }
         }
+        out.sort();
         out
     }
 
-    /// Observes one reading (all values of the thing at `ts`); returns faults that started or cleared.
-    /// Non-finite values count as absent.
-    pub fn observe(&mut self, ts: i64, values: &[(&str, f64)]) -> Vec<FaultEvent> {
-        let cfg = &self.cfg;
-        let mut events = Vec::new();
-        for &(name, v) in values.iter().filter(|(_, v)| v.is_finite()) {
-            let st = self.features.entry(name.to_string()).or_default();
+    fn index_of(&mut self, hint: usize, name: &str) -> usize {
+        if self.names.get(hint).is_some_and(|n| n == name) {
+            return hint;
+        }
+        if let Some(i) = self.names.iter().position(|n| n == name) {
+            return i;
+        }
+        self.names.push(name.to_string());
+        self.features.push(FeatureState {
+            limits: self.cfg.limits.get(name).copied(),
+            ..FeatureState::default()
+        });
+        self.names.len() - 1
+    }
+
+    /// Observes one reading (all values of the thing at `ts`); appends faults that started or cleared
+    /// to `events`. Non-finite values count as absent. Allocation-free unless something changes.
+    pub fn observe_into<N: AsRef<str>>(
+        &mut self,
+        ts: i64,
+        values: &[(N, f64)],
+        events: &mut Vec<FaultEvent>,
+    ) {
+        for (hint, (name, v)) in values.iter().enumerate() {
+            let (name, v) = (name.as_ref(), *v);
+            if !v.is_finite() {
+                continue;
+            }
+            let i = self.index_of(hint, name);
+            let cfg = &self.cfg;
+            let st = &mut self.features[i];
+            st.seen = true;
             st.last_seen_ts = ts;
             st.absent = 0;
-            set(
-                st,
-                name,
-                FaultKind::Dropout,
-                false,
-                ts,
-                String::new(),
-                &mut events,
-            );
+            set(st, name, FaultKind::Dropout, false, ts, String::new, events);
 
             // Stuck: bit-identical repeats.
             st.repeats = match st.last {
@@ -190,51 +267,50 @@ impl SensorFaultDetector {
             };
             st.last = Some(v);
             let stuck = st.repeats >= cfg.stuck_after.max(2);
-            let detail = format!("{name} repeated {v} for {} readings", st.repeats);
-            set(st, name, FaultKind::Stuck, stuck, ts, detail, &mut events);
+            let repeats = st.repeats;
+            let detail = || format!("{name} repeated {v} for {repeats} readings");
+            set(st, name, FaultKind::Stuck, stuck, ts, detail, events);
 
             // Flatlined: the recent spread collapsed relative to the learned spread.
-            st.recent.push_back(v);
-            if st.recent.len() > cfg.flatline_window.max(2) {
-                st.recent.pop_front();
-            }
             let learned = st.baseline.n >= cfg.baseline_readings as u64;
             if !learned {
                 st.baseline.push(v);
             }
-            let flat = if learned && st.recent.len() >= cfg.flatline_window.max(2) {
-                let mut m = Moments::default();
-                st.recent.iter().for_each(|x| m.push(*x));
-                let base = st.baseline.std();
-                // Only meaningful for a feature that varied while learning, and not double-reported
-                // when it is bit-identical (stuck).
-                base > 0.0 && m.std() < cfg.flatline_ratio * base && !stuck
+            let window = cfg.flatline_window.max(2);
+            // The shift moves to the learned mean once (re-centring the sums); until then the spread
+            // is not used, so it stays put rather than forcing an exact recompute on every reading.
+            let shift = if learned {
+                st.baseline.mean
             } else {
-                false
+                st.recent.shift
             };
-            let detail = format!(
-                "{name} spread fell below {:.0}% of its learned spread {:.4}",
-                cfg.flatline_ratio * 100.0,
-                st.baseline.std()
-            );
-            set(
-                st,
-                name,
-                FaultKind::Flatlined,
-                flat,
-                ts,
-                detail,
-                &mut events,
-            );
+            st.recent.push(v, window, shift);
+            let base = st.baseline.std();
+            // Only meaningful for a feature that varied while learning, and not for a value sitting on
+            // one bit pattern for most of the window: that is a sensor getting `stuck`, reported as such.
+            let flat = learned
+                && st.recent.len() >= window
+                && base > 0.0
+                && st.recent.std() < cfg.flatline_ratio * base
+                && st.repeats * 2 < window;
+            let ratio = cfg.flatline_ratio;
+            let detail = || {
+                format!(
+                    "{name} spread fell below {:.0}% of its learned spread {base:.4}",
+                    ratio * 100.0
+                )
+            };
+            set(st, name, FaultKind::Flatlined, flat, ts, detail, events);
 
             // Saturated: at or beyond a configured limit.
-            let (at, detail) = match cfg.limits.get(name) {
-                Some(&[lo, _]) if v <= lo => (true, format!("{name} at its low limit {lo} ({v})")),
-                Some(&[_, hi]) if v >= hi => (true, format!("{name} at its high limit {hi} ({v})")),
-                _ => (false, String::new()),
-            };
-            st.at_limit = if at { st.at_limit + 1 } else { 0 };
+            let at = st.limits.filter(|&[lo, hi]| v <= lo || v >= hi);
+            st.at_limit = if at.is_some() { st.at_limit + 1 } else { 0 };
             let saturated = st.at_limit >= cfg.saturated_after.max(1);
+            let detail = || match at {
+                Some([lo, _]) if v <= lo => format!("{name} at its low limit {lo} ({v})"),
+                Some([_, hi]) => format!("{name} at its high limit {hi} ({v})"),
+                None => String::new(),
+            };
             set(
                 st,
                 name,
@@ -242,23 +318,28 @@ impl SensorFaultDetector {
                 saturated,
                 ts,
                 detail,
-                &mut events,
+                events,
             );
         }
         // Dropout: known features missing from this reading.
-        for (name, st) in self.features.iter_mut() {
-            let present = values
-                .iter()
-                .any(|(n, v)| *n == name.as_str() && v.is_finite());
-            if present {
+        let dropout_after = self.cfg.dropout_after.max(1);
+        for (name, st) in self.names.iter().zip(&mut self.features) {
+            if std::mem::take(&mut st.seen) {
                 continue;
             }
             st.absent += 1;
-            if st.absent >= cfg.dropout_after.max(1) {
-                let detail = format!("{name} missing from {} readings", st.absent);
-                set(st, name, FaultKind::Dropout, true, ts, detail, &mut events);
+            if st.absent >= dropout_after {
+                let absent = st.absent;
+                let detail = || format!("{name} missing from {absent} readings");
+                set(st, name, FaultKind::Dropout, true, ts, detail, events);
             }
         }
+    }
+
+    /// [`SensorFaultDetector::observe_into`] returning the events.
+    pub fn observe<N: AsRef<str>>(&mut self, ts: i64, values: &[(N, f64)]) -> Vec<FaultEvent> {
+        let mut events = Vec::new();
+        self.observe_into(ts, values, &mut events);
         events
     }
 
@@ -267,10 +348,10 @@ impl SensorFaultDetector {
     pub fn check_silence(&mut self, now: i64) -> Vec<FaultEvent> {
         let limit = self.cfg.dropout_ms;
         let mut events = Vec::new();
-        for (name, st) in self.features.iter_mut() {
+        for (name, st) in self.names.iter().zip(&mut self.features) {
             let silent = now - st.last_seen_ts;
             if silent > limit {
-                let detail = format!("{name} silent for {} s", silent / 1000);
+                let detail = || format!("{name} silent for {} s", silent / 1000);
                 set(st, name, FaultKind::Dropout, true, now, detail, &mut events);
             }
         }
@@ -278,14 +359,14 @@ impl SensorFaultDetector {
     }
 }
 
-/// Moves one fault's state, recording an event on a change.
+/// Moves one fault's state, recording an event on a change (the detail is formatted only then).
 fn set(
     st: &mut FeatureState,
     name: &str,
     kind: FaultKind,
     on: bool,
     ts: i64,
-    detail: String,
+    detail: impl FnOnce() -> String,
     events: &mut Vec<FaultEvent>,
 ) {
     let slot = &mut st.active[kind.index()];
@@ -297,7 +378,7 @@ fn set(
             started: on,
             ts,
             detail: if on {
-                detail
+                detail()
             } else {
                 format!("{name} {} cleared", kind.alert_type())
             },

@@ -8,6 +8,7 @@ use crate::config::DataflowConfig;
 use crate::decode::{DeadLetter, MalformedReason};
 use crate::detectors::mahalanobis::{wilson_hilferty_z, ModelScore, OnlineMahalanobis};
 use crate::detectors::normalise;
+use crate::detectors::sensor_faults::{FaultEvent, SensorFaultDetector};
 use crate::detectors::stats::{FeatureScores, FeatureStats};
 use crate::event::{alert_id, Alert, Name, Point, ScoreLine, Severity};
 use crate::explain::{alert_type_for, explain, round4, Explanation};
@@ -109,6 +110,8 @@ struct Scratch {
     per_feature: Vec<f64>,
     /// The model's smoothed T^2 of the reading being scored (learned into the thing's state after).
     t2_smoothed: Option<f64>,
+    /// Sensor faults that started or cleared on the reading being processed.
+    fault_events: Vec<FaultEvent>,
 }
 
 impl Default for Scratch {
@@ -123,6 +126,7 @@ impl Default for Scratch {
             feature_scores: Vec::new(),
             per_feature: Vec::new(),
             t2_smoothed: None,
+            fault_events: Vec::new(),
         }
     }
 }
@@ -153,6 +157,8 @@ struct ThingState {
     /// This thing's calibrated T^2 threshold (`detectors.model.calibration_quantile`).
     t2_threshold: Option<f64>,
     rule_state: RuleState,
+    /// Instrument faults of this thing's sensors (None when `sensor_faults.enabled` is off).
+    faults: Option<SensorFaultDetector>,
     learned: u64,
     last_ts: i64,
     consecutive_anomalous: u32,
@@ -181,6 +187,10 @@ impl ThingState {
             warm_buffer: Vec::new(),
             t2_threshold: None,
             rule_state: RuleState::default(),
+            faults: cfg
+                .sensor_faults
+                .enabled
+                .then(|| SensorFaultDetector::new(cfg.sensor_faults.clone())),
             learned: 0,
             last_ts: i64::MIN,
             consecutive_anomalous: 0,
@@ -495,6 +505,10 @@ impl Engine {
         // Start every cache miss of a cold thing at once (see RollingWindow::touch).
         std::hint::black_box(t.stats.iter().map(|s| s.window.touch()).sum::<f64>());
         let complete = t.load(&p, &cfg);
+        self.scratch.fault_events.clear();
+        if let (Some(faults), true) = (t.faults.as_mut(), in_order) {
+            faults.observe_into(p.ts, &p.values, &mut self.scratch.fault_events);
+        }
 
         let hits = if self.rule_set.is_empty() || !complete {
             Vec::new()
@@ -524,6 +538,12 @@ impl Engine {
         }
         if let Some(s) = scored.as_ref().filter(|s| s.anomalous) {
             candidates.push((ensemble_alert(&p, t, s, &cfg, &self.scratch), false));
+        }
+        // Instrument faults are their own class: alerted when they start (edge-triggered, so they
+        // bypass the per-thing rate limit that an anomaly of the same reading may have used up; dedup
+        // still applies) and never counted as anomalies of the machine (no burst).
+        for ev in self.scratch.fault_events.iter().filter(|e| e.started) {
+            candidates.push((sensor_alert(&p, t, ev), true));
         }
         if (anomalous || !hits.is_empty()) && t.policy.record_anomaly(&self.windows, p.ts) {
             if let Some((first, _)) = candidates.first() {
@@ -899,6 +919,22 @@ fn ensemble_alert(
             model_version: format!("{}/online_mahalanobis/1", t.equipment_type),
             explained: ex,
             sentence,
+        },
+    )
+}
+
+fn sensor_alert(p: &Point, t: &ThingState, ev: &FaultEvent) -> Alert {
+    make_alert(
+        p,
+        t,
+        AlertParts {
+            source: "sensor",
+            alert_type: ev.kind.alert_type(),
+            severity: Severity::Warning,
+            score: 1.0,
+            model_version: "sensor_faults/1".to_string(),
+            explained: explain(std::iter::once((&Name::from(ev.feature.as_str()), 1.0))),
+            sentence: format!("instrument fault, not the machine: {}", ev.detail),
         },
     )
 }

@@ -159,8 +159,7 @@ struct Watcher {
     /// Stamp of the file when it was last read.
     stamp: Stamp,
     /// Stamp seen by the previous poll: a file is read only once two polls in a row see the same stamp,
-    /// so a writer caught between truncating the file and writing it (an empty file, which is a valid
-    /// "no rules" file) is not loaded.
+    /// so a file being written is not read half-way (an empty file is also held back while fresh).
     settling: Stamp,
     /// Hash of the text last read (loaded or rejected), so one bad version is reported once.
     last_text: u64,
@@ -208,6 +207,12 @@ impl Watcher {
                 return;
             }
         };
+        if text.trim().is_empty() && fresh {
+            // Most likely a writer between truncating and writing the file. A deliberately emptied
+            // file ("no rules") is loaded once it is FRESH-old; until then, look again next poll.
+            self.stamp = None;
+            return;
+        }
         let hash = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
         if hash == self.last_text {
             return;

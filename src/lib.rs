@@ -13,6 +13,7 @@ pub mod event;
 pub mod explain;
 pub mod features;
 pub mod metrics;
+pub mod models;
 pub mod pipeline;
 pub mod policy;
 pub mod rul;

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod models;
 pub mod pipeline;
 pub mod policy;
+pub mod registry;
 pub mod rul;
 pub mod rules;
 pub mod sinks;

@@ -229,11 +229,7 @@ impl Registry for LocalRegistry {
         Ok(out)
     }
 
-    fn load(
-        &self,
-        scope: &str,
-        version: u32,
-    ) -> Result<(ModelMeta, Arc<dyn Model>), RegistryError> {
+    fn load(&self, scope: &str, version: u32) -> Result<LoadedModel, RegistryError> {
         check_scope(scope)?;
         let meta = self.meta(scope, version)?;
         let model = Self::read_model(&self.version_dir(scope, version).join("model.json"))?;

@@ -153,6 +153,9 @@ pub struct ModelFile {
 pub const MODEL_FORMAT: &str = "egizml-model";
 pub const MODEL_FORMAT_VERSION: u32 = 1;
 
+/// A loaded version: its metadata and the model ready to score.
+pub type LoadedModel = (ModelMeta, Arc<dyn Model>);
+
 /// A model store. Implementations are shared between the API, the trainer and the dataflow.
 pub trait Registry: Send + Sync {
     /// Stores a new version (numbered after the highest so far) without activating it.
@@ -160,8 +163,7 @@ pub trait Registry: Send + Sync {
     /// Every version of `scope`, or of all scopes, oldest first.
     fn list(&self, scope: Option<&str>) -> Result<Vec<VersionInfo>, RegistryError>;
     /// One version's metadata and model.
-    fn load(&self, scope: &str, version: u32)
-        -> Result<(ModelMeta, Arc<dyn Model>), RegistryError>;
+    fn load(&self, scope: &str, version: u32) -> Result<LoadedModel, RegistryError>;
     /// Makes `version` the active one of its scope.
     fn activate(&self, scope: &str, version: u32) -> Result<(), RegistryError>;
     /// Re-activates the version that was active before the current one; returns it.
@@ -170,10 +172,7 @@ pub trait Registry: Send + Sync {
     fn active(&self, scope: &str) -> Result<Option<u32>, RegistryError>;
 
     /// The active model of `scope`, loaded.
-    fn load_active(
-        &self,
-        scope: &str,
-    ) -> Result<Option<(ModelMeta, Arc<dyn Model>)>, RegistryError> {
+    fn load_active(&self, scope: &str) -> Result<Option<LoadedModel>, RegistryError> {
         match self.active(scope)? {
             Some(v) => self.load(scope, v).map(Some),
             None => Ok(None),

@@ -111,19 +111,15 @@ impl RuleState {
 
     fn prepare(&mut self, rules: &RuleSet, equipment_type: &str, readings: &dyn Readings) {
         let layout = readings.layout();
-        if self.ready
+        let layout_id = layout.map(|(id, _)| id);
+        let same_rules = self.ready
             && self.generation == rules.generation
             && self.counts.len() == rules.rules.len()
-            && self.equipment == equipment_type
-            && self.layout == layout.map(|(id, _)| id)
-        {
+            && self.equipment == equipment_type;
+        if same_rules && self.layout == layout_id {
             return;
         }
-        if !(self.ready
-            && self.generation == rules.generation
-            && self.counts.len() == rules.rules.len()
-            && self.equipment == equipment_type)
-        {
+        if !same_rules {
             self.generation = rules.generation;
             self.counts.clear();
             self.counts.resize(rules.rules.len(), 0);
@@ -140,7 +136,7 @@ impl RuleState {
             self.ready = true;
         }
         // A new layout keeps the `for:` counters (the same rules, the same thing): only the slots move.
-        self.layout = layout.map(|(id, _)| id);
+        self.layout = layout_id;
         self.bound.clear();
         if let Some((_, names)) = layout {
             self.bound.extend(

@@ -22,3 +22,4 @@ pub mod rules;
 pub mod sinks;
 pub mod sources;
 pub mod testkit;
+pub mod training;

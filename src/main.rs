@@ -1,7 +1,9 @@
 //! The `egizml` binary: parses the command line and runs a command from `egizml::commands`.
 
 use clap::{Parser, Subcommand};
-use egizml::commands::{bench, bench_train, demo, eval, loadgen, replay, run as service, simulate};
+use egizml::commands::{
+    bench, bench_train, demo, eval, loadgen, models, replay, run as service, simulate, train,
+};
 
 /// Streaming anomaly detection and predictive maintenance for industrial telemetry.
 #[derive(Parser)]
@@ -27,6 +29,11 @@ enum Command {
     Run(service::RunArgs),
     /// Produce simulator telemetry to Kafka or MQTT at a given rate (load tests).
     Loadgen(loadgen::LoadgenArgs),
+    /// Train an anomaly model for a thing or an equipment class on history and register it.
+    Train(train::TrainArgs),
+    /// The model registry: list, show, activate, rollback.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
     /// Benchmark evaluations (C-MAPSS remaining useful life, ...).
     #[command(subcommand)]
     Eval(eval::EvalCommand),
@@ -91,6 +98,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 s.rows, s.features, s.train_s, s.model_bytes as f64 / 1e6, s.score_us, s.explain_us
             );
             println!("{}", serde_json::to_string(&s)?);
+        }
+        Command::Train(args) => {
+            let report = train::train(&args)?;
+            for line in train::describe(&report) {
+                println!("{line}");
+            }
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::Models(cmd) => {
+            for line in models::run(&cmd)? {
+                println!("{line}");
+            }
         }
         Command::Run(args) => {
             let summary = service::run(&args)?;

@@ -8,9 +8,11 @@ pub mod eval_cmapss;
 pub mod eval_nab;
 pub mod eval_skab;
 pub mod loadgen;
+pub mod models;
 pub mod replay;
 pub mod run;
 pub mod simulate;
+pub mod train;
 
 use crate::config::DataflowConfig;
 use crate::rules::{RuleSet, RulesHandle};

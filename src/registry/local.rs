@@ -184,6 +184,7 @@ impl Registry for LocalRegistry {
             id: format!("{}/v{version}", new.scope),
             scope: new.scope.clone(),
             scope_kind: new.scope_kind,
+            equipment_type: new.equipment_type,
             version,
             model_type: new.model.model_type().to_string(),
             trained_at: new.trained_at,

@@ -12,11 +12,13 @@
 //!
 //! Every file is written to a temporary name, synced and renamed, so a reader never sees half a file.
 
+pub mod config;
 pub mod local;
 
 #[cfg(test)]
 mod tests;
 
+pub use config::RegistryConfig;
 pub use local::LocalRegistry;
 
 use crate::models::{Autoencoder, IsolationForest, Model, ModelError};
@@ -43,8 +45,63 @@ pub enum RegistryError {
     NothingToRollBack { scope: String },
     #[error("invalid scope name `{0}`: use letters, digits, '.', '_' and '-'")]
     InvalidScope(String),
+    #[error("`{0}` has no active version")]
+    NoActiveVersion(String),
+    #[error("invalid model id `{0}`: expected `<scope>/v<N>` or `<scope>`")]
+    InvalidId(String),
     #[error(transparent)]
     Model(#[from] ModelError),
+}
+
+/// A reference to a version: `<scope>/v<N>` (also `<scope>/<N>`), or `<scope>` for its active version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelRef {
+    pub scope: String,
+    /// `None`: the active version.
+    pub version: Option<u32>,
+}
+
+impl ModelRef {
+    pub fn parse(id: &str) -> Result<ModelRef, RegistryError> {
+        let bad = || RegistryError::InvalidId(id.to_string());
+        match id.rsplit_once('/') {
+            None if !id.is_empty() => Ok(ModelRef {
+                scope: id.to_string(),
+                version: None,
+            }),
+            None => Err(bad()),
+            Some((scope, v)) => {
+                let v = v.strip_prefix('v').unwrap_or(v);
+                let version = v.parse::<u32>().ok().filter(|v| *v > 0).ok_or_else(bad)?;
+                if scope.is_empty() || scope.contains('/') {
+                    return Err(bad());
+                }
+                Ok(ModelRef {
+                    scope: scope.to_string(),
+                    version: Some(version),
+                })
+            }
+        }
+    }
+
+    /// The version this names, with its active flag.
+    pub fn find(&self, reg: &dyn Registry) -> Result<VersionInfo, RegistryError> {
+        let versions = reg.list(Some(&self.scope))?;
+        if versions.is_empty() {
+            return Err(RegistryError::UnknownScope(self.scope.clone()));
+        }
+        let found = match self.version {
+            Some(v) => versions.into_iter().find(|i| i.meta.version == v),
+            None => versions.into_iter().find(|i| i.active),
+        };
+        found.ok_or_else(|| match self.version {
+            Some(version) => RegistryError::UnknownVersion {
+                scope: self.scope.clone(),
+                version,
+            },
+            None => RegistryError::NoActiveVersion(self.scope.clone()),
+        })
+    }
 }
 
 /// What a model was trained for: one thing, or every thing of an equipment class.
@@ -62,6 +119,9 @@ pub struct ModelMeta {
     pub id: String,
     pub scope: String,
     pub scope_kind: ScopeKind,
+    /// Equipment type of the training data (the class itself for a class scope), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equipment_type: Option<String>,
     pub version: u32,
     /// `isolation_forest` or `autoencoder`.
     pub model_type: String,
@@ -91,6 +151,7 @@ pub struct VersionInfo {
 pub struct NewModel {
     pub scope: String,
     pub scope_kind: ScopeKind,
+    pub equipment_type: Option<String>,
     pub trained_at: String,
     pub samples: usize,
     pub features: Vec<String>,

@@ -19,6 +19,7 @@ fn new(scope: &str, model: IsolationForest) -> NewModel {
     NewModel {
         scope: scope.to_string(),
         scope_kind: ScopeKind::Thing,
+        equipment_type: Some("oven".into()),
         trained_at: "2026-11-23T00:00:00Z".into(),
         samples: 300,
         features: vec!["temp".into(), "vibration".into()],

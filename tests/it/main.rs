@@ -12,3 +12,4 @@ mod replay;
 mod rul;
 mod service;
 mod skab;
+mod training;

@@ -16,6 +16,9 @@
 //! - `GET /api/v1/predictions?thing_id=&since=&until=&latest=&maintenance_due=&limit=&offset=`: each
 //!   thing's newest RUL prediction (`latest=false`: every stored one), newest first
 //! - `GET /api/v1/predictions/{thing_id}`: one thing's predictions, newest first (same filters)
+//! - `GET /api/v1/models[?scope=]`, `GET /api/v1/models/{scope}[/{version}[/metrics]]`,
+//!   `POST /api/v1/models/{scope}/{version}/activate`, `POST /api/v1/models/{scope}/rollback`,
+//!   `POST /api/v1/train/{thing_id}`, `GET /api/v1/train/jobs/{job_id}`: see [`models`]
 //! - `GET /api/v1/openapi.json`: the OpenAPI 3.0 document of all of the above
 //!
 //! Every error is JSON `{"error": "..."}`; a 400 names the offending parameter or field. When a token is
@@ -30,7 +33,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, MethodRouter};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -60,6 +63,10 @@ pub struct ApiState {
     pub rules: Option<RulesHandle>,
     /// Bearer token required on mutating requests; `None` leaves them open (loopback demo).
     pub token: Option<Arc<str>>,
+    /// The model registry behind `/api/v1/models`; `None` makes those routes answer 503.
+    pub registry: Option<Arc<dyn crate::registry::Registry>>,
+    /// The training queue behind `/api/v1/train`; `None` makes those routes answer 503.
+    pub training: Option<crate::training::jobs::TrainJobs>,
 }
 
 impl ApiState {
@@ -79,6 +86,8 @@ impl ApiState {
             health_details: None,
             rules: None,
             token: None,
+            registry: None,
+            training: None,
         }
     }
 
@@ -99,6 +108,18 @@ impl ApiState {
     /// Serves (and lets `PUT /api/v1/rules` replace) these rules.
     pub fn with_rules(mut self, rules: RulesHandle) -> ApiState {
         self.rules = Some(rules);
+        self
+    }
+
+    /// Serves `/api/v1/models` from this registry.
+    pub fn with_registry(mut self, registry: Arc<dyn crate::registry::Registry>) -> ApiState {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Accepts `POST /api/v1/train/{thing_id}` jobs on this queue.
+    pub fn with_training(mut self, jobs: crate::training::jobs::TrainJobs) -> ApiState {
+        self.training = Some(jobs);
         self
     }
 
@@ -215,8 +236,7 @@ pub fn spawn(addr: SocketAddr, state: ApiState) -> anyhow::Result<ApiServer> {
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The served routes: path, methods (upper case) and handler. The OpenAPI document must list exactly
-/// these (checked by a test). Routes of DESIGN.md that belong to unfinished parts (predictions, models,
-/// train) are added together with their implementation.
+/// these (checked by a test).
 fn routes() -> Vec<(
     &'static str,
     &'static [&'static str],
@@ -254,6 +274,30 @@ fn routes() -> Vec<(
             &["GET"],
             get(predictions::thing_predictions),
         ),
+        ("/api/v1/models", &["GET"], get(models::list)),
+        ("/api/v1/models/{scope}", &["GET"], get(models::active)),
+        (
+            "/api/v1/models/{scope}/rollback",
+            &["POST"],
+            post(models::rollback),
+        ),
+        (
+            "/api/v1/models/{scope}/{version}",
+            &["GET"],
+            get(models::show),
+        ),
+        (
+            "/api/v1/models/{scope}/{version}/metrics",
+            &["GET"],
+            get(models::metrics),
+        ),
+        (
+            "/api/v1/models/{scope}/{version}/activate",
+            &["POST"],
+            post(models::activate),
+        ),
+        ("/api/v1/train/{thing_id}", &["POST"], post(models::train)),
+        ("/api/v1/train/jobs/{job_id}", &["GET"], get(models::job)),
     ]
 }
 
@@ -497,6 +541,7 @@ fn epoch_ms(name: &str, value: &str) -> Result<i64, ApiError> {
 }
 
 mod handlers;
+mod models;
 mod predictions;
 pub use predictions::parse_prediction_query;
 #[cfg(test)]

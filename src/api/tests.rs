@@ -423,10 +423,44 @@ fn full_fixture(token: Option<&str>) -> (Fixture, RulesHandle) {
     let mut store = SqliteStore::open(&path).unwrap();
     store.insert(&fixture()).unwrap();
     let rules = RulesHandle::fixed(RuleSet::parse(RULES_A, "rules.yaml").unwrap());
+    let (registry, jobs) = registry_fixture(dir.path());
     let state = ApiState::new(ApiState::share(store))
         .with_rules(rules.clone())
+        .with_registry(registry)
+        .with_training(jobs)
         .with_token(token);
     (Fixture::with_state(state, dir), rules)
+}
+
+/// Simulator history of three things (oven-00000, mixer-00001, conveyor-00002).
+fn sim_history() -> crate::training::HistorySpec {
+    crate::training::HistorySpec::Simulator(crate::training::SimulatorHistory {
+        things: 3,
+        points: 6_000,
+        seed: 3,
+        faults_per_1000: 4.0,
+    })
+}
+
+/// A local registry under `dir` with `oven/v1` registered and active, and a training queue on
+/// simulator history.
+fn registry_fixture(
+    dir: &std::path::Path,
+) -> (
+    Arc<dyn crate::registry::Registry>,
+    crate::training::jobs::TrainJobs,
+) {
+    use crate::registry::{LocalRegistry, ScopeKind};
+    use crate::training::{feature_matrix, train, ActivatePolicy, TrainSpec};
+    let registry: Arc<dyn crate::registry::Registry> =
+        Arc::new(LocalRegistry::new(dir.join("models")));
+    let data = feature_matrix(&sim_history(), "oven", ScopeKind::EquipmentClass).unwrap();
+    let mut spec = TrainSpec::new("oven", ScopeKind::EquipmentClass);
+    spec.activate = ActivatePolicy::Always;
+    train(&spec, data, registry.as_ref(), &mut |_| {}).unwrap();
+    let jobs =
+        crate::training::jobs::TrainJobs::start(Arc::clone(&registry), sim_history(), 2).unwrap();
+    (registry, jobs)
 }
 
 struct Resp {
@@ -828,7 +862,11 @@ fn openapi_document_lists_exactly_the_served_routes() {
 
     // Every documented operation is really served, and the other methods on its path are 405.
     for (path, methods) in &served {
-        let concrete = path.replace("{thing_id}", "mixer-2");
+        let concrete = path
+            .replace("{thing_id}", "mixer-2")
+            .replace("{scope}", "oven")
+            .replace("{version}", "v1")
+            .replace("{job_id}", "train-1");
         for m in all_methods {
             let upper = m.to_uppercase();
             let r = f.call(
@@ -870,4 +908,218 @@ fn verdict_round_trip() {
         assert_eq!(v.as_str().parse::<Verdict>().unwrap(), v);
         assert_eq!(serde_json::to_value(v).unwrap(), v.as_str());
     }
+}
+
+impl Fixture {
+    /// Polls a training job until it has finished (bounded: fails after 120 s).
+    fn wait_job(&self, id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (status, job) = self.json(&format!("/api/v1/train/jobs/{id}"));
+            assert_eq!(status, 200, "{job}");
+            if job["state"] == "succeeded" || job["state"] == "failed" {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id} did not finish: {job}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn models_are_listed_shown_activated_and_rolled_back() {
+    let (f, _) = full_fixture(Some("s3cret"));
+    let (status, list) = f.json("/api/v1/models");
+    assert_eq!(status, 200);
+    let models = list["models"].as_array().unwrap();
+    assert_eq!(models.len(), 1);
+    assert_eq!(models[0]["id"], "oven/v1");
+    assert_eq!(models[0]["active"], true);
+    assert_eq!(models[0]["model_type"], "isolation_forest");
+
+    let (status, v1) = f.json("/api/v1/models/oven/v1");
+    assert_eq!(status, 200);
+    assert_eq!(v1, models[0]);
+    // `<scope>` alone is the active version; the id URL-encoded as one segment works too.
+    assert_eq!(f.json("/api/v1/models/oven").1, v1);
+    assert_eq!(f.json("/api/v1/models/oven%2Fv1").1, v1);
+    let (status, m) = f.json("/api/v1/models/oven/1/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(m["id"], "oven/v1");
+    assert_eq!(m["metrics"], v1["metrics"]);
+    assert!(m["metrics"]["f1"].is_number());
+
+    // Training through the API: a bearer token is needed, then the job registers oven/v2 and
+    // activates it.
+    let body = serde_json::json!({"scope_kind": "equipment_class", "activate": "always",
+        "params": {"n_estimators": 20}});
+    let r = f.post_json("/api/v1/train/oven", &body, None);
+    assert_eq!(r.status, 401);
+    let r = f.post_json("/api/v1/train/oven", &body, Some("s3cret"));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let job = r.json();
+    assert_eq!(job["state"], "queued");
+    let id = job["job_id"].as_str().unwrap().to_string();
+    assert_eq!(job["status_url"], format!("/api/v1/train/jobs/{id}"));
+    let done = f.wait_job(&id);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["report"]["model"]["id"], "oven/v2");
+    assert_eq!(
+        done["report"]["model"]["hyper_parameters"]["n_estimators"],
+        20
+    );
+    assert_eq!(f.json("/api/v1/models/oven").1["id"], "oven/v2");
+
+    // Activate and roll back need the token too.
+    let r = f.post_json(
+        "/api/v1/models/oven/v1/activate",
+        &serde_json::json!({}),
+        None,
+    );
+    assert_eq!(r.status, 401);
+    let r = f.post_json(
+        "/api/v1/models/oven/v1/activate",
+        &serde_json::json!({}),
+        Some("s3cret"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["active"], true);
+    assert_eq!(f.json("/api/v1/models/oven").1["id"], "oven/v1");
+    let r = f.post_json(
+        "/api/v1/models/oven/rollback",
+        &serde_json::json!({}),
+        Some("s3cret"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["id"], "oven/v2");
+    let (_, list) = f.json("/api/v1/models?scope=oven");
+    let active: Vec<bool> = list["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["active"].as_bool().unwrap())
+        .collect();
+    assert_eq!(active, [false, true]);
+}
+
+#[test]
+fn model_and_training_errors_are_clear() {
+    let (f, _) = full_fixture(None);
+    let cases = [
+        ("/api/v1/models/oven/v9", 404, "no version 9 of `oven`"),
+        ("/api/v1/models/pump", 404, "no models for `pump`"),
+        ("/api/v1/models/oven/vx", 400, "invalid model id"),
+        ("/api/v1/models?sort=id", 400, "unknown parameter `sort`"),
+        (
+            "/api/v1/train/jobs/train-99",
+            404,
+            "no training job `train-99`",
+        ),
+    ];
+    for (path, status, msg) in cases {
+        let (s, body) = f.json(path);
+        assert_eq!(s, status, "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(msg),
+            "{path}: {body}"
+        );
+    }
+    let r = f.post_json(
+        "/api/v1/models/mixer/rollback",
+        &serde_json::json!({}),
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = f.post_json("/api/v1/models/oven/rollback", &serde_json::json!({}), None);
+    assert_eq!(r.status, 409, "{}", r.body);
+    // Hyper-parameters and fields are checked before anything is queued.
+    for (body, field) in [
+        (
+            serde_json::json!({"params": {"contamination": 2.0}}),
+            "contamination",
+        ),
+        (serde_json::json!({"params": {"depth": 3}}), "depth"),
+        (serde_json::json!({"model": "svm"}), "model"),
+        (serde_json::json!({"train_fraction": 1.5}), "train_fraction"),
+        (serde_json::json!({"epochs": 3}), "epochs"),
+    ] {
+        let r = f.post_json("/api/v1/train/oven-00000", &body, None);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.error().contains(field), "{body}: {}", r.body);
+    }
+    // A scope without history fails as a job, with the reason.
+    let r = f.post_json("/api/v1/train/pump-7", &serde_json::json!({}), None);
+    assert_eq!(r.status, 202);
+    let job = f.wait_job(r.json()["job_id"].as_str().unwrap());
+    assert_eq!(job["state"], "failed");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("no readings for thing `pump-7`"),
+        "{job}"
+    );
+    // Without a registry the routes answer 503.
+    let bare = Fixture::new();
+    assert_eq!(bare.json("/api/v1/models").0, 503);
+    let r = bare.post_json("/api/v1/train/oven-00000", &serde_json::json!({}), None);
+    assert_eq!(r.status, 503);
+}
+
+#[test]
+fn training_queue_is_bounded() {
+    use crate::registry::LocalRegistry;
+    use crate::training::jobs::{JobState, SubmitError, TrainJobs};
+    use crate::training::TrainSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let registry: Arc<dyn crate::registry::Registry> = Arc::new(LocalRegistry::new(dir.path()));
+    // The history is a named pipe: the first job blocks reading it until the test writes.
+    let fifo = dir.path().join("history.jsonl");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let jobs = TrainJobs::start(
+        registry,
+        crate::training::HistorySpec::File(fifo.clone()),
+        1,
+    )
+    .unwrap();
+    let spec = TrainSpec::new("oven", crate::registry::ScopeKind::EquipmentClass);
+    let first = jobs.submit(spec.clone()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while jobs.status(&first.job_id).unwrap().state != JobState::Running {
+        assert!(Instant::now() < deadline, "the worker never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // One running, one waiting (capacity 1), the rest refused.
+    let second = jobs.submit(spec.clone()).unwrap();
+    assert_eq!(second.state, JobState::Queued);
+    for _ in 0..2 {
+        assert!(matches!(
+            jobs.submit(spec.clone()),
+            Err(SubmitError::QueueFull(1))
+        ));
+    }
+    // An empty history, one job at a time (a writer pairs with whichever reader has the pipe open):
+    // both jobs fail with the reason, and the queue drains.
+    for id in [&first.job_id, &second.job_id] {
+        while jobs.status(id).unwrap().state == JobState::Queued {
+            assert!(Instant::now() < deadline, "job {id} never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+        while jobs.status(id).unwrap().state == JobState::Running {
+            assert!(Instant::now() < deadline, "job {id} never finished");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let s = jobs.status(id).unwrap();
+        assert_eq!(s.state, JobState::Failed);
+        assert!(s
+            .error
+            .unwrap()
+            .contains("no readings for equipment class `oven`"));
+    }
+    assert!(jobs.status("train-x").is_none());
 }

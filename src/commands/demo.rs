@@ -51,7 +51,16 @@ pub struct DemoArgs {
     /// Don't print each alert.
     #[arg(long)]
     pub quiet: bool,
+    /// Model registry directory served by `/api/v1/models` and filled by `POST /api/v1/train/{thing}`.
+    #[arg(long, default_value = "egizml-data/models")]
+    pub registry: PathBuf,
+    /// Simulator readings (same things and seed as the live run) that API training jobs learn from.
+    #[arg(long, default_value_t = 100_000)]
+    pub train_points: usize,
 }
+
+/// Training jobs that may wait behind the running one.
+const TRAIN_QUEUE: usize = 4;
 
 /// The last stdout line of `demo`.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -144,8 +153,21 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     let shared = ApiState::share(reader);
     // Mutating API calls (feedback, rules) need this bearer token when it is set.
     let token = std::env::var("EGIZML_API_TOKEN").ok();
+    let registry = crate::registry::RegistryConfig::local(&args.registry).open()?;
+    let training = crate::training::jobs::TrainJobs::start(
+        std::sync::Arc::clone(&registry),
+        crate::training::HistorySpec::Simulator(crate::training::SimulatorHistory {
+            things: args.things,
+            points: args.train_points,
+            seed: args.seed,
+            faults_per_1000: args.faults_per_1000,
+        }),
+        TRAIN_QUEUE,
+    )?;
     let state = ApiState::new(shared.clone())
         .with_rules(rules.clone())
+        .with_registry(registry)
+        .with_training(training)
         .with_token(token.as_deref())
         .with_health_details(move || {
             serde_json::json!({"mode": "demo", "stopping": stop_health.load(Ordering::Relaxed)})

@@ -8,6 +8,7 @@
 //! [`crate::features`]), so a model scores in production on the features it was trained on.
 
 pub mod config;
+pub mod jobs;
 
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ pub mod eval;
 pub mod event;
 pub mod explain;
 pub mod features;
+pub mod fleet;
 pub mod metrics;
 pub mod models;
 pub mod pipeline;

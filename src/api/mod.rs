@@ -19,6 +19,9 @@
 //! - `GET /api/v1/models[?scope=]`, `GET /api/v1/models/{scope}[/{version}[/metrics]]`,
 //!   `POST /api/v1/models/{scope}/{version}/activate`, `POST /api/v1/models/{scope}/rollback`,
 //!   `POST /api/v1/train/{thing_id}`, `GET /api/v1/train/jobs/{job_id}`: see [`models`]
+//! - `GET /api/v1/devices?limit=&offset=`: device summaries (alert counts by type/severity, score mean
+//!   and p95, dominant families), `GET /api/v1/devices/{thing_id}`, `GET /api/v1/fleet?limit=&offset=`:
+//!   fleet totals and the health ranking, worst first (kept by [`crate::fleet`])
 //! - `GET /api/v1/openapi.json`: the OpenAPI 3.0 document of all of the above
 //!
 //! Every error is JSON `{"error": "..."}`; a 400 names the offending parameter or field. When a token is
@@ -67,6 +70,8 @@ pub struct ApiState {
     pub registry: Option<Arc<dyn crate::registry::Registry>>,
     /// The training queue behind `/api/v1/train`; `None` makes those routes answer 503.
     pub training: Option<crate::training::jobs::TrainJobs>,
+    /// Fleet and device summaries; `None` makes `/api/v1/devices` and `/api/v1/fleet` answer 503.
+    pub fleet: Option<crate::fleet::Fleet>,
 }
 
 impl ApiState {
@@ -88,6 +93,7 @@ impl ApiState {
             token: None,
             registry: None,
             training: None,
+            fleet: None,
         }
     }
 
@@ -120,6 +126,12 @@ impl ApiState {
     /// Accepts `POST /api/v1/train/{thing_id}` jobs on this queue.
     pub fn with_training(mut self, jobs: crate::training::jobs::TrainJobs) -> ApiState {
         self.training = Some(jobs);
+        self
+    }
+
+    /// Serves these fleet and device summaries.
+    pub fn with_fleet(mut self, fleet: crate::fleet::Fleet) -> ApiState {
+        self.fleet = Some(fleet);
         self
     }
 
@@ -298,6 +310,9 @@ fn routes() -> Vec<(
         ),
         ("/api/v1/train/{thing_id}", &["POST"], post(models::train)),
         ("/api/v1/train/jobs/{job_id}", &["GET"], get(models::job)),
+        ("/api/v1/devices", &["GET"], get(fleet::devices)),
+        ("/api/v1/devices/{thing_id}", &["GET"], get(fleet::device)),
+        ("/api/v1/fleet", &["GET"], get(fleet::fleet_summary)),
     ]
 }
 
@@ -540,6 +555,7 @@ fn epoch_ms(name: &str, value: &str) -> Result<i64, ApiError> {
     })
 }
 
+mod fleet;
 mod handlers;
 mod models;
 mod predictions;

@@ -1123,3 +1123,68 @@ fn training_queue_is_bounded() {
     }
     assert!(jobs.status("train-x").is_none());
 }
+
+#[test]
+fn fleet_and_device_routes_serve_the_summaries_with_pagination() {
+    let fleet = crate::fleet::Fleet::start().unwrap();
+    let alerts = fixture();
+    for a in &alerts {
+        fleet.alert(a, 1);
+    }
+    fleet.scores("mixer-2", &[0.1, 0.2, 0.3, 0.9]);
+    let snap = fleet.sync();
+    let dir = tempfile::tempdir().unwrap();
+    let f = Fixture::with_state(ApiState::without_store().with_fleet(fleet.clone()), dir);
+
+    // The list equals the snapshot, paged by thing id.
+    let (status, all) = f.json("/api/v1/devices");
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["total"], 2);
+    assert_eq!(
+        all["items"],
+        serde_json::to_value(snap.devices()).unwrap(),
+        "devices list"
+    );
+    let (_, second) = f.json("/api/v1/devices?limit=1&offset=1");
+    assert_eq!(second["items"].as_array().unwrap().len(), 1);
+    assert_eq!(second["items"][0]["thing_id"], all["items"][1]["thing_id"]);
+    assert_eq!(
+        f.json("/api/v1/devices?offset=5").1["items"],
+        serde_json::json!([])
+    );
+
+    let (status, mixer) = f.json("/api/v1/devices/mixer-2");
+    assert_eq!(status, 200);
+    assert_eq!(
+        mixer,
+        serde_json::to_value(snap.device("mixer-2").unwrap()).unwrap()
+    );
+    assert_eq!(mixer["alerts_total"], 6);
+    assert_eq!(mixer["scores_count"], 4);
+    assert_eq!(mixer["dominant_families"][0]["family"], "voltage");
+    let (status, oven) = f.json("/api/v1/devices/factory%3Aoven-1");
+    assert_eq!(status, 200);
+    assert_eq!(oven["thing_id"], "factory:oven-1");
+    let (status, body) = f.json("/api/v1/devices/nope");
+    assert_eq!(status, 404);
+    assert!(body["error"].as_str().unwrap().contains("nope"));
+
+    let (status, summary) = f.json("/api/v1/fleet");
+    assert_eq!(status, 200);
+    assert_eq!(summary, serde_json::to_value(snap.fleet()).unwrap());
+    assert_eq!(summary["alerts_total"], alerts.len());
+    let (_, top) = f.json("/api/v1/fleet?limit=1");
+    assert_eq!(top["ranking"].as_array().unwrap().len(), 1);
+    assert_eq!(top["ranking"][0], summary["ranking"][0]);
+
+    f.bad_request("/api/v1/devices?limit=0", "limit");
+    f.bad_request("/api/v1/devices?offset=-1", "offset");
+    f.bad_request("/api/v1/fleet?since=1", "since");
+
+    // Without summaries the routes say so.
+    let none = Fixture::with_state(ApiState::without_store(), tempfile::tempdir().unwrap());
+    assert_eq!(none.json("/api/v1/fleet").0, 503);
+    assert_eq!(none.json("/api/v1/devices").0, 503);
+    assert_eq!(none.json("/api/v1/devices/mixer-2").0, 503);
+    fleet.close();
+}

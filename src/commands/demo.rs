@@ -9,6 +9,7 @@ use crate::sinks::jsonl::LineWriter;
 use crate::sinks::retention::{Purger, RetentionConfig};
 use crate::sinks::sqlite::{open_store, AlertStore};
 use crate::sources::simulator::{Simulator, SimulatorConfig};
+use anyhow::Context;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,11 +81,14 @@ struct DemoSink {
     stdout: Option<LineWriter>,
     batch: Vec<crate::event::Alert>,
     predictions: Vec<crate::rul::predict::Prediction>,
+    /// Fleet and device summaries served by `/api/v1/devices` and `/api/v1/fleet`.
+    fleet: crate::fleet::FleetFeed,
 }
 
 impl OutputSink for DemoSink {
     fn write(&mut self, outputs: &[(u64, Output)]) -> anyhow::Result<()> {
         for (_, o) in outputs {
+            self.fleet.observe(o);
             match o {
                 Output::Alert(a) => {
                     if let Some(out) = self.stdout.as_mut() {
@@ -111,6 +115,7 @@ impl OutputSink for DemoSink {
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
+        self.fleet.flush();
         if !self.batch.is_empty() {
             let m = crate::metrics::global();
             match self.store.insert(&self.batch) {
@@ -164,7 +169,9 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         }),
         TRAIN_QUEUE,
     )?;
+    let fleet = crate::fleet::Fleet::start().context("starting the fleet summaries")?;
     let state = ApiState::new(shared.clone())
+        .with_fleet(fleet.clone())
         .with_rules(rules.clone())
         .with_registry(registry)
         .with_training(training)
@@ -232,14 +239,17 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         },
         batch: Vec::new(),
         predictions: Vec::new(),
+        fleet: crate::fleet::FleetFeed::new(fleet.clone()),
     };
     let opts = RunOptions {
         workers,
-        emit_scores: false,
+        // Per-reading scores feed the device summaries (score mean and p95), aggregated per flush.
+        emit_scores: true,
         stop: Arc::new(AtomicBool::new(false)),
     };
     let report = pipeline::run(cfg, rules, Input::Live(rx), Box::new(sink), opts)?;
     let _ = producer.join();
+    fleet.close();
     purger.stop();
     server.shutdown()?;
     let elapsed_s = started.elapsed().as_secs_f64();

@@ -97,6 +97,31 @@ fn demo_serves_health_metrics_and_anomalies_then_exits_with_a_summary() {
         .iter()
         .all(|a| a["thing_id"] == thing.as_str()));
 
+    // The differential-dataflow summaries follow the stored alerts (published once per epoch, so
+    // poll until the stored alert's device appears).
+    let mut device = (0, String::new());
+    while Instant::now() < deadline {
+        device = get(&format!("{base}/api/v1/devices/{thing}")).unwrap();
+        if device.0 == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(device.0, 200, "{}", device.1);
+    let device: serde_json::Value = serde_json::from_str(&device.1).unwrap();
+    assert!(device["alerts_total"].as_i64().unwrap() > 0, "{device}");
+    assert!(device["scores_count"].as_i64().unwrap() > 0, "{device}");
+    let (status, body) = get(&format!("{base}/api/v1/devices?limit=2")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let devices: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(devices["items"].as_array().unwrap().len(), 2, "{devices}");
+    assert!(devices["total"].as_u64().unwrap() >= 2, "{devices}");
+    let (status, body) = get(&format!("{base}/api/v1/fleet?limit=3")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let fleet: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(fleet["alerts_total"].as_i64().unwrap() > 0, "{fleet}");
+    assert_eq!(fleet["ranking"].as_array().unwrap().len(), 3, "{fleet}");
+
     let (status, metrics) = get(&format!("{base}/metrics")).unwrap();
     assert_eq!(status, 200);
     let ingested: f64 = metrics

@@ -58,6 +58,11 @@ pub struct DemoArgs {
     /// Simulator readings (same things and seed as the live run) that API training jobs learn from.
     #[arg(long, default_value_t = 100_000)]
     pub train_points: usize,
+    /// Once the input has ended and every alert is stored and summarised, keep serving the API this
+    /// many seconds (or until Ctrl-C / SIGTERM), so the final state can be inspected. `/health`
+    /// reports `details.drained: true` from then on.
+    #[arg(long, default_value_t = 0.0)]
+    pub linger: f64,
 }
 
 /// Training jobs that may wait behind the running one.
@@ -147,6 +152,10 @@ impl OutputSink for DemoSink {
 pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     anyhow::ensure!(args.things > 0, "--things must be at least 1");
     anyhow::ensure!(args.rate > 0.0, "--rate must be > 0");
+    anyhow::ensure!(
+        args.linger.is_finite() && args.linger >= 0.0,
+        "--linger must be a non-negative number of seconds"
+    );
     let (cfg, rules) = load_dataflow(args.config.as_deref())?;
     // Two connections: the pipeline writes through one while the API reads through the other.
     let writer = open_store(&args.store)?;
@@ -155,6 +164,9 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let stop_health = Arc::clone(&stop);
+    // Set once the pipeline has drained and the summaries include every alert.
+    let drained = Arc::new(AtomicBool::new(false));
+    let drained_health = Arc::clone(&drained);
     let shared = ApiState::share(reader);
     // Mutating API calls (feedback, rules) need this bearer token when it is set.
     let token = std::env::var("EGIZML_API_TOKEN").ok();
@@ -177,7 +189,11 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         .with_training(training)
         .with_token(token.as_deref())
         .with_health_details(move || {
-            serde_json::json!({"mode": "demo", "stopping": stop_health.load(Ordering::Relaxed)})
+            serde_json::json!({
+                "mode": "demo",
+                "stopping": stop_health.load(Ordering::Relaxed),
+                "drained": drained_health.load(Ordering::SeqCst),
+            })
         });
     let server = api::spawn(args.listen, state)?;
     let purger = Purger::spawn(shared, RetentionConfig::default())?;
@@ -249,6 +265,13 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     };
     let report = pipeline::run(cfg, rules, Input::Live(rx), Box::new(sink), opts)?;
     let _ = producer.join();
+    // The sink's last flush committed the last epoch; wait until the summaries have absorbed it.
+    fleet.sync();
+    drained.store(true, Ordering::SeqCst);
+    let linger_until = Instant::now() + Duration::from_secs_f64(args.linger);
+    while Instant::now() < linger_until && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     fleet.close();
     purger.stop();
     server.shutdown()?;

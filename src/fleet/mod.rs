@@ -193,7 +193,7 @@ impl DeviceState {
                 count: *n,
             });
         }
-        alert_counts.sort_by(|a, b| b.count.cmp(&a.count));
+        alert_counts.sort_by_key(|c| std::cmp::Reverse(c.count));
         let mut families: Vec<FamilyCount> = self
             .families
             .iter()
@@ -202,7 +202,7 @@ impl DeviceState {
                 count: *n,
             })
             .collect();
-        families.sort_by(|a, b| b.count.cmp(&a.count));
+        families.sort_by_key(|f| std::cmp::Reverse(f.count));
         families.truncate(TOP_FAMILIES);
         let (scores_count, score_mean, score_p95) = match self.scores {
             Some((n, sum, p95)) => (

@@ -125,9 +125,23 @@ fn summaries_equal_a_brute_force_computation_under_additions_and_retractions() {
         let fleet_summary = snap.fleet();
         assert_eq!(fleet_summary.alerts_total, live.len() as i64);
         assert_eq!(fleet_summary.ranking.len(), want.len());
-        for pair in fleet_summary.ranking.windows(2) {
-            assert!(pair[0].risk >= pair[1].risk, "ranking is worst first");
-        }
+        // The ranking: every device by risk, worst first, ties by thing id; totals from the brute force.
+        let mut order: Vec<(f64, String)> =
+            want.iter().map(|d| (d.risk, d.thing_id.clone())).collect();
+        order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let ranked: Vec<(f64, String)> = fleet_summary
+            .ranking
+            .iter()
+            .map(|r| (r.risk, r.thing_id.clone()))
+            .collect();
+        assert_eq!(ranked, order, "epoch {epoch}: ranking");
+        let scored: i64 = want.iter().map(|d| d.scores_count).sum();
+        assert_eq!(fleet_summary.scores_count, scored, "epoch {epoch}");
+        let by_type = live.iter().fold(BTreeMap::new(), |mut m, a| {
+            *m.entry(a.alert_type.clone()).or_insert(0i64) += 1;
+            m
+        });
+        assert_eq!(fleet_summary.alerts_by_type, by_type, "epoch {epoch}");
     }
     // Retracting everything empties the alert side; the scores stay.
     for a in live.drain(..) {

@@ -3,6 +3,7 @@
 
 mod demo_pg;
 mod docker;
+mod fleet;
 mod procs;
 mod prometheus;
 mod store;

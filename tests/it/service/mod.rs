@@ -1,6 +1,7 @@
 //! Service surface against real servers: the store contract on SQLite and PostgreSQL, a Prometheus
 //! server scraping /metrics, and the docker/ deployment files.
 
+mod audit;
 mod demo_pg;
 mod docker;
 mod fleet;

@@ -14,6 +14,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// A documented operation: path template and method.
+type Operation = (&'static str, &'static str);
+/// What the audit asserts about one operation.
+type Check = fn(&Api);
+
 const TOKEN: &str = "audit-token-7f3a";
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
 
@@ -273,7 +278,7 @@ fn every_endpoint_answers_as_documented_with_auth_validation_and_paging() {
     assert!(r.error().contains("/api/v1/no-such-route"));
 
     // Per-operation checks; every documented operation must have one.
-    let checks: Vec<((&str, &str), fn(&Api))> = vec![
+    let checks: Vec<(Operation, Check)> = vec![
         (("/health", "GET"), health),
         (("/api/v1/health", "GET"), health),
         (("/metrics", "GET"), metrics),

@@ -464,6 +464,7 @@ impl Engine {
             seq: p.seq,
             origin: p.origin.clone(),
         };
+        tracing::debug!(reason = %d.reason, detail = %d.detail, "reading rejected");
         self.counters.count_dead(&d.reason);
         out.push((p.seq, Output::Dead(d)));
     }
@@ -476,7 +477,11 @@ impl Engine {
         out: &mut Vec<(u64, Output)>,
     ) {
         let cfg = Arc::clone(&self.cfg);
+        // Stage spans (debug level: free when disabled) carry the thing, so every event of a stage
+        // says which thing it is about.
+        let window_span = tracing::debug_span!("window", thing_id = %p.thing_id).entered();
         if !self.things.contains_key(p.thing_id.as_str()) {
+            tracing::debug!(equipment_type = %p.equipment_type, "first reading of a thing");
             self.things
                 .insert(p.thing_id.clone(), ThingState::new(&p, &cfg));
         }
@@ -509,6 +514,7 @@ impl Engine {
         if let (Some(faults), true) = (t.faults.as_mut(), in_order) {
             faults.observe_into(p.ts, &p.values, &mut self.scratch.fault_events);
         }
+        drop(window_span);
 
         let hits = if self.rule_set.is_empty() || !complete {
             Vec::new()
@@ -519,13 +525,22 @@ impl Engine {
                 ts: p.ts,
                 in_order,
             };
+            let _span = tracing::debug_span!("rules", thing_id = %p.thing_id).entered();
             let hits = evaluate(&self.rule_set, &t.equipment_type, &readings, &mut state);
             t.rule_state = state;
+            for hit in &hits {
+                tracing::debug!(rule = %hit.rule, alert_type = %hit.alert_type, ts = p.ts, "rule matched");
+            }
             hits
         };
 
         let scored = if complete && t.learned >= cfg.warmup as u64 {
-            Some(score(t, &cfg, &mut self.scratch, self.emit_scores))
+            let _span = tracing::debug_span!("detect", thing_id = %p.thing_id).entered();
+            let s = score(t, &cfg, &mut self.scratch, self.emit_scores);
+            if s.anomalous {
+                tracing::debug!(score = s.ensemble, ts = p.ts, "anomalous reading");
+            }
+            Some(s)
         } else {
             None
         };
@@ -599,6 +614,8 @@ impl Engine {
         if anomalous || !hits.is_empty() {
             self.counters.anomalies += 1;
         }
+        let _policy = (!candidates.is_empty())
+            .then(|| tracing::debug_span!("policy", thing_id = %p.thing_id).entered());
         for (alert, bypass) in candidates {
             self.anomaly_kinds
                 .push((alert.alert_type.clone(), alert.severity));
@@ -607,13 +624,24 @@ impl Engine {
                 .admit(&self.windows, &alert.alert_type, alert.ts, bypass)
             {
                 Ok(()) => {
+                    tracing::debug!(
+                        alert_id = %alert.alert_id,
+                        alert_type = %alert.alert_type,
+                        severity = alert.severity.as_str(),
+                        ts = alert.ts,
+                        "alert emitted"
+                    );
                     self.counters.alerts += 1;
                     self.alert_latencies_ns
                         .push(now_ns.saturating_sub(ingest_ns));
                     out.push((p.seq, Output::Alert(alert)));
                 }
-                Err(Suppressed::Dedup) => self.counters.suppressed_dedup += 1,
+                Err(Suppressed::Dedup) => {
+                    tracing::trace!(alert_type = %alert.alert_type, "alert suppressed (dedup)");
+                    self.counters.suppressed_dedup += 1
+                }
                 Err(Suppressed::RateLimit) => {
+                    tracing::debug!(alert_type = %alert.alert_type, "alert suppressed (rate limit)");
                     self.counters.suppressed_rate += 1;
                     // A maintenance alert hidden by the rate limit is raised again at the thing's
                     // next prediction inside the horizon, so it is delayed, never lost.

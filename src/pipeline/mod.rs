@@ -211,7 +211,7 @@ pub fn run(
                                 let mut engine = engine.borrow_mut();
                                 let mut latency = latency.borrow_mut();
                                 engine.refresh_rules();
-                                let _span = tracing::trace_span!("thing_state", epoch = cap.time()).entered();
+                                let _span = tracing::debug_span!("thing_state", worker = index, epoch = cap.time()).entered();
                                 let inference = metrics.inference_latency.local();
                                 // One clock read per record: each record's processing ends where the
                                 // next one's begins.
@@ -254,11 +254,16 @@ pub fn run(
                             if frontier.less_equal(first.key()) {
                                 break;
                             }
+                            let epoch = *first.key();
                             let mut outputs = first.remove();
                             // Stable: outputs of one reading keep the order the engine gave them.
                             outputs.sort_by_key(|(seq, _)| *seq);
                             if let Some(sink) = my_sink.as_mut() {
-                                let _span = tracing::trace_span!("sink").entered();
+                                let _span = tracing::debug_span!("sink", epoch).entered();
+                                if tracing::enabled!(tracing::Level::DEBUG) {
+                                    let alerts = outputs.iter().filter(|(_, o)| matches!(o, Output::Alert(_))).count();
+                                    tracing::debug!(outputs = outputs.len(), alerts, "epoch written");
+                                }
                                 if let Err(e) = sink.write(&outputs) {
                                     sink_healthy = false;
                                     record_sink_error(&sink_error, e);
@@ -455,6 +460,7 @@ fn feed_lines(
         if mine {
             input.advance_to(chunk);
         }
+        let span = mine.then(|| tracing::debug_span!("decode", worker = index, chunk).entered());
         while lines_in_chunk < CHUNK_LINES && pos < data.len() {
             let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |i| pos + i);
             let line = &data[pos..end];
@@ -471,6 +477,7 @@ fn feed_lines(
                 Origin::Line { line: line_no },
             ));
         }
+        drop(span);
         if mine {
             input.send_batch(&mut batch);
             batch.clear();
@@ -494,7 +501,11 @@ pub fn decode_record(decoder: &mut Decoder, raw: &[u8], seq: u64, origin: Origin
             p.origin = origin;
             Record::Point(p, clock_ns())
         }
-        Err(m) => Record::Dead(DeadLetter::new(&m, raw, seq, origin)),
+        Err(m) => {
+            let d = DeadLetter::new(&m, raw, seq, origin);
+            tracing::debug!(reason = %d.reason, detail = %d.detail, seq, "malformed input");
+            Record::Dead(d)
+        }
     }
 }
 
@@ -543,6 +554,7 @@ fn feed_live(
         }
         let mut disconnected = false;
         if let Some(rx) = &rx {
+            let _span = tracing::debug_span!("decode", worker = 0).entered();
             loop {
                 match rx.try_next(seq + 1, &mut decoder) {
                     Ok(Some(record)) => {
@@ -617,7 +629,10 @@ fn feed_kafka(
         if epoch > *input.time() {
             input.advance_to(epoch);
         }
-        let n = reader.poll_into(&mut decoder, &mut batch, 4096, Duration::ZERO);
+        let n = {
+            let _span = tracing::debug_span!("decode", worker = index).entered();
+            reader.poll_into(&mut decoder, &mut batch, 4096, Duration::ZERO)
+        };
         if n > 0 {
             // +1: zero means "no message yet", and the idle clock only starts with the first one
             // (joining the group can take a session timeout after a crash).

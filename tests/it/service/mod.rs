@@ -5,6 +5,7 @@ mod audit;
 mod demo_pg;
 mod docker;
 mod fleet;
+mod logs;
 mod procs;
 mod prometheus;
 mod store;

@@ -63,6 +63,9 @@ pub struct SourceConfig {
 pub struct FileSourceConfig {
     /// Path, relative to the service config's folder.
     pub path: PathBuf,
+    /// Readings (lines) per second; unset: as fast as the pipeline goes.
+    #[serde(default)]
+    pub rate: Option<f64>,
 }
 
 /// The built-in simulator, paced in real time.
@@ -146,6 +149,13 @@ impl ServiceConfig {
         }
         if let Some(m) = &s.mqtt {
             m.validate().map_err(|m| semantic(format!("source.{m}")))?;
+        }
+        if let Some(rate) = s.file.as_ref().and_then(|f| f.rate) {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(semantic(format!(
+                    "source.file.rate: must be > 0 readings per second, got {rate}"
+                )));
+            }
         }
         if let Some(sim) = &s.simulator {
             if sim.things == 0 || !(sim.rate.is_finite() && sim.rate > 0.0) {
@@ -307,7 +317,11 @@ pub fn run_service(
     } else if let Some(k) = &cfg.source.kafka {
         Input::Kafka(k.clone())
     } else if let Some(f) = &cfg.source.file {
-        Input::Lines(crate::sources::file::open(&f.path)?)
+        let data = crate::sources::file::open(&f.path)?;
+        match f.rate {
+            Some(rate) => Input::PacedLines(data, rate),
+            None => Input::Lines(data),
+        }
     } else if let Some(sim) = &cfg.source.simulator {
         let (tx, rx) = std::sync::mpsc::sync_channel(65_536);
         let sim_cfg = SimulatorConfig {

@@ -40,6 +40,8 @@ pub enum Input {
     /// A JSONL document (a memory-mapped file or bytes in memory); its chunks of [`CHUNK_LINES`] lines
     /// are striped over the workers, which decode them in parallel.
     Lines(Arc<dyn AsRef<[u8]> + Send + Sync>),
+    /// [`Input::Lines`] read at most this many lines per second (a file replayed at a live pace).
+    PacedLines(Arc<dyn AsRef<[u8]> + Send + Sync>, f64),
     /// Points pushed by another thread (simulator, network sources); worker 0 receives them. The run
     /// ends when the sender hangs up or `stop` is set.
     Live(Receiver<Point>),
@@ -66,7 +68,8 @@ pub struct RunOptions {
     pub workers: usize,
     /// Emit a score line per reading.
     pub emit_scores: bool,
-    /// Set to end a live run.
+    /// Set to end a run early (SIGTERM): a live or Kafka source stops reading, a file stops at a
+    /// chunk boundary; what was read is processed and reaches the sink before the run returns.
     pub stop: Arc<AtomicBool>,
 }
 
@@ -128,8 +131,13 @@ pub fn run(
     // what at-least-once sources may acknowledge upstream.
     let acked = Arc::new(AtomicU64::new(0));
     let kafka_resume = Arc::new(crate::sources::kafka::ResumePoints::default());
+    let mut pace = None;
     let (lines, live, kafka) = match input {
         Input::Lines(data) => (Some(data), None, None),
+        Input::PacedLines(data, per_sec) => {
+            pace = Some(per_sec).filter(|r| r.is_finite() && *r > 0.0);
+            (Some(data), None, None)
+        }
         Input::Live(rx) => (None, Some(LiveRx::Points(rx)), None),
         Input::Messages(rx) => (None, Some(LiveRx::Messages(rx)), None),
         Input::Kafka(cfg) => (None, None, Some(cfg)),
@@ -149,10 +157,10 @@ pub fn run(
     // when the next one joins.
     let kafka_start = Arc::new(std::sync::Barrier::new(workers));
     let live = Arc::new(Mutex::new(live));
+    let file_stop = Arc::new(Mutex::new(FileStop::default()));
     let sink_error2 = Arc::clone(&sink_error);
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
-        let peers = worker.peers();
         let mut input = InputHandleVec::<u64, Record>::new();
         let probe = ProbeHandle::new();
         let engine = Rc::new(RefCell::new(Engine::new(
@@ -291,7 +299,17 @@ pub fn run(
         });
 
         match (&lines, &kafka) {
-            (Some(data), _) => feed_lines(worker, &mut input, &probe, data.as_ref().as_ref(), &cfg, index, peers),
+            (Some(data), _) => {
+                let ctx = LinesFeed {
+                    data: data.as_ref().as_ref(),
+                    cfg: &cfg,
+                    pace,
+                    started,
+                    stop: &opts.stop,
+                    file_stop: &file_stop,
+                };
+                feed_lines(worker, &mut input, &probe, ctx)
+            }
             (None, Some(kcfg)) => {
                 let ctx = KafkaFeed {
                     cfg: kcfg,
@@ -440,15 +458,49 @@ fn route(r: &Record) -> u64 {
 /// Epochs a worker may run ahead of the slowest output before it waits: bounds memory.
 const MAX_EPOCHS_IN_FLIGHT: u64 = 3;
 
+/// Where a stopped file run ends, shared by the workers: every chunk below `stop_at` is read in full and
+/// none from it on, so what a stopped run consumed is a prefix of the file whatever the worker count.
+#[derive(Default)]
+struct FileStop {
+    /// One past the highest chunk any worker has started.
+    next: u64,
+    /// Set from `next` by the first worker that sees the stop flag.
+    stop_at: Option<u64>,
+}
+
+impl FileStop {
+    /// Whether `chunk` may be read (and if so, records it as started).
+    fn admit(&mut self, chunk: u64, stopping: bool) -> bool {
+        if stopping && self.stop_at.is_none() {
+            self.stop_at = Some(self.next);
+        }
+        if self.stop_at.is_some_and(|at| chunk >= at) {
+            return false;
+        }
+        self.next = self.next.max(chunk + 1);
+        true
+    }
+}
+
+/// What [`feed_lines`] needs besides the worker.
+struct LinesFeed<'a> {
+    data: &'a [u8],
+    cfg: &'a DataflowConfig,
+    /// Lines per second, over the whole file (every worker walks every line).
+    pace: Option<f64>,
+    started: Instant,
+    stop: &'a AtomicBool,
+    file_stop: &'a Mutex<FileStop>,
+}
+
 fn feed_lines(
     worker: &mut timely::worker::Worker,
     input: &mut InputHandleVec<u64, Record>,
     probe: &ProbeHandle<u64>,
-    data: &[u8],
-    cfg: &DataflowConfig,
-    index: usize,
-    peers: usize,
+    ctx: LinesFeed<'_>,
 ) {
+    let (data, cfg) = (ctx.data, ctx.cfg);
+    let (index, peers) = (worker.index(), worker.peers());
     let mut decoder = Decoder::new(&cfg.decode);
     let mut batch: Vec<Record> = Vec::with_capacity(CHUNK_LINES);
     let mut chunk: u64 = 0;
@@ -456,6 +508,23 @@ fn feed_lines(
     let mut pos = 0usize;
     while pos < data.len() {
         let mine = chunk % peers as u64 == index as u64;
+        if mine {
+            let stopping = ctx.stop.load(Ordering::SeqCst);
+            let admitted = ctx
+                .file_stop
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .admit(chunk, stopping);
+            if !admitted {
+                tracing::info!(
+                    worker = index,
+                    chunk,
+                    line = line_no,
+                    "file source stopped at a chunk boundary"
+                );
+                return;
+            }
+        }
         let mut lines_in_chunk = 0;
         if mine {
             input.advance_to(chunk);
@@ -467,6 +536,12 @@ fn feed_lines(
             pos = end + 1;
             line_no += 1;
             lines_in_chunk += 1;
+            if let Some(per_sec) = ctx.pace {
+                // Paced: wait (keeping the dataflow moving) until this line is due.
+                while line_no as f64 > ctx.started.elapsed().as_secs_f64() * per_sec {
+                    worker.step_or_park(Some(Duration::from_millis(1)));
+                }
+            }
             if !mine || line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -580,6 +655,17 @@ fn feed_live(
             stop.store(true, Ordering::SeqCst);
         }
         if stop.load(Ordering::SeqCst) {
+            // What the source already handed over is processed too (an MQTT message in the channel
+            // has been acknowledged to the broker): take it without waiting for more.
+            if let (Some(rx), false) = (&rx, disconnected) {
+                let _span = tracing::debug_span!("decode", worker = 0).entered();
+                while let Ok(Some(record)) = rx.try_next(seq + 1, &mut decoder) {
+                    seq += 1;
+                    batch.push(record);
+                }
+                input.send_batch(&mut batch);
+                tracing::info!(records = seq, "live source stopped");
+            }
             return;
         }
         // Backpressure: don't run more than a few epochs ahead of the sink.
@@ -677,3 +763,6 @@ fn feed_kafka(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,4 +8,5 @@ mod fleet;
 mod logs;
 mod procs;
 mod prometheus;
+mod shutdown;
 mod store;

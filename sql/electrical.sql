@@ -1,7 +1,7 @@
--- Derived electrical and thermal features of one reading, per thing.
--- Today the stream computes exactly these in Rust (src/features.rs); the DataFusion feature engine
--- (issue 4) will run this file over history for training and over the stream for scoring, with a parity
--- test between the two.
+-- Electrical feature set, per thing.
+-- Row features are the derived features the stream computes by default (src/features.rs); the window
+-- features add short-term context. A dataflow uses this file with `features: { sql: ../sql/electrical.sql }`;
+-- training runs it over history with DataFusion. The parity test proves both give the same values.
 SELECT
   thing_id,
   ts,
@@ -13,5 +13,16 @@ SELECT
        ELSE 0.0 END
     AS current_imbalance_pct,
   GREATEST(temp_zone_1, temp_zone_2, temp_zone_3) - LEAST(temp_zone_1, temp_zone_2, temp_zone_3)
-    AS temp_zone_spread
+    AS temp_zone_spread,
+  -- Mean phase voltage against its average over the last 10 readings (sags and swells).
+  (voltage_a + voltage_b + voltage_c) / 3.0
+    - AVG((voltage_a + voltage_b + voltage_c) / 3.0)
+        OVER (PARTITION BY thing_id ORDER BY ts ROWS BETWEEN 9 PRECEDING AND CURRENT ROW)
+    AS voltage_dev_10,
+  STDDEV((current_a + current_b + current_c) / 3.0)
+    OVER (PARTITION BY thing_id ORDER BY ts ROWS BETWEEN 9 PRECEDING AND CURRENT ROW)
+    AS current_std_10,
+  MAX(power_factor) OVER (PARTITION BY thing_id ORDER BY ts ROWS BETWEEN 9 PRECEDING AND CURRENT ROW)
+    - MIN(power_factor) OVER (PARTITION BY thing_id ORDER BY ts ROWS BETWEEN 9 PRECEDING AND CURRENT ROW)
+    AS power_factor_range_10
 FROM telemetry;

@@ -7,6 +7,7 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A configuration error that names the file, the line and the field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +245,30 @@ pub struct FeatureConfig {
     pub current_imbalance: bool,
     /// `temp_zone_spread` = max - min over `temp_zone_*` when at least two zones are present.
     pub zone_spread: bool,
+    /// A feature set in SQL (`sql/*.sql`; a relative path is resolved against this dataflow file's
+    /// folder). Its output columns replace the three built-in derived features above; its window
+    /// functions keep per-thing state. Unset: the built-in features only.
+    pub sql: Option<PathBuf>,
+    /// The compiled `sql` file (set by [`DataflowConfig::load`] or [`FeatureConfig::compile_sql`]).
+    #[serde(skip)]
+    pub sql_set: Option<Arc<crate::sql_features::FeatureSet>>,
+}
+
+impl FeatureConfig {
+    /// Resolves `sql` against `base` (the dataflow file's folder) and compiles it; an unreadable file
+    /// or unsupported SQL fails here, at start-up, naming the file and the construct.
+    pub fn compile_sql(&mut self, base: &Path) -> Result<(), crate::sql_features::SqlFeatureError> {
+        if let Some(sql) = &self.sql {
+            let path = if sql.is_relative() {
+                base.join(sql)
+            } else {
+                sql.clone()
+            };
+            self.sql_set = Some(Arc::new(crate::sql_features::FeatureSet::from_file(&path)?));
+            self.sql = Some(path);
+        }
+        Ok(())
+    }
 }
 
 impl Default for FeatureConfig {
@@ -252,6 +277,8 @@ impl Default for FeatureConfig {
             voltage_imbalance: true,
             current_imbalance: true,
             zone_spread: true,
+            sql: None,
+            sql_set: None,
         }
     }
 }
@@ -408,6 +435,13 @@ impl DataflowConfig {
                 cfg.rules = Some(base.join(rules));
             }
         }
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.features
+            .compile_sql(base)
+            .map_err(|e| ConfigError::Semantic {
+                file: path.display().to_string(),
+                message: format!("field `features.sql`: {e}"),
+            })?;
         cfg.validate(&path.display().to_string())?;
         if let Some(rul) = &mut cfg.rul {
             let file = path.display().to_string();

@@ -44,6 +44,8 @@ dpkg -s postgresql >/dev/null 2>&1 || service_pkgs+=(postgresql)
 # MQTT tests (issue 3): each test starts its own Mosquitto on a free port from a generated config.
 dpkg -s mosquitto >/dev/null 2>&1 || service_pkgs+=(mosquitto)
 command -v prometheus >/dev/null 2>&1 || service_pkgs+=(prometheus)
+# issue 4: InfluxDB 1.x for the history loader test (tests/it/influx.rs starts its own influxd).
+command -v influxd >/dev/null 2>&1 || service_pkgs+=(influxdb)
 if [ "${#service_pkgs[@]}" -gt 0 ]; then
   echo "== installing ${service_pkgs[*]}"
   if [ -z "${EGIZML_APT_UPDATED:-}" ]; then

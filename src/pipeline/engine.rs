@@ -16,6 +16,7 @@ use crate::features::DerivedPlan;
 use crate::policy::{PolicyState, PolicyWindows, Suppressed};
 use crate::rul::predict::{Prediction, RulTracker};
 use crate::rules::{evaluate, Readings, RuleHit, RuleSet, RuleState, RulesHandle};
+use crate::sql_features::{StreamEvaluator, ThingWindows};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -139,6 +140,9 @@ struct ThingState {
     layout_id: u64,
     n_raw: usize,
     plan: DerivedPlan,
+    /// The dataflow's SQL feature set (`features.sql`), when configured: its outputs are the derived
+    /// features instead of the built-in ones.
+    sql: Option<SqlFeatures>,
     values: Vec<f64>,
     present: Vec<bool>,
     prev_values: Vec<f64>,
@@ -165,6 +169,44 @@ struct ThingState {
     policy: PolicyState,
 }
 
+/// A thing's SQL feature state: its windows and where the set's inputs sit among the raw slots.
+struct SqlFeatures {
+    eval: StreamEvaluator,
+    windows: ThingWindows,
+    /// Raw slot of each input of the set (`None`: this thing has no such sensor, the input is NULL).
+    input_slots: Vec<Option<usize>>,
+    inputs: Vec<Option<f64>>,
+    outputs: Vec<Option<f64>>,
+}
+
+impl SqlFeatures {
+    fn new(eval: StreamEvaluator) -> SqlFeatures {
+        SqlFeatures {
+            windows: eval.new_thing(),
+            input_slots: Vec::new(),
+            inputs: vec![None; eval.inputs().len()],
+            outputs: vec![None; eval.outputs().len()],
+            eval,
+        }
+    }
+
+    /// Evaluates the reading (every reading advances the windows); false when a feature is NULL or not
+    /// finite (window warm-up, a missing sensor), so the reading cannot be scored as a whole.
+    fn compute(&mut self, raw: &[f64], derived: &mut [f64]) -> bool {
+        for (x, slot) in self.inputs.iter_mut().zip(&self.input_slots) {
+            *x = slot.map(|s| raw[s]).filter(|v| !v.is_nan());
+        }
+        self.eval
+            .evaluate(&mut self.windows, &self.inputs, &mut self.outputs);
+        let mut complete = true;
+        for (d, o) in derived.iter_mut().zip(&self.outputs) {
+            *d = o.filter(|v| v.is_finite()).unwrap_or(f64::NAN);
+            complete &= d.is_finite();
+        }
+        complete
+    }
+}
+
 impl ThingState {
     fn new(p: &Point, cfg: &DataflowConfig) -> ThingState {
         let raw: Vec<Name> = p.values.iter().map(|(n, _)| n.clone()).collect();
@@ -174,6 +216,11 @@ impl ThingState {
             layout_id: 0,
             n_raw: 0,
             plan: DerivedPlan::default(),
+            sql: cfg
+                .features
+                .sql_set
+                .as_ref()
+                .map(|set| SqlFeatures::new(set.evaluator())),
             values: Vec::new(),
             present: Vec::new(),
             prev_values: Vec::new(),
@@ -203,7 +250,20 @@ impl ThingState {
     /// (Re)builds the feature layout; statistics of features that remain are kept, the multivariate
     /// model restarts because its dimensions changed.
     fn set_layout(&mut self, raw: Vec<Name>, cfg: &DataflowConfig) {
-        let (plan, derived) = DerivedPlan::new(&raw, &cfg.features);
+        let (plan, derived) = match &mut self.sql {
+            // The SQL set replaces the built-in derived features; its windows survive a layout change.
+            Some(sql) => {
+                sql.input_slots = sql
+                    .eval
+                    .inputs()
+                    .iter()
+                    .map(|i| raw.iter().position(|n| n.as_str() == i.as_str()))
+                    .collect();
+                let names = sql.eval.outputs().iter().map(|o| Name::from(o.as_str()));
+                (DerivedPlan::default(), names.collect())
+            }
+            None => DerivedPlan::new(&raw, &cfg.features),
+        };
         let n_raw = raw.len();
         let names: Vec<Name> = raw.into_iter().chain(derived).collect();
         let mut old: Vec<(Name, FeatureStats, f64, f64)> = self
@@ -296,7 +356,8 @@ impl ThingState {
             debug_assert!(complete, "every name has a slot after the layout update");
         }
         let (raw, derived) = self.values.split_at_mut(self.n_raw);
-        if raw.iter().any(|v| v.is_nan()) {
+        let sql_complete = self.sql.as_mut().is_none_or(|sql| sql.compute(raw, derived));
+        if raw.iter().any(|v| v.is_nan()) || !sql_complete {
             return false;
         }
         self.plan.compute(raw, derived);

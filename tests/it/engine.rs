@@ -191,3 +191,50 @@ fn sensor_faults_alert_once_as_their_own_class() {
     off.sensor_faults.enabled = false;
     assert!(run(off).is_empty());
 }
+
+/// A dataflow with `features.sql`: the SQL set's outputs (here a 20-reading window average) are
+/// features the rules and detectors see; without the option they do not exist.
+#[test]
+fn sql_feature_set_outputs_are_features_of_the_dataflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/thermal.sql");
+    let flow = dir.path().join("flow.yaml");
+    std::fs::write(&flow, format!("features:\n  sql: {}\n", sql.display())).unwrap();
+    let with_sql = DataflowConfig::load(&flow).unwrap();
+    assert!(with_sql.features.sql_set.is_some());
+    let rule = "rules:\n  - name: avg_hot\n    kind: threshold\n    feature: temp_zone_1_avg_20\n    op: \">\"\n    value: 200\n";
+    let run = |cfg: DataflowConfig| {
+        let rules = RulesHandle::fixed(RuleSet::parse(rule, "t.yaml").unwrap());
+        let mut engine = Engine::new(Arc::new(cfg), rules, false);
+        let mut out = Vec::new();
+        for i in 0..120i64 {
+            let mut v = oven(i);
+            if i >= 60 {
+                v[7].1 = 240.0;
+            }
+            engine.process(
+                Record::Point(point("oven-1", T0 + i * 1000, &v, i as u64), 0),
+                0,
+                &mut out,
+            );
+        }
+        alerts(&out)
+            .into_iter()
+            .filter(|(_, t)| t == "avg_hot")
+            .map(|(ts, _)| (ts - T0) / 1000)
+            .collect::<Vec<i64>>()
+    };
+    // The average of the last 20 readings passes 200 at the 6th reading at 240 (5 x 55 < 300 < 6 x 55).
+    assert_eq!(run(with_sql).first(), Some(&65));
+    assert_eq!(run(DataflowConfig::default()), Vec::<i64>::new());
+
+    // Unsupported SQL fails at start-up naming the dataflow, the SQL file and the construct.
+    let bad = dir.path().join("bad.sql");
+    std::fs::write(&bad, "SELECT thing_id, ts, u FROM telemetry WHERE u > 0").unwrap();
+    std::fs::write(&flow, "features:\n  sql: bad.sql\n").unwrap();
+    let e = DataflowConfig::load(&flow).unwrap_err().to_string();
+    assert!(
+        e.contains("flow.yaml") && e.contains("bad.sql") && e.contains("Filter"),
+        "{e}"
+    );
+}

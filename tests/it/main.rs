@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod demo;
 mod engine;
+mod influx;
 mod kafka;
 mod loadgen;
 mod mqtt;

@@ -6,7 +6,7 @@ mod demo_pg;
 mod docker;
 mod fleet;
 mod logs;
-mod procs;
+pub(crate) mod procs;
 mod prometheus;
 mod shutdown;
 mod store;

@@ -522,6 +522,9 @@ fn strip_cast(e: &Expr) -> &Expr {
 
 /// `Some(value)` for a numeric, boolean or NULL literal.
 fn literal(e: &Expr) -> Option<Option<f64>> {
+    if let Expr::Negative(inner) = e {
+        return literal(strip_cast(inner)).map(|v| v.map(|x| -x));
+    }
     let Expr::Literal(v, _) = e else {
         return None;
     };

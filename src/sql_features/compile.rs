@@ -378,16 +378,16 @@ impl Compiler<'_> {
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
                 let l = bx(self.expr(left, schema)?);
                 let r = bx(self.expr(right, schema)?);
-                let arith = |a| -> Result<Node, SqlFeatureError> {
+                let integer = || -> Result<bool, SqlFeatureError> {
                     let ty = e.get_type(schema).map_err(|x| plan_err(self.file, x))?;
-                    Ok(Node::Arith(a, ty.is_integer(), l, r))
+                    Ok(ty.is_integer())
                 };
                 match op {
-                    Operator::Plus => arith(Arith::Add)?,
-                    Operator::Minus => arith(Arith::Sub)?,
-                    Operator::Multiply => arith(Arith::Mul)?,
-                    Operator::Divide => arith(Arith::Div)?,
-                    Operator::Modulo => arith(Arith::Rem)?,
+                    Operator::Plus => Node::Arith(Arith::Add, integer()?, l, r),
+                    Operator::Minus => Node::Arith(Arith::Sub, integer()?, l, r),
+                    Operator::Multiply => Node::Arith(Arith::Mul, integer()?, l, r),
+                    Operator::Divide => Node::Arith(Arith::Div, integer()?, l, r),
+                    Operator::Modulo => Node::Arith(Arith::Rem, integer()?, l, r),
                     Operator::Eq => Node::Cmp(Cmp::Eq, l, r),
                     Operator::NotEq => Node::Cmp(Cmp::NotEq, l, r),
                     Operator::Lt => Node::Cmp(Cmp::Lt, l, r),

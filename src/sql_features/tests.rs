@@ -185,6 +185,28 @@ fn every_shipped_feature_set_streams_exactly_what_datafusion_computes() {
     }
 }
 
+/// DataFusion 50.3's sliding `MIN` returns a stale value when every non-NULL value has left the frame
+/// (apache/datafusion#23872, fixed upstream by #23874 after 50.3). The stream evaluator returns NULL,
+/// as PostgreSQL, DuckDB and later DataFusion do; the parity test above therefore keeps `MIN`'s
+/// argument non-NULL. This pins both behaviours so an upgrade that fixes the bug shows up here.
+#[test]
+fn min_over_an_all_null_frame_is_null_in_the_stream_and_stale_in_datafusion_50() {
+    let sql = "SELECT thing_id, ts, MIN(voltage_a) OVER (PARTITION BY thing_id ORDER BY ts ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS m FROM telemetry";
+    let set = FeatureSet::from_sql("min.sql", sql).unwrap();
+    let mut h = History {
+        things: vec!["t".to_string(); 3],
+        ts: vec![1_000, 2_000, 3_000],
+        values: vec![vec![Some(230.0); 3]; SENSORS.len()],
+        labels: vec![0.0; 3],
+    };
+    let va = SENSORS.iter().position(|s| *s == "voltage_a").unwrap();
+    h.values[va] = vec![Some(3.0), None, None];
+    let streamed = stream(&set, &h);
+    assert_eq!(streamed.columns[0], vec![Some(3.0), Some(3.0), None]);
+    let batch = run(&set, &[to_batch(&h)]).unwrap();
+    assert_eq!(batch.columns[0], vec![Some(3.0), Some(3.0), Some(3.0)]);
+}
+
 #[test]
 fn parity_holds_for_every_supported_construct() {
     let sql = "SELECT thing_id, ts,
@@ -203,7 +225,7 @@ fn parity_holds_for_every_supported_construct() {
         VAR_POP(temp_zone_1) OVER (PARTITION BY thing_id ORDER BY ts ROWS BETWEEN 6 PRECEDING AND CURRENT ROW) AS vp7,
         VAR(temp_zone_2) OVER (PARTITION BY thing_id ORDER BY ts ROWS BETWEEN 6 PRECEDING AND CURRENT ROW) AS vs7,
         STDDEV(temp_zone_3) OVER (PARTITION BY thing_id ORDER BY ts ROWS 1 PRECEDING) AS sd2,
-        MIN(voltage_a - voltage_b) OVER (PARTITION BY thing_id ORDER BY ts ROWS BETWEEN 0 PRECEDING AND CURRENT ROW) AS d1,
+        MIN(COALESCE(voltage_a - voltage_b, 0)) OVER (PARTITION BY thing_id ORDER BY ts ROWS BETWEEN 0 PRECEDING AND CURRENT ROW) AS d1,
         LAG(voltage_a, 2, -1.0) OVER (PARTITION BY thing_id ORDER BY ts) AS lag2,
         LAG(voltage_a) OVER (PARTITION BY thing_id ORDER BY ts) AS lag1
       FROM telemetry ORDER BY thing_id, ts";
@@ -314,3 +336,4 @@ fn electrical_sql_row_features_equal_the_built_in_derived_features() {
     }
     assert_eq!(derived.len(), 3);
 }
+

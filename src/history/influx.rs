@@ -27,7 +27,10 @@ pub struct InfluxSource {
 
 impl InfluxSource {
     pub(crate) fn label(&self) -> String {
-        format!("influxdb {}/{}.{}", self.url, self.database, self.measurement)
+        format!(
+            "influxdb {}/{}.{}",
+            self.url, self.database, self.measurement
+        )
     }
 
     /// The InfluxQL statement for `range` (identifiers double-quoted, escaped).
@@ -66,7 +69,9 @@ pub(super) fn load_cached(
 
 /// Runs the query and turns the (chunked) JSON response into one batch.
 fn fetch(src: &InfluxSource, q: &str) -> Result<RecordBatch, HistoryError> {
-    let _span = tracing::info_span!("history_influx", db = %src.database, measurement = %src.measurement).entered();
+    let _span =
+        tracing::info_span!("history_influx", db = %src.database, measurement = %src.measurement)
+            .entered();
     let name = src.label();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -115,7 +120,10 @@ struct Rows {
 
 impl Rows {
     fn add_series(&mut self, name: &str, series: &Value) -> Result<(), HistoryError> {
-        let thing = series["tags"][THING_ID].as_str().unwrap_or_default().to_string();
+        let thing = series["tags"][THING_ID]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if thing.is_empty() {
             return Err(err(name, format!("a series without the `{THING_ID}` tag")));
         }
@@ -123,11 +131,19 @@ impl Rows {
             .as_array()
             .map(|c| c.iter().map(|v| v.as_str().unwrap_or_default()).collect())
             .unwrap_or_default();
-        let time_at = cols.iter().position(|c| *c == "time").ok_or_else(|| err(name, "a series without `time`"))?;
+        let time_at = cols
+            .iter()
+            .position(|c| *c == "time")
+            .ok_or_else(|| err(name, "a series without `time`"))?;
         let before = self.ts.len();
         for row in series["values"].as_array().into_iter().flatten() {
-            let row = row.as_array().ok_or_else(|| err(name, "a row that is not an array"))?;
-            let ts = row.get(time_at).and_then(Value::as_i64).ok_or_else(|| err(name, "a row without an integer time (epoch=ms)"))?;
+            let row = row
+                .as_array()
+                .ok_or_else(|| err(name, "a row that is not an array"))?;
+            let ts = row
+                .get(time_at)
+                .and_then(Value::as_i64)
+                .ok_or_else(|| err(name, "a row without an integer time (epoch=ms)"))?;
             self.things.push(thing.clone());
             self.ts.push(ts);
             for (c, v) in cols.iter().zip(row) {
@@ -139,7 +155,10 @@ impl Rows {
                     Value::Bool(b) => Some(*b as u8 as f64),
                     _ => None,
                 };
-                let col = self.columns.entry(c.to_string()).or_insert_with(|| vec![None; before]);
+                let col = self
+                    .columns
+                    .entry(c.to_string())
+                    .or_insert_with(|| vec![None; before]);
                 col.resize(self.ts.len() - 1, None);
                 col.push(v);
             }

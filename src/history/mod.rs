@@ -127,7 +127,10 @@ pub fn load(q: &HistoryQuery) -> Result<RecordBatch, HistoryError> {
     let (name, raw) = match &q.source {
         HistorySource::Csv(p) => (p.display().to_string(), read_csv(p)?),
         HistorySource::Parquet(p) => (p.display().to_string(), read_parquet(p)?),
-        HistorySource::Influx(src) => (src.label(), influx::load_cached(src, range, q.cache_dir.as_deref())?),
+        HistorySource::Influx(src) => (
+            src.label(),
+            influx::load_cached(src, range, q.cache_dir.as_deref())?,
+        ),
     };
     let batch = normalise(&name, &raw)?;
     let batch = filter_range(&name, &batch, range)?;
@@ -150,7 +153,8 @@ pub(crate) fn normalise(name: &str, batches: &[RecordBatch]) -> Result<RecordBat
         all.column_by_name(c)
             .ok_or_else(|| err(name, format!("no `{c}` column")))
     };
-    let thing = cast(col(THING_ID)?, &DataType::Utf8).map_err(|e| err(name, format!("`thing_id`: {e}")))?;
+    let thing =
+        cast(col(THING_ID)?, &DataType::Utf8).map_err(|e| err(name, format!("`thing_id`: {e}")))?;
     if thing.null_count() > 0 {
         return Err(err(name, "`thing_id` has empty values"));
     }
@@ -165,7 +169,12 @@ pub(crate) fn normalise(name: &str, batches: &[RecordBatch]) -> Result<RecordBat
     let mut cols: Vec<ArrayRef> = vec![thing, ts];
     for (f, a) in schema.fields().iter().zip(all.columns()) {
         let n = f.name().as_str();
-        if n == THING_ID || n == TS || !(f.data_type().is_numeric() || f.data_type() == &DataType::Boolean || f.data_type() == &DataType::Null) {
+        if n == THING_ID
+            || n == TS
+            || !(f.data_type().is_numeric()
+                || f.data_type() == &DataType::Boolean
+                || f.data_type() == &DataType::Null)
+        {
             continue;
         }
         fields.push(Field::new(n, DataType::Float64, true));
@@ -185,9 +194,18 @@ fn ts_millis(a: &ArrayRef) -> Result<ArrayRef, datafusion::arrow::error::ArrowEr
     }
 }
 
-fn filter_range(name: &str, b: &RecordBatch, range: TimeRange) -> Result<RecordBatch, HistoryError> {
-    let ts = b.column(1).as_any().downcast_ref::<Int64Array>().expect("normalised");
-    let keep: datafusion::arrow::array::BooleanArray = ts.iter().map(|t| t.map(|t| range.contains(t))).collect();
+fn filter_range(
+    name: &str,
+    b: &RecordBatch,
+    range: TimeRange,
+) -> Result<RecordBatch, HistoryError> {
+    let ts = b
+        .column(1)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("normalised");
+    let keep: datafusion::arrow::array::BooleanArray =
+        ts.iter().map(|t| t.map(|t| range.contains(t))).collect();
     datafusion::arrow::compute::filter_record_batch(b, &keep).map_err(|e| err(name, e))
 }
 
@@ -222,9 +240,17 @@ fn take_rows(name: &str, b: &RecordBatch, idx: &UInt32Array) -> Result<RecordBat
 /// Forward-fills each thing's sensor gaps of at most `max_fill` samples, then drops rows that still
 /// miss a sensor the thing reports at all (a sensor a thing never reports stays NULL: the SQL decides).
 /// Expects rows sorted by (thing_id, ts). The label column is not filled.
-pub(crate) fn fill_gaps(name: &str, b: &RecordBatch, max_fill: usize) -> Result<RecordBatch, HistoryError> {
+pub(crate) fn fill_gaps(
+    name: &str,
+    b: &RecordBatch,
+    max_fill: usize,
+) -> Result<RecordBatch, HistoryError> {
     let n = b.num_rows();
-    let things = b.column(0).as_any().downcast_ref::<StringArray>().expect("normalised");
+    let things = b
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("normalised");
     let schema = b.schema();
     let mut keep = vec![true; n];
     let mut cols: Vec<ArrayRef> = vec![Arc::clone(b.column(0)), Arc::clone(b.column(1))];
@@ -238,7 +264,11 @@ pub(crate) fn fill_gaps(name: &str, b: &RecordBatch, max_fill: usize) -> Result<
         }
     }
     for (j, f) in schema.fields().iter().enumerate().skip(2) {
-        let a = b.column(j).as_any().downcast_ref::<Float64Array>().expect("normalised");
+        let a = b
+            .column(j)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .expect("normalised");
         if f.name() == LABEL {
             cols.push(Arc::clone(b.column(j)));
             continue;

@@ -45,7 +45,12 @@ fn csv_text() -> String {
         } else {
             format!("{}", i as f64 * 1.5)
         };
-        s.push_str(&format!("a,{},{},{v},{}\n", 1000 + i * 10, i, (i == 5) as u8));
+        s.push_str(&format!(
+            "a,{},{},{v},{}\n",
+            1000 + i * 10,
+            i,
+            (i == 5) as u8
+        ));
     }
     for i in 0..3 {
         s.push_str(&format!("b,{},{},,0\n", 500 + i, 100 + i));
@@ -126,13 +131,19 @@ fn bad_files_fail_with_the_file_name() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("no_ts.csv");
     std::fs::write(&p, "thing_id,u\na,1\n").unwrap();
-    let e = load(&HistoryQuery::new(HistorySource::Csv(p.clone()))).unwrap_err().to_string();
-    assert!(e.contains("no_ts.csv") && e.contains("`ts`"), "{e}");
-    let e = source_for_file(&dir.path().join("x.json")).unwrap_err().to_string();
-    assert!(e.contains("x.json"), "{e}");
-    let e = load(&HistoryQuery::new(HistorySource::Parquet(dir.path().join("none.parquet"))))
+    let e = load(&HistoryQuery::new(HistorySource::Csv(p.clone())))
         .unwrap_err()
         .to_string();
+    assert!(e.contains("no_ts.csv") && e.contains("`ts`"), "{e}");
+    let e = source_for_file(&dir.path().join("x.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("x.json"), "{e}");
+    let e = load(&HistoryQuery::new(HistorySource::Parquet(
+        dir.path().join("none.parquet"),
+    )))
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("none.parquet"), "{e}");
 }
 
@@ -154,6 +165,14 @@ fn training_matrix_runs_a_feature_set_over_a_history_file() {
     assert_eq!((m.x.nrows(), m.dropped_rows), (14, 3));
     assert_eq!(m.x[[0, 0]], 0.0);
     assert_eq!(m.x[[1, 1]], 0.5);
-    assert_eq!(m.labels.as_ref().unwrap().iter().filter(|&&l| l == 1).count(), 1);
+    assert_eq!(
+        m.labels
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|&&l| l == 1)
+            .count(),
+        1
+    );
     assert!(m.thing_ids.iter().all(|t| t == "a"));
 }

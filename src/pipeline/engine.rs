@@ -356,7 +356,10 @@ impl ThingState {
             debug_assert!(complete, "every name has a slot after the layout update");
         }
         let (raw, derived) = self.values.split_at_mut(self.n_raw);
-        let sql_complete = self.sql.as_mut().is_none_or(|sql| sql.compute(raw, derived));
+        let sql_complete = self
+            .sql
+            .as_mut()
+            .is_none_or(|sql| sql.compute(raw, derived));
         if raw.iter().any(|v| v.is_nan()) || !sql_complete {
             return false;
         }

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray,
+};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::datasource::MemTable;
@@ -64,7 +66,10 @@ fn table_batch(set: &FeatureSet, history: &[RecordBatch]) -> Result<RecordBatch,
                 None => Ok(Arc::new(Float64Array::new_null(b.num_rows()))),
             }
         };
-        let mut cols = vec![column(THING_ID, &DataType::Utf8)?, column(TS, &DataType::Int64)?];
+        let mut cols = vec![
+            column(THING_ID, &DataType::Utf8)?,
+            column(TS, &DataType::Int64)?,
+        ];
         for input in &set.inputs {
             cols.push(column(input, &DataType::Float64)?);
         }
@@ -83,17 +88,21 @@ pub fn run(set: &FeatureSet, history: &[RecordBatch]) -> Result<HistoryColumns, 
                 .build()
                 .map_err(|e| exec_err(set, e))?;
             rt.block_on(async {
-                let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+                let ctx =
+                    SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
                 let mem = MemTable::try_new(table.schema(), vec![vec![table]])
                     .map_err(|e| exec_err(set, e))?;
                 ctx.register_table(TABLE, Arc::new(mem))
                     .map_err(|e| exec_err(set, e))?;
                 let df = ctx.sql(&set.sql).await.map_err(|e| exec_err(set, e))?;
-                df.sort(vec![col(THING_ID).sort(true, false), col(TS).sort(true, false)])
-                    .map_err(|e| exec_err(set, e))?
-                    .collect()
-                    .await
-                    .map_err(|e| exec_err(set, e))
+                df.sort(vec![
+                    col(THING_ID).sort(true, false),
+                    col(TS).sort(true, false),
+                ])
+                .map_err(|e| exec_err(set, e))?
+                .collect()
+                .await
+                .map_err(|e| exec_err(set, e))
             })
         })
         .join()
@@ -105,10 +114,14 @@ pub fn run(set: &FeatureSet, history: &[RecordBatch]) -> Result<HistoryColumns, 
         ..HistoryColumns::default()
     };
     for b in &batches {
-        let things = cast(b.column_by_name(THING_ID).expect("selected"), &DataType::Utf8)
-            .map_err(|e| exec_err(set, e))?;
+        let things = cast(
+            b.column_by_name(THING_ID).expect("selected"),
+            &DataType::Utf8,
+        )
+        .map_err(|e| exec_err(set, e))?;
         let things = things.as_any().downcast_ref::<StringArray>().expect("utf8");
-        out.thing_ids.extend(things.iter().map(|t| t.unwrap_or_default().to_string()));
+        out.thing_ids
+            .extend(things.iter().map(|t| t.unwrap_or_default().to_string()));
         let ts = cast(b.column_by_name(TS).expect("selected"), &DataType::Int64)
             .map_err(|e| exec_err(set, e))?;
         let ts = ts.as_any().downcast_ref::<Int64Array>().expect("int64");
@@ -151,7 +164,10 @@ pub fn feature_matrix(
         };
         data.extend(row);
         if let Some(l) = &labels {
-            y.push(*l.get(&(rows.thing_ids[i].clone(), rows.ts[i])).unwrap_or(&0));
+            y.push(
+                *l.get(&(rows.thing_ids[i].clone(), rows.ts[i]))
+                    .unwrap_or(&0),
+            );
         }
         thing_ids.push(rows.thing_ids[i].clone());
         ts.push(rows.ts[i]);
@@ -169,7 +185,10 @@ pub fn feature_matrix(
 
 type Labels = HashMap<(String, i64), u8>;
 
-fn label_lookup(set: &FeatureSet, history: &[RecordBatch]) -> Result<Option<Labels>, SqlFeatureError> {
+fn label_lookup(
+    set: &FeatureSet,
+    history: &[RecordBatch],
+) -> Result<Option<Labels>, SqlFeatureError> {
     if !history.iter().any(|b| b.column_by_name(LABEL).is_some()) {
         return Ok(None);
     }
@@ -179,12 +198,21 @@ fn label_lookup(set: &FeatureSet, history: &[RecordBatch]) -> Result<Option<Labe
             continue;
         };
         let label = cast(label, &DataType::Float64).map_err(|e| exec_err(set, e))?;
-        let label = label.as_any().downcast_ref::<Float64Array>().expect("float64");
-        let things = cast(b.column_by_name(THING_ID).expect("checked by run"), &DataType::Utf8)
-            .map_err(|e| exec_err(set, e))?;
+        let label = label
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .expect("float64");
+        let things = cast(
+            b.column_by_name(THING_ID).expect("checked by run"),
+            &DataType::Utf8,
+        )
+        .map_err(|e| exec_err(set, e))?;
         let things = things.as_any().downcast_ref::<StringArray>().expect("utf8");
-        let ts = cast(b.column_by_name(TS).expect("checked by run"), &DataType::Int64)
-            .map_err(|e| exec_err(set, e))?;
+        let ts = cast(
+            b.column_by_name(TS).expect("checked by run"),
+            &DataType::Int64,
+        )
+        .map_err(|e| exec_err(set, e))?;
         let ts = ts.as_any().downcast_ref::<Int64Array>().expect("int64");
         for i in 0..b.num_rows() {
             if label.is_valid(i) && things.is_valid(i) && ts.is_valid(i) {

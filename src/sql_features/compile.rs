@@ -36,7 +36,10 @@ pub(crate) enum Agg {
     StddevSamp,
     StddevPop,
     /// `lag(x, offset, default)`: the frame is ignored, the buffer holds offset + 1 values.
-    Lag { offset: usize, default: Option<f64> },
+    Lag {
+        offset: usize,
+        default: Option<f64>,
+    },
 }
 
 /// One window function: its argument and how many rows (current included) its buffer keeps.
@@ -228,7 +231,9 @@ impl Compiler<'_> {
     /// Window nodes (innermost first) down to the table scan; registers input and window slots.
     fn input_chain(&mut self, plan: &LogicalPlan) -> Result<(), SqlFeatureError> {
         match plan {
-            LogicalPlan::TableScan(scan) if scan.table_name.table() == TABLE && scan.filters.is_empty() => {
+            LogicalPlan::TableScan(scan)
+                if scan.table_name.table() == TABLE && scan.filters.is_empty() =>
+            {
                 for f in scan.projected_schema.fields() {
                     let slot = if f.name() == THING_ID || f.name() == TS {
                         Slot::Key
@@ -285,10 +290,7 @@ impl Compiler<'_> {
             WindowFunctionDefinition::WindowUDF(f) => f.name().to_string(),
         };
         let arg = |i: usize| -> Result<&Expr, SqlFeatureError> {
-            params
-                .args
-                .get(i)
-                .ok_or_else(|| bad("a missing argument"))
+            params.args.get(i).ok_or_else(|| bad("a missing argument"))
         };
         let agg = match name.as_str() {
             "avg" => Agg::Avg,
@@ -305,7 +307,11 @@ impl Compiler<'_> {
                     None => 1,
                     Some(e) => match literal(strip_cast(e)) {
                         Some(Some(v)) if v >= 0.0 && v.fract() == 0.0 => v as usize,
-                        _ => return Err(bad("a lag offset that is not a non-negative integer literal")),
+                        _ => {
+                            return Err(bad(
+                                "a lag offset that is not a non-negative integer literal",
+                            ))
+                        }
                     },
                 };
                 let default = match params.args.get(2) {
@@ -357,7 +363,10 @@ impl Compiler<'_> {
                 Some(Slot::Key) => {
                     return Err(unsupported(
                         self.file,
-                        format!("`{}` inside an expression (only as a plain select item)", c.name),
+                        format!(
+                            "`{}` inside an expression (only as a plain select item)",
+                            c.name
+                        ),
                     ))
                 }
                 None => {
@@ -397,7 +406,10 @@ impl Compiler<'_> {
                     Operator::And => Node::And(l, r),
                     Operator::Or => Node::Or(l, r),
                     other => {
-                        return Err(unsupported(self.file, format!("operator `{other}` in `{e}`")))
+                        return Err(unsupported(
+                            self.file,
+                            format!("operator `{other}` in `{e}`"),
+                        ))
                     }
                 }
             }
@@ -448,7 +460,13 @@ impl Compiler<'_> {
                 match data_type {
                     DataType::Float64 | DataType::Float16 => inner,
                     DataType::Float32 => Node::ToF32(bx(inner)),
-                    t if t.is_integer() && (from.is_integer() || from == DataType::Null || from == DataType::Boolean) => inner,
+                    t if t.is_integer()
+                        && (from.is_integer()
+                            || from == DataType::Null
+                            || from == DataType::Boolean) =>
+                    {
+                        inner
+                    }
                     t if t.is_integer() && from.is_floating() => Node::Trunc(bx(inner)),
                     _ => {
                         return Err(unsupported(
@@ -475,7 +493,10 @@ impl Compiler<'_> {
                     "coalesce" => Func::Coalesce,
                     "nullif" => Func::NullIf,
                     other => {
-                        return Err(unsupported(self.file, format!("function `{other}` in `{e}`")))
+                        return Err(unsupported(
+                            self.file,
+                            format!("function `{other}` in `{e}`"),
+                        ))
                     }
                 };
                 let arity_ok = match func {
@@ -497,7 +518,10 @@ impl Compiler<'_> {
                 Node::Func(func, args)
             }
             Expr::WindowFunction(_) => {
-                return Err(unsupported(self.file, format!("nested window function `{e}`")))
+                return Err(unsupported(
+                    self.file,
+                    format!("nested window function `{e}`"),
+                ))
             }
             other => return Err(unsupported(self.file, format!("expression `{other}`"))),
         })

@@ -51,7 +51,12 @@ impl StreamEvaluator {
 
     /// Evaluates the next reading of a thing (readings in ts order). `inputs[i]` is the value of
     /// `inputs()[i]` (`None` = missing / NULL); `out[j]` receives `outputs()[j]`.
-    pub fn evaluate(&self, state: &mut ThingWindows, inputs: &[Option<f64>], out: &mut [Option<f64>]) {
+    pub fn evaluate(
+        &self,
+        state: &mut ThingWindows,
+        inputs: &[Option<f64>],
+        out: &mut [Option<f64>],
+    ) {
         for (k, w) in self.program.windows.iter().enumerate() {
             let v = eval(&w.arg, inputs, &state.window_values);
             state.window_values[k] =
@@ -174,8 +179,20 @@ fn advance(
     let values = ring.iter().flatten().copied();
     match agg {
         Agg::Count => Some(values.count() as f64),
-        Agg::Min => values.reduce(|a, b| if b.total_cmp(&a) == Ordering::Less { b } else { a }),
-        Agg::Max => values.reduce(|a, b| if b.total_cmp(&a) == Ordering::Greater { b } else { a }),
+        Agg::Min => values.reduce(|a, b| {
+            if b.total_cmp(&a) == Ordering::Less {
+                b
+            } else {
+                a
+            }
+        }),
+        Agg::Max => values.reduce(|a, b| {
+            if b.total_cmp(&a) == Ordering::Greater {
+                b
+            } else {
+                a
+            }
+        }),
         _ => {
             if let Some(x) = v {
                 acc.update(agg, x);
@@ -204,7 +221,11 @@ fn eval(node: &Node, inputs: &[Option<f64>], windows: &[Option<f64>]) -> Option<
         Node::Const(v) => *v,
         Node::Neg(x) => ev(x).map(|v| -v),
         Node::Not(x) => from_bool(truth(ev(x)).map(|b| !b)),
-        Node::IsNull(x, want_null) => Some(if ev(x).is_none() == *want_null { 1.0 } else { 0.0 }),
+        Node::IsNull(x, want_null) => Some(if ev(x).is_none() == *want_null {
+            1.0
+        } else {
+            0.0
+        }),
         Node::Arith(op, integer, l, r) => {
             let (a, b) = (ev(l)?, ev(r)?);
             Some(match op {
@@ -293,11 +314,15 @@ fn func(f: Func, args: &[Node], ev: &dyn Fn(&Node) -> Option<f64>) -> Option<f64
             } else {
                 Ordering::Less
             };
-            args.iter()
-                .filter_map(|a| ev(a))
-                .reduce(|best, v| if v.total_cmp(&best) == want { v } else { best })
+            args.iter().filter_map(ev).reduce(|best, v| {
+                if v.total_cmp(&best) == want {
+                    v
+                } else {
+                    best
+                }
+            })
         }
-        Func::Coalesce => args.iter().find_map(|a| ev(a)),
+        Func::Coalesce => args.iter().find_map(ev),
         Func::NullIf => {
             let a = ev(&args[0])?;
             match ev(&args[1]) {

@@ -269,7 +269,9 @@ fn unsupported_sql_fails_at_start_up_naming_file_and_construct() {
         ("SELECT thing_id, ts, 'x' AS v FROM telemetry", "output"),
     ];
     for (sql, construct) in cases {
-        let err = FeatureSet::from_sql("bad.sql", sql).unwrap_err().to_string();
+        let err = FeatureSet::from_sql("bad.sql", sql)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("bad.sql: "), "{err}");
         assert!(err.contains(construct), "{sql}\n -> {err}");
     }
@@ -295,11 +297,11 @@ fn feature_matrix_keeps_complete_rows_with_labels_and_things() {
     let labels = m.labels.as_ref().expect("history has labels");
     assert_eq!(labels.len(), m.x.nrows());
     // Row i of X belongs to (thing_ids[i], ts[i]) and carries that reading's label.
-    for i in 0..m.x.nrows() {
+    for (i, label) in labels.iter().enumerate() {
         let r = (0..h.ts.len())
             .find(|&r| h.things[r] == m.thing_ids[i] && h.ts[r] == m.ts[i])
             .unwrap();
-        assert_eq!(labels[i] as f64, h.labels[r]);
+        assert_eq!(*label as f64, h.labels[r]);
     }
     assert!(m.thing_ids.windows(2).all(|w| w[0] <= w[1]));
 }
@@ -331,9 +333,12 @@ fn electrical_sql_row_features_equal_the_built_in_derived_features() {
         plan.compute(&complete, &mut builtin);
         for (name, b) in derived.iter().zip(&builtin) {
             let j = set.outputs.iter().position(|o| o == name.as_str()).unwrap();
-            assert!((out[j].unwrap() - b).abs() < 1e-9, "{name}: {:?} vs {b}", out[j]);
+            assert!(
+                (out[j].unwrap() - b).abs() < 1e-9,
+                "{name}: {:?} vs {b}",
+                out[j]
+            );
         }
     }
     assert_eq!(derived.len(), 3);
 }
-

@@ -127,7 +127,11 @@ fn influxdb_history_loads_with_default_range_gap_fill_cache_and_features() {
     }));
     q.cache_dir = Some(cache.path().to_path_buf());
     let b = load(&q).unwrap();
-    assert_eq!(b.num_rows(), 118, "120 recent readings minus 2 beyond the fill limit");
+    assert_eq!(
+        b.num_rows(),
+        118,
+        "120 recent readings minus 2 beyond the fill limit"
+    );
     let things = b.column_by_name("thing_id").unwrap();
     let things = things.as_any().downcast_ref::<StringArray>().unwrap();
     assert_eq!(things.value(0), "oven-1");

@@ -314,13 +314,15 @@ fn func(f: Func, args: &[Node], ev: &dyn Fn(&Node) -> Option<f64>) -> Option<f64
             } else {
                 Ordering::Less
             };
-            args.iter().filter_map(ev).reduce(|best, v| {
-                if v.total_cmp(&best) == want {
-                    v
-                } else {
-                    best
-                }
-            })
+            args.iter().filter_map(ev).reduce(
+                |best, v| {
+                    if v.total_cmp(&best) == want {
+                        v
+                    } else {
+                        best
+                    }
+                },
+            )
         }
         Func::Coalesce => args.iter().find_map(ev),
         Func::NullIf => {

@@ -67,11 +67,70 @@ pub fn parse_yaml<T: DeserializeOwned>(text: &str, file: &str) -> Result<T, Conf
 /// Reads and parses a YAML file.
 pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        file: file.clone(),
-        source,
-    })?;
+    let text = read_text(path)?;
     parse_yaml(&text, &file)
+}
+
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        file: path.display().to_string(),
+        source,
+    })
+}
+
+/// Line and column (1-based) of the key at `path` (`["rul", "model"]`) in block-style YAML, found by
+/// indentation: for errors found after parsing (a model that does not load), which serde cannot place.
+/// `None` when the key is not written that way (flow style).
+pub fn key_position(text: &str, path: &[&str]) -> Option<(usize, usize)> {
+    // Indentation of each matched ancestor key, and of the keys directly under the last one (set by
+    // the first line of its block; at the top, by the first line of the text).
+    let mut matched: Vec<usize> = Vec::new();
+    let mut level: Option<usize> = None;
+    for (i, line) in text.lines().enumerate() {
+        let body = line.trim_start();
+        if body.is_empty() || body.starts_with('#') || body.starts_with("---") {
+            continue;
+        }
+        let indent = line.len() - body.len();
+        while matched.last().is_some_and(|&m| indent <= m) {
+            matched.pop();
+            level = Some(indent);
+        }
+        if indent != *level.get_or_insert(indent) {
+            continue; // inside the block of a key that is not on the path
+        }
+        let Some(key) = path.get(matched.len()) else {
+            continue;
+        };
+        let is_key = body
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with(':'));
+        if is_key {
+            if matched.len() + 1 == path.len() {
+                return Some((i + 1, indent + 1));
+            }
+            matched.push(indent);
+            level = None;
+        }
+    }
+    None
+}
+
+/// An error found after parsing, placed at the line of the key at `path` when it can be found (else
+/// naming the file only); `message` names the field.
+pub fn field_error(file: &str, text: &str, path: &[&str], message: String) -> ConfigError {
+    match key_position(text, path) {
+        Some((line, column)) => ConfigError::Invalid {
+            file: file.to_string(),
+            line,
+            column,
+            message,
+        },
+        None => ConfigError::Semantic {
+            file: file.to_string(),
+            message,
+        },
+    }
 }
 
 /// Deserialises an `f64` that must be finite and > 0 (the error carries the field's location).
@@ -147,19 +206,7 @@ pub struct DataflowConfig {
     pub rul_model: Option<LoadedRulModel>,
 }
 
-/// A RUL model loaded once and shared by every worker.
-#[derive(Clone)]
-pub struct LoadedRulModel(pub std::sync::Arc<crate::rul::model::RulModel>);
-
-impl std::fmt::Debug for LoadedRulModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "RulModel({}/rul/{})",
-            self.0.meta.dataset, self.0.meta.version
-        )
-    }
-}
+pub use crate::rul::predict::LoadedRulModel;
 
 impl Default for DataflowConfig {
     fn default() -> Self {
@@ -428,7 +475,8 @@ impl Default for PolicyConfig {
 impl DataflowConfig {
     /// Loads a dataflow file and checks cross-field constraints.
     pub fn load(path: &Path) -> Result<DataflowConfig, ConfigError> {
-        let mut cfg: DataflowConfig = load_yaml(path)?;
+        let text = read_text(path)?;
+        let mut cfg: DataflowConfig = parse_yaml(&text, &path.display().to_string())?;
         if let Some(rules) = &cfg.rules {
             if rules.is_relative() {
                 let base = path.parent().unwrap_or(Path::new("."));
@@ -445,19 +493,24 @@ impl DataflowConfig {
         cfg.validate(&path.display().to_string())?;
         if let Some(rul) = &mut cfg.rul {
             let file = path.display().to_string();
-            let model = rul.model.as_mut().ok_or_else(|| ConfigError::Semantic {
-                file: file.clone(),
-                message: "field `rul.model` is required when `rul` is present".into(),
+            let model = rul.model.as_mut().ok_or_else(|| {
+                field_error(
+                    &file,
+                    &text,
+                    &["rul"],
+                    "field `rul.model` is required when `rul` is present".into(),
+                )
             })?;
-            if model.is_relative() {
-                *model = path.parent().unwrap_or(Path::new(".")).join(&*model);
-            }
-            let loaded =
-                crate::rul::model::RulModel::load(model).map_err(|e| ConfigError::Semantic {
-                    file: file.clone(),
-                    message: format!("field `rul.model`: {e}"),
-                })?;
-            cfg.rul_model = Some(LoadedRulModel(std::sync::Arc::new(loaded)));
+            model.resolve(base);
+            let loaded = model.load().map_err(|e| {
+                field_error(
+                    &file,
+                    &text,
+                    &["rul", "model"],
+                    format!("field `rul.model`: {e}"),
+                )
+            })?;
+            cfg.rul_model = Some(loaded);
         }
         Ok(cfg)
     }
@@ -532,6 +585,138 @@ mod tests {
         assert!(e.contains("`rul.hours_per_cycle`"), "{e}");
         let e = load("rul:\n  model: m.json\n  every: 1h\n");
         assert!(e.starts_with(&format!("{}:3:", flow.display())), "{e}");
+    }
+
+    #[test]
+    fn rul_model_from_the_registry_by_active_or_fixed_version() {
+        use crate::registry::{LocalRegistry, NewModel, Registry, ScopeKind, StoredModel};
+        let dir = tempfile::tempdir().unwrap();
+        let reg = LocalRegistry::new(dir.path().join("models"));
+        let model = Arc::new(crate::rul::tests::small_model());
+        for _ in 0..2 {
+            reg.register(NewModel {
+                scope: "turbofan".into(),
+                scope_kind: ScopeKind::EquipmentClass,
+                equipment_type: Some("turbofan".into()),
+                trained_at: "2026-12-05T00:00:00Z".into(),
+                samples: 1,
+                features: model.input_names(),
+                metrics: Default::default(),
+                sql_hash: None,
+                model: StoredModel::Rul(Arc::clone(&model)),
+            })
+            .unwrap();
+        }
+        let flows = dir.path().join("flows");
+        std::fs::create_dir(&flows).unwrap();
+        let flow = flows.join("flow.yaml");
+        let load = |text: &str| {
+            std::fs::write(&flow, text).unwrap();
+            DataflowConfig::load(&flow)
+        };
+        let registry = |id: &str| {
+            format!("name: x\nrul:\n  model:\n    registry: {{path: ../models}}\n    id: {id}\n")
+        };
+        // Active version, read at start-up; then a fixed one.
+        let e = load(&registry("turbofan")).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}:3:3: field `rul.model`: registry {}: `turbofan` has no active version",
+                flow.display(),
+                flows.join("../models").display()
+            )
+        );
+        reg.activate("turbofan", 2).unwrap();
+        let cfg = load(&registry("turbofan")).unwrap();
+        assert_eq!(cfg.rul_model.as_ref().unwrap().id, "turbofan/v2");
+        let cfg = load(&registry("turbofan/v1")).unwrap();
+        let loaded = cfg.rul_model.unwrap();
+        assert_eq!(loaded.id, "turbofan/v1");
+        let unit = &crate::rul::tests::synthetic_units(1, 3)[0];
+        assert_eq!(
+            loaded.model.unit_predictions(unit).unwrap(),
+            model.unit_predictions(unit).unwrap()
+        );
+        // The registry's model.json named as a file: its registry id from meta.json.
+        let cfg = load("rul:\n  model: ../models/turbofan/v1/model.json\n").unwrap();
+        assert_eq!(cfg.rul_model.unwrap().id, "turbofan/v1");
+
+        // Errors name file, line and field.
+        let e = load(&registry("turbofan/v9")).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}:3:3: field `rul.model`", flow.display())),
+            "{e}"
+        );
+        assert!(e.ends_with("no version 9 of `turbofan`"), "{e}");
+        let e = load(&registry("pump")).unwrap_err().to_string();
+        assert!(e.ends_with("no models for `pump`"), "{e}");
+        // A malformed id fails while parsing, placed in the `rul.model` mapping (its first line: what
+        // serde_norway reports for a value inside it) and naming the exact field.
+        let e = load(&registry("turbofan/x2")).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}:4:5: rul.model.id: invalid model id `turbofan/x2`: expected `<scope>/v<N>` or `<scope>`",
+                flow.display()
+            )
+        );
+        let e = load(&registry("../etc")).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}:4:5: rul.model.id: ", flow.display())),
+            "{e}"
+        );
+        let e = load("rul:\n  model: {registry: {path: m}, version: 2}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(&format!("{}:2:", flow.display())), "{e}");
+        assert!(e.contains("version"), "{e}");
+        let e = load("rul:\n  model: 3\n").unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}:2:", flow.display())), "{e}");
+        assert!(e.contains("a model file path or {registry"), "{e}");
+        // An anomaly model is not a RUL model.
+        let forest = crate::models::IsolationForestParams {
+            n_estimators: 5,
+            ..Default::default()
+        };
+        let x = ndarray::Array2::from_shape_fn((50, 2), |(i, j)| (i * 3 + j) as f64);
+        reg.register(NewModel {
+            scope: "oven".into(),
+            scope_kind: ScopeKind::EquipmentClass,
+            equipment_type: None,
+            trained_at: "2026-12-05T00:00:00Z".into(),
+            samples: 50,
+            features: vec!["a".into(), "b".into()],
+            metrics: Default::default(),
+            sql_hash: None,
+            model: StoredModel::IsolationForest(
+                crate::models::Fit::fit(&forest, x.view()).unwrap(),
+            ),
+        })
+        .unwrap();
+        let e = load(&registry("oven/v1")).unwrap_err().to_string();
+        assert!(
+            e.ends_with("`oven/v1` is not a RUL model (model_type isolation_forest)"),
+            "{e}"
+        );
+        let e = load("rul:\n  model: ../models/oven/v1/model.json\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not a RUL model (model_type isolation_forest)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn key_positions_follow_block_indentation() {
+        let text = "name: x\n# rul: no\nrules: r.yaml\nrul:\n  emit_every_s: 1\n\n  model:\n    id: a\nmodel: top\n";
+        assert_eq!(key_position(text, &["rul"]), Some((4, 1)));
+        assert_eq!(key_position(text, &["rul", "model"]), Some((7, 3)));
+        assert_eq!(key_position(text, &["rul", "model", "id"]), Some((8, 5)));
+        assert_eq!(key_position(text, &["model"]), Some((9, 1)));
+        assert_eq!(key_position(text, &["rul", "id"]), None);
+        assert_eq!(key_position("rul: {model: m}\n", &["rul", "model"]), None);
     }
 
     #[test]

@@ -1,17 +1,21 @@
 //! Model registry and training routes:
 //!
-//! - `GET /api/v1/models?scope=`: every version (of one scope), oldest first, with its `active` flag
+//! - `GET /api/v1/models?scope=`: every version (of one scope), oldest first, with its `active` flag;
+//!   anomaly models (`isolation_forest`, `autoencoder`) and RUL models (`rul`) alike
 //! - `GET /api/v1/models/{scope}`: the active version of a scope (a URL-encoded `<scope>%2Fv<N>` names a
 //!   version)
 //! - `GET /api/v1/models/{scope}/{version}`: one version (`v3` or `3`), i.e. the model id `<scope>/v<N>`
 //! - `GET /api/v1/models/{scope}/{version}/metrics`: its validation metrics
 //! - `POST /api/v1/models/{scope}/{version}/activate`, `POST /api/v1/models/{scope}/rollback`
-//! - `POST /api/v1/train/{thing_id}`: queues a training job (202 with its id); body (optional):
+//! - `POST /api/v1/train/{thing_id}`: queues a training job (202 with its id; 409 when the scope holds RUL
+//!   models); body (optional):
 //!   `{"model","params","train_fraction","activate","compare_metric","scope_kind"}`
 //! - `GET /api/v1/train/jobs/{job_id}`: the job's state and, once done, its report or error
 
 use super::{ApiError, ApiState};
-use crate::registry::{ModelRef, Registry, RegistryError, ScopeKind, VersionInfo};
+use crate::registry::{
+    check_family, ModelFamily, ModelRef, Registry, RegistryError, ScopeKind, VersionInfo,
+};
 use crate::training::jobs::SubmitError;
 use crate::training::{ActivatePolicy, ModelKind, ModelParams, TrainSpec};
 use axum::body::Bytes;
@@ -29,7 +33,9 @@ fn registry_error(e: RegistryError) -> ApiError {
         | RegistryError::UnknownScope(_)
         | RegistryError::NoActiveVersion(_) => StatusCode::NOT_FOUND,
         RegistryError::InvalidScope(_) | RegistryError::InvalidId(_) => StatusCode::BAD_REQUEST,
-        RegistryError::NothingToRollBack { .. } => StatusCode::CONFLICT,
+        RegistryError::NothingToRollBack { .. }
+        | RegistryError::MixedScope { .. }
+        | RegistryError::WrongModelType { .. } => StatusCode::CONFLICT,
         _ => {
             tracing::error!(error = %e, "registry request failed");
             StatusCode::INTERNAL_SERVER_ERROR
@@ -216,6 +222,14 @@ pub(super) async fn train(
     }
     let params = ModelParams::from_json(req.model, &req.params)
         .map_err(|e| ApiError::bad_request(format!("field `params`: {e}")))?;
+    if state.registry.is_some() {
+        // A scope of RUL models takes no anomaly model: 409 now rather than a failed job later.
+        let scope = thing.clone();
+        with_registry(&state, move |r| {
+            check_family(r, &scope, ModelFamily::Anomaly)
+        })
+        .await?;
+    }
     let mut spec = TrainSpec::new(thing, req.scope_kind);
     spec.params = params;
     spec.train_fraction = req.train_fraction;

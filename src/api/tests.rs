@@ -1002,6 +1002,64 @@ fn models_are_listed_shown_activated_and_rolled_back() {
     assert_eq!(active, [false, true]);
 }
 
+/// RUL models share the registry: listed, shown, activated like anomaly models; their scope takes no
+/// anomaly training job.
+#[test]
+fn rul_models_are_served_by_the_models_routes() {
+    use crate::registry::{LocalRegistry, NewModel, Registry, ScopeKind, StoredModel};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("alerts.db")).unwrap();
+    let registry: Arc<dyn Registry> = Arc::new(LocalRegistry::new(dir.path().join("models")));
+    let model = Arc::new(crate::rul::tests::small_model());
+    for rmse in [14.5, 13.5] {
+        registry
+            .register(NewModel {
+                scope: "turbofan".into(),
+                scope_kind: ScopeKind::EquipmentClass,
+                equipment_type: Some("turbofan".into()),
+                trained_at: "2026-12-05T00:00:00Z".into(),
+                samples: model.meta.train_samples,
+                features: model.input_names(),
+                metrics: [("rmse".to_string(), rmse)].into_iter().collect(),
+                sql_hash: None,
+                model: StoredModel::Rul(Arc::clone(&model)),
+            })
+            .unwrap();
+    }
+    let jobs =
+        crate::training::jobs::TrainJobs::start(Arc::clone(&registry), sim_history(), 1).unwrap();
+    let state = ApiState::new(ApiState::share(store))
+        .with_registry(registry)
+        .with_training(jobs);
+    let f = Fixture::with_state(state, dir);
+
+    let (status, list) = f.json("/api/v1/models?scope=turbofan");
+    assert_eq!(status, 200);
+    let models = list["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    assert!(models.iter().all(|m| m["model_type"] == "rul"));
+    assert_eq!(models[1]["id"], "turbofan/v2");
+    assert_eq!(models[1]["hyper_parameters"]["forest"]["n_trees"], 5);
+    let (status, m) = f.json("/api/v1/models/turbofan/v2/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(m["model_type"], "rul");
+    assert_eq!(m["metrics"]["rmse"], 13.5);
+    let r = f.post_json(
+        "/api/v1/models/turbofan/v2/activate",
+        &serde_json::json!({}),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(f.json("/api/v1/models/turbofan").1["id"], "turbofan/v2");
+
+    let r = f.post_json("/api/v1/train/turbofan", &serde_json::json!({}), None);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(
+        r.json()["error"],
+        "scope `turbofan` holds rul models; register anomaly models under another scope"
+    );
+}
+
 #[test]
 fn model_and_training_errors_are_clear() {
     let (f, _) = full_fixture(None);

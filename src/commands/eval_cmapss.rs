@@ -1,15 +1,26 @@
-//! `egizml eval cmapss --data DIR --subset FD001 [--save-model DIR]`: the standard C-MAPSS protocol.
-//! Train on `train_<subset>` (hyper-parameters were chosen on a validation split of the training units,
-//! docs/ACCURACY.md), predict at the last cycle of each test unit, compare with `RUL_<subset>`.
+//! `egizml eval cmapss --data DIR --subset FD001 [--register [--registry DIR] [--scope NAME]
+//! [--activate]] [--save-model DIR]`: the standard C-MAPSS protocol. Train on `train_<subset>`
+//! (hyper-parameters were chosen on a validation split of the training units, docs/ACCURACY.md), predict
+//! at the last cycle of each test unit, compare with `RUL_<subset>`; `--register` versions the model in
+//! the model registry beside the anomaly models (model_type `rul`).
 
+use crate::registry::{
+    check_family, ModelFamily, ModelMeta, NewModel, Registry, RegistryConfig, ScopeKind,
+    StoredModel,
+};
 use crate::rul::cmapss::{load_subset, write_jsonl};
 use crate::rul::features::FeatureSpec;
 use crate::rul::metrics::{mae, phm08, rmse};
 use crate::rul::model::{ForestParams, RulModel, TrainOptions};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
+
+/// Equipment type of C-MAPSS engines (also the `equipment_type` of `--export-jsonl` lines).
+pub const CMAPSS_EQUIPMENT: &str = "turbofan";
 
 /// Event time of cycle 0 in `--export-jsonl` output (2026-01-01T00:00:00Z); one cycle per hour.
 pub const EXPORT_T0_MS: i64 = 1_767_225_600_000;
@@ -23,7 +34,26 @@ pub struct CmapssArgs {
     /// Subset (FD001..FD004).
     #[arg(long, default_value = "FD001")]
     pub subset: String,
-    /// Save the trained model as the next version under DIR (`DIR/<subset>/rul/<version>/`).
+    /// Register the trained model as the next version of `--scope` in the model registry (model_type
+    /// `rul`, with the evaluation's metrics).
+    #[arg(long)]
+    pub register: bool,
+    /// Local model registry directory (with --register).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "egizml-data/models",
+        requires = "register"
+    )]
+    pub registry: PathBuf,
+    /// Registry scope (an equipment class) of the registered model (with --register).
+    #[arg(long, default_value = CMAPSS_EQUIPMENT, requires = "register")]
+    pub scope: String,
+    /// Make the registered version the scope's active one (with --register).
+    #[arg(long, requires = "register")]
+    pub activate: bool,
+    /// Also save the model as a standalone file, the next version under DIR
+    /// (`DIR/<subset>/rul/<version>/model.json`), outside the registry.
     #[arg(long, value_name = "DIR")]
     pub save_model: Option<PathBuf>,
     /// Trees in the forest.
@@ -69,6 +99,10 @@ impl CmapssArgs {
         CmapssArgs {
             data,
             subset: "FD001".into(),
+            register: false,
+            registry: PathBuf::from("egizml-data/models"),
+            scope: CMAPSS_EQUIPMENT.into(),
+            activate: false,
             save_model: None,
             trees: f.n_trees,
             min_samples_leaf: f.min_samples_leaf,
@@ -99,6 +133,12 @@ pub struct CmapssSummary {
     pub validation_rmse: f64,
     pub train_s: f64,
     pub elapsed_s: f64,
+    /// Registry id of the registered model (`<scope>/v<N>`), with `--register`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_id: Option<String>,
+    /// Whether the registered version was activated, with `--register`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated: Option<bool>,
 }
 
 /// Everything the evaluation measured.
@@ -107,13 +147,22 @@ pub struct CmapssReport {
     pub summary: CmapssSummary,
     /// Per test unit: (unit id, predicted RUL, true RUL).
     pub predictions: Vec<(u32, f64, f64)>,
-    pub model: RulModel,
+    pub model: Arc<RulModel>,
+    /// The standalone file written by `--save-model`.
     pub saved: Option<PathBuf>,
+    /// The registry version written by `--register`.
+    pub registered: Option<ModelMeta>,
     pub interval_level: f64,
 }
 
 pub fn eval_cmapss(args: &CmapssArgs) -> anyhow::Result<CmapssReport> {
     let t0 = Instant::now();
+    if args.register {
+        // A bad scope name, or a scope of anomaly models, fails before the training.
+        let reg = RegistryConfig::local(&args.registry).open()?;
+        check_family(reg.as_ref(), &args.scope, ModelFamily::Rul)
+            .with_context(|| format!("registry {}", args.registry.display()))?;
+    }
     let data = load_subset(&args.data, &args.subset).with_context(|| {
         format!(
             "cannot load C-MAPSS {} from {}",
@@ -173,7 +222,7 @@ pub fn eval_cmapss(args: &CmapssArgs) -> anyhow::Result<CmapssReport> {
             t >= lo && t <= hi
         })
         .count();
-    let summary = CmapssSummary {
+    let mut summary = CmapssSummary {
         subset: data.name.clone(),
         units: pred.len(),
         rmse: round(rmse(&pred, truth), 3),
@@ -183,6 +232,8 @@ pub fn eval_cmapss(args: &CmapssArgs) -> anyhow::Result<CmapssReport> {
         validation_rmse: round(model.meta.validation.rmse, 3),
         train_s: round(train_s, 2),
         elapsed_s: round(t0.elapsed().as_secs_f64(), 2),
+        model_id: None,
+        activated: None,
     };
     for (k, v) in [
         ("test_rmse", summary.rmse),
@@ -195,6 +246,21 @@ pub fn eval_cmapss(args: &CmapssArgs) -> anyhow::Result<CmapssReport> {
     let saved = match &args.save_model {
         Some(root) => Some(model.save(root)?),
         None => None,
+    };
+    let model = Arc::new(model);
+    let registered = if args.register {
+        let reg = RegistryConfig::local(&args.registry).open()?;
+        let meta = register(reg.as_ref(), &model, &args.scope, &summary)
+            .with_context(|| format!("registry {}", args.registry.display()))?;
+        if args.activate {
+            reg.activate(&meta.scope, meta.version)
+                .with_context(|| format!("registry {}", args.registry.display()))?;
+        }
+        summary.model_id = Some(meta.id.clone());
+        summary.activated = Some(args.activate);
+        Some(meta)
+    } else {
+        None
     };
     let predictions = data
         .test
@@ -209,7 +275,53 @@ pub fn eval_cmapss(args: &CmapssArgs) -> anyhow::Result<CmapssReport> {
         interval_level: 1.0 - model.conformal.alpha,
         model,
         saved,
+        registered,
     })
+}
+
+/// Registers `model` as the next version of `scope` (an equipment class), with the evaluation's
+/// figures as its metrics: `rmse`, `phm08`, `mae`, `coverage` (test-unit interval coverage),
+/// `interval_level`, `units` (test units) and the held-out validation figures, `train_units`,
+/// `train_s`, `model_bytes`.
+pub fn register(
+    reg: &dyn Registry,
+    model: &Arc<RulModel>,
+    scope: &str,
+    summary: &CmapssSummary,
+) -> anyhow::Result<ModelMeta> {
+    let m = &model.meta;
+    let stored = StoredModel::Rul(Arc::clone(model));
+    let metrics: BTreeMap<String, f64> = [
+        ("rmse", summary.rmse),
+        ("phm08", summary.phm08),
+        ("mae", summary.mae),
+        ("coverage", summary.coverage),
+        ("interval_level", round(1.0 - model.conformal.alpha, 3)),
+        ("units", summary.units as f64),
+        ("validation_rmse", summary.validation_rmse),
+        ("validation_coverage", round(m.validation.coverage, 3)),
+        ("validation_units", m.validation.units as f64),
+        ("validation_rows", m.validation.rows as f64),
+        ("train_units", m.train_units as f64),
+        ("train_s", summary.train_s),
+        ("model_bytes", crate::training::model_bytes(&stored) as f64),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    Ok(reg.register(NewModel {
+        scope: scope.to_string(),
+        scope_kind: ScopeKind::EquipmentClass,
+        equipment_type: Some(CMAPSS_EQUIPMENT.to_string()),
+        trained_at: crate::decode::timestamp::format_rfc3339(
+            i64::try_from(m.trained_at).unwrap_or(i64::MAX / 1000) * 1000,
+        ),
+        samples: m.train_samples,
+        features: model.input_names(),
+        metrics,
+        sql_hash: None,
+        model: stored,
+    })?)
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -273,6 +385,18 @@ pub fn describe(r: &CmapssReport) -> Vec<String> {
     ));
     if let Some(p) = &r.saved {
         out.push(format!("model saved to {}", p.display()));
+    }
+    if let Some(m) = &r.registered {
+        out.push(format!(
+            "model registered as {} (model_type {}){}",
+            m.id,
+            m.model_type,
+            if s.activated == Some(true) {
+                ", active"
+            } else {
+                ", not activated"
+            }
+        ));
     }
     out
 }

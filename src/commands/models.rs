@@ -1,13 +1,14 @@
 //! `egizml models list|show|activate|rollback`: the model registry from the command line.
 
 use super::train::RegistryArgs;
-use crate::registry::{ModelRef, Registry, VersionInfo};
+use crate::registry::{ModelFamily, ModelRef, Registry, VersionInfo};
 use serde_json::json;
 
 /// `egizml models ...`.
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum ModelsCommand {
-    /// Versions of every scope (or of one), oldest first; `*` marks the active version.
+    /// Versions of every scope (or of one), oldest first; `*` marks the active version. Anomaly models
+    /// (`isolation_forest`, `autoencoder`) show their F1, RUL models (`rul`) their RMSE.
     List {
         /// Only this scope (thing id or equipment class).
         #[arg(long)]
@@ -37,18 +38,22 @@ pub enum ModelsCommand {
 
 fn row(v: &VersionInfo) -> String {
     let m = &v.meta;
-    let f1 = m
+    // The headline metric of the family: F1 for anomaly models, RMSE (cycles) for RUL models.
+    let key = match ModelFamily::of(&m.model_type) {
+        ModelFamily::Anomaly => "f1",
+        ModelFamily::Rul => "rmse",
+    };
+    let value = m
         .metrics
-        .get("f1")
+        .get(key)
         .map_or("-".to_string(), |f| format!("{f:.3}"));
     format!(
-        "{} {:<28} {:<16} {:<22} samples {:>8}  f1 {}",
+        "{} {:<28} {:<16} {:<22} samples {:>8}  {key} {value}",
         if v.active { "*" } else { " " },
         m.id,
         m.model_type,
         m.trained_at,
         m.samples,
-        f1
     )
 }
 

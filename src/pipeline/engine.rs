@@ -470,7 +470,7 @@ impl Engine {
         let (rule_set, rule_generation) = rules.current();
         // `pipeline::run` checks the section (and that its model is loaded) before building engines.
         let rul = match (&cfg.rul, &cfg.rul_model) {
-            (Some(rc), Some(m)) => RulTracker::new(Arc::clone(&m.0), rc.clone()).ok(),
+            (Some(rc), Some(m)) => RulTracker::new(m.clone(), rc.clone()).ok(),
             _ => None,
         };
         Engine {

@@ -122,7 +122,7 @@ pub fn run(
                 cfg.name
             )
         })?;
-        crate::rul::predict::RulTracker::new(Arc::clone(&model.0), rc.clone())
+        crate::rul::predict::RulTracker::new(model.clone(), rc.clone())
             .map_err(|e| anyhow::anyhow!("dataflow {}: rul: {e}", cfg.name))?;
     }
     let workers = opts.workers.max(1);

@@ -51,7 +51,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, RegistryE
     })
 }
 
-fn check_scope(scope: &str) -> Result<(), RegistryError> {
+pub(crate) fn check_scope(scope: &str) -> Result<(), RegistryError> {
     let ok = !scope.is_empty()
         && !scope.starts_with('.')
         && scope
@@ -178,6 +178,7 @@ impl LocalRegistry {
 impl Registry for LocalRegistry {
     fn register(&self, new: NewModel) -> Result<ModelMeta, RegistryError> {
         check_scope(&new.scope)?;
+        check_family(self, &new.scope, new.model.family())?;
         let version = self.versions(&new.scope)?.last().copied().unwrap_or(0) + 1;
         let dir = self.version_dir(&new.scope, version);
         let meta = ModelMeta {
@@ -230,11 +231,15 @@ impl Registry for LocalRegistry {
         Ok(out)
     }
 
-    fn load(&self, scope: &str, version: u32) -> Result<LoadedModel, RegistryError> {
+    fn load_stored(
+        &self,
+        scope: &str,
+        version: u32,
+    ) -> Result<(ModelMeta, StoredModel), RegistryError> {
         check_scope(scope)?;
         let meta = self.meta(scope, version)?;
         let model = Self::read_model(&self.version_dir(scope, version).join("model.json"))?;
-        Ok((meta, model.into_model()))
+        Ok((meta, model))
     }
 
     fn activate(&self, scope: &str, version: u32) -> Result<(), RegistryError> {

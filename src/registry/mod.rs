@@ -1,5 +1,7 @@
 //! Model registry: versioned models per scope (a thing id or an equipment class) with their metadata,
-//! one active version per scope, activation and rollback.
+//! one active version per scope, activation and rollback. It holds anomaly models (Isolation Forest,
+//! autoencoder: [`Model`]) and remaining-useful-life models ([`RulModel`], model_type `rul`); a scope holds
+//! models of one family only, so its active version is unambiguous.
 //!
 //! [`Registry`] is the seam for other backends (MLflow); [`LocalRegistry`] keeps everything in a
 //! directory:
@@ -22,6 +24,7 @@ pub use config::RegistryConfig;
 pub use local::LocalRegistry;
 
 use crate::models::{Autoencoder, IsolationForest, Model, ModelError};
+use crate::rul::model::RulModel;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -49,6 +52,18 @@ pub enum RegistryError {
     NoActiveVersion(String),
     #[error("invalid model id `{0}`: expected `<scope>/v<N>` or `<scope>`")]
     InvalidId(String),
+    #[error("`{id}` is not {expected} (model_type {model_type})")]
+    WrongModelType {
+        id: String,
+        model_type: String,
+        expected: &'static str,
+    },
+    #[error("scope `{scope}` holds {existing} models; register {new} models under another scope")]
+    MixedScope {
+        scope: String,
+        existing: &'static str,
+        new: &'static str,
+    },
     #[error(transparent)]
     Model(#[from] ModelError),
 }
@@ -81,6 +96,14 @@ impl ModelRef {
                     version: Some(version),
                 })
             }
+        }
+    }
+
+    /// The id as written: `<scope>/v<N>`, or `<scope>` for the active version.
+    pub fn to_id(&self) -> String {
+        match self.version {
+            Some(v) => format!("{}/v{v}", self.scope),
+            None => self.scope.clone(),
         }
     }
 
@@ -123,7 +146,7 @@ pub struct ModelMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub equipment_type: Option<String>,
     pub version: u32,
-    /// `isolation_forest` or `autoencoder`.
+    /// `isolation_forest`, `autoencoder` (anomaly models) or `rul` (remaining useful life).
     pub model_type: String,
     /// RFC 3339, UTC.
     pub trained_at: String,
@@ -131,7 +154,8 @@ pub struct ModelMeta {
     pub samples: usize,
     /// Feature names, in the order the model takes them.
     pub features: Vec<String>,
-    /// Validation metrics (precision, recall, f1 when labels existed; train_s, model_bytes, ...).
+    /// Validation metrics (anomaly models: precision, recall, f1 when labels existed; train_s,
+    /// model_bytes, ...; RUL models: rmse, phm08, mae, coverage, units, validation_rmse, ...).
     pub metrics: BTreeMap<String, f64>,
     pub hyper_parameters: serde_json::Value,
     /// Hash of the SQL feature set the features came from, when they came from one.
@@ -160,12 +184,40 @@ pub struct NewModel {
     pub model: StoredModel,
 }
 
+/// What a model predicts: anomaly models score readings, RUL models predict remaining useful life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelFamily {
+    Anomaly,
+    Rul,
+}
+
+impl ModelFamily {
+    /// The family of a `model_type` as metadata names it.
+    pub fn of(model_type: &str) -> ModelFamily {
+        if model_type == "rul" {
+            ModelFamily::Rul
+        } else {
+            ModelFamily::Anomaly
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelFamily::Anomaly => "anomaly",
+            ModelFamily::Rul => "rul",
+        }
+    }
+}
+
 /// A model in a form that can be saved.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "model_type", content = "model", rename_all = "snake_case")]
 pub enum StoredModel {
     IsolationForest(IsolationForest),
     Autoencoder(Autoencoder),
+    /// A remaining-useful-life model (`crate::rul`): not an anomaly [`Model`]; the dataflow's `rul`
+    /// section serves it.
+    Rul(Arc<RulModel>),
 }
 
 impl StoredModel {
@@ -173,13 +225,19 @@ impl StoredModel {
         match self {
             StoredModel::IsolationForest(_) => "isolation_forest",
             StoredModel::Autoencoder(_) => "autoencoder",
+            StoredModel::Rul(_) => "rul",
         }
+    }
+
+    pub fn family(&self) -> ModelFamily {
+        ModelFamily::of(self.model_type())
     }
 
     pub fn hyper_parameters(&self) -> serde_json::Value {
         match self {
             StoredModel::IsolationForest(m) => serde_json::to_value(&m.params),
             StoredModel::Autoencoder(m) => serde_json::to_value(&m.params),
+            StoredModel::Rul(m) => Ok(m.hyper_parameters()),
         }
         .unwrap_or(serde_json::Value::Null)
     }
@@ -189,14 +247,33 @@ impl StoredModel {
         match self {
             StoredModel::IsolationForest(m) => m.validate(),
             StoredModel::Autoencoder(m) => m.validate(),
+            StoredModel::Rul(m) => m.check().map_err(ModelError::Format),
         }
     }
 
-    /// The model as the stream scores with it.
-    pub fn into_model(self) -> Arc<dyn Model> {
+    /// The anomaly model, borrowed; `None` for a RUL model.
+    pub fn as_model(&self) -> Option<&dyn Model> {
         match self {
-            StoredModel::IsolationForest(m) => Arc::new(m),
-            StoredModel::Autoencoder(m) => Arc::new(m),
+            StoredModel::IsolationForest(m) => Some(m),
+            StoredModel::Autoencoder(m) => Some(m),
+            StoredModel::Rul(_) => None,
+        }
+    }
+
+    /// The anomaly model as the stream scores with it; `None` for a RUL model.
+    pub fn into_model(self) -> Option<Arc<dyn Model>> {
+        match self {
+            StoredModel::IsolationForest(m) => Some(Arc::new(m)),
+            StoredModel::Autoencoder(m) => Some(Arc::new(m)),
+            StoredModel::Rul(_) => None,
+        }
+    }
+
+    /// The RUL model; `None` for an anomaly model.
+    pub fn into_rul(self) -> Option<Arc<RulModel>> {
+        match self {
+            StoredModel::Rul(m) => Some(m),
+            _ => None,
         }
     }
 }
@@ -217,20 +294,79 @@ pub const MODEL_FORMAT_VERSION: u32 = 1;
 /// A loaded version: its metadata and the model ready to score.
 pub type LoadedModel = (ModelMeta, Arc<dyn Model>);
 
+/// A loaded RUL version: its metadata and the model.
+pub type LoadedRul = (ModelMeta, Arc<RulModel>);
+
+fn wrong_type(meta: &ModelMeta, expected: &'static str) -> RegistryError {
+    RegistryError::WrongModelType {
+        id: meta.id.clone(),
+        model_type: meta.model_type.clone(),
+        expected,
+    }
+}
+
+/// Refuses a model of `family` in a scope whose versions are of the other family.
+pub fn check_family(
+    reg: &dyn Registry,
+    scope: &str,
+    family: ModelFamily,
+) -> Result<(), RegistryError> {
+    let versions = match reg.list(Some(scope)) {
+        Ok(v) => v,
+        Err(RegistryError::UnknownScope(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    match versions
+        .iter()
+        .map(|v| ModelFamily::of(&v.meta.model_type))
+        .find(|f| *f != family)
+    {
+        Some(existing) => Err(RegistryError::MixedScope {
+            scope: scope.to_string(),
+            existing: existing.as_str(),
+            new: family.as_str(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// A model store. Implementations are shared between the API, the trainer and the dataflow.
 pub trait Registry: Send + Sync {
-    /// Stores a new version (numbered after the highest so far) without activating it.
+    /// Stores a new version (numbered after the highest so far) without activating it. A model of
+    /// another family than the scope's existing versions is refused ([`RegistryError::MixedScope`]).
     fn register(&self, new: NewModel) -> Result<ModelMeta, RegistryError>;
     /// Every version of `scope`, or of all scopes, oldest first.
     fn list(&self, scope: Option<&str>) -> Result<Vec<VersionInfo>, RegistryError>;
-    /// One version's metadata and model.
-    fn load(&self, scope: &str, version: u32) -> Result<LoadedModel, RegistryError>;
+    /// One version's metadata and stored model, whatever its family.
+    fn load_stored(
+        &self,
+        scope: &str,
+        version: u32,
+    ) -> Result<(ModelMeta, StoredModel), RegistryError>;
     /// Makes `version` the active one of its scope.
     fn activate(&self, scope: &str, version: u32) -> Result<(), RegistryError>;
     /// Re-activates the version that was active before the current one; returns it.
     fn rollback(&self, scope: &str) -> Result<u32, RegistryError>;
     /// The active version of `scope`, if any.
     fn active(&self, scope: &str) -> Result<Option<u32>, RegistryError>;
+
+    /// One version's metadata and anomaly model; a RUL version is [`RegistryError::WrongModelType`].
+    fn load(&self, scope: &str, version: u32) -> Result<LoadedModel, RegistryError> {
+        let (meta, stored) = self.load_stored(scope, version)?;
+        match stored.into_model() {
+            Some(model) => Ok((meta, model)),
+            None => Err(wrong_type(&meta, "an anomaly model")),
+        }
+    }
+
+    /// One version's metadata and RUL model; an anomaly version is [`RegistryError::WrongModelType`].
+    fn load_rul(&self, scope: &str, version: u32) -> Result<LoadedRul, RegistryError> {
+        let (meta, stored) = self.load_stored(scope, version)?;
+        match stored.into_rul() {
+            Some(model) => Ok((meta, model)),
+            None => Err(wrong_type(&meta, "a RUL model")),
+        }
+    }
 
     /// The active model of `scope`, loaded.
     fn load_active(&self, scope: &str) -> Result<Option<LoadedModel>, RegistryError> {

@@ -140,3 +140,123 @@ fn corrupt_and_foreign_files_are_named() {
     let err = reg.active("press").unwrap_err().to_string();
     assert!(err.contains("active.json"), "{err}");
 }
+
+fn new_rul(scope: &str, model: Arc<RulModel>) -> NewModel {
+    NewModel {
+        scope: scope.to_string(),
+        scope_kind: ScopeKind::EquipmentClass,
+        equipment_type: Some("turbofan".into()),
+        trained_at: "2026-12-05T00:00:00Z".into(),
+        samples: model.meta.train_samples,
+        features: model.input_names(),
+        metrics: [("rmse".to_string(), 12.5), ("phm08".to_string(), 250.0)]
+            .into_iter()
+            .collect(),
+        sql_hash: None,
+        model: StoredModel::Rul(model),
+    }
+}
+
+#[test]
+fn rul_models_are_versioned_beside_anomaly_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = LocalRegistry::new(dir.path());
+    let model = Arc::new(crate::rul::tests::small_model());
+    let m1 = reg
+        .register(new_rul("turbofan", Arc::clone(&model)))
+        .unwrap();
+    let m2 = reg
+        .register(new_rul("turbofan", Arc::clone(&model)))
+        .unwrap();
+    reg.register(new("oven", forest(1, 0.0))).unwrap();
+    assert_eq!(
+        (m1.id.as_str(), m2.id.as_str()),
+        ("turbofan/v1", "turbofan/v2")
+    );
+    assert_eq!(m2.model_type, "rul");
+    assert_eq!(m2.scope_kind, ScopeKind::EquipmentClass);
+    assert_eq!(m2.hyper_parameters["forest"]["n_trees"], 5);
+    assert_eq!(m2.hyper_parameters["cap"], 125.0);
+    assert_eq!(m2.features.last().map(String::as_str), Some("linear_hi"));
+    // The same envelope as anomaly models.
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("turbofan/v2/model.json")).unwrap())
+            .unwrap();
+    assert_eq!(file["format"], MODEL_FORMAT);
+    assert_eq!(file["model_type"], "rul");
+    let types: Vec<(String, String)> = reg
+        .list(None)
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.meta.id, v.meta.model_type))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("oven/v1", "isolation_forest"),
+            ("turbofan/v1", "rul"),
+            ("turbofan/v2", "rul")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+
+    // Loaded back it predicts exactly what it predicted before saving.
+    let (meta, loaded) = reg.load_rul("turbofan", 2).unwrap();
+    assert_eq!(meta.id, "turbofan/v2");
+    let unit = &crate::rul::tests::synthetic_units(1, 5)[0];
+    assert_eq!(
+        loaded.unit_predictions(unit).unwrap(),
+        model.unit_predictions(unit).unwrap()
+    );
+    reg.activate("turbofan", 1).unwrap();
+    let (meta, _) = ModelRef::parse("turbofan")
+        .unwrap()
+        .find(&reg)
+        .map(|i| reg.load_rul(&i.meta.scope, i.meta.version).unwrap())
+        .unwrap();
+    assert_eq!(meta.id, "turbofan/v1");
+
+    // Where an anomaly model is required, a RUL model is a clear error, and the other way round.
+    let err = reg.load("turbofan", 1).unwrap_err();
+    assert!(matches!(err, RegistryError::WrongModelType { .. }));
+    assert_eq!(
+        err.to_string(),
+        "`turbofan/v1` is not an anomaly model (model_type rul)"
+    );
+    assert!(matches!(
+        reg.load_active("turbofan"),
+        Err(RegistryError::WrongModelType { .. })
+    ));
+    let err = reg.load_rul("oven", 1).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "`oven/v1` is not a RUL model (model_type isolation_forest)"
+    );
+
+    // A scope holds one family, so its active version is unambiguous.
+    let err = reg.register(new("turbofan", forest(1, 0.0))).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "scope `turbofan` holds rul models; register anomaly models under another scope"
+    );
+    let err = reg.register(new_rul("oven", model)).unwrap_err();
+    assert!(matches!(
+        err,
+        RegistryError::MixedScope {
+            existing: "anomaly",
+            ..
+        }
+    ));
+    assert_eq!(reg.list(Some("oven")).unwrap().len(), 1);
+
+    // A damaged RUL model is named with its file.
+    let path = dir.path().join("turbofan/v1/model.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["model"]["healthy"] = serde_json::json!([]);
+    std::fs::write(&path, v.to_string()).unwrap();
+    let err = reg.load_rul("turbofan", 1).unwrap_err().to_string();
+    assert!(
+        err.contains("turbofan/v1/model.json") && err.contains("inconsistent"),
+        "{err}"
+    );
+}

@@ -15,7 +15,7 @@ pub mod model;
 pub mod predict;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::PathBuf;
 

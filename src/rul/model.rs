@@ -1,6 +1,7 @@
 //! The RUL model: feature spec + random forest (smartcore) + split-conformal interval + healthy baseline,
-//! trained on run-to-failure histories, saved as a versioned JSON file under
-//! `models/<dataset_or_equipment>/rul/<version>/model.json` (the layout the anomaly-model registry uses).
+//! trained on run-to-failure histories. It is versioned in the model registry beside the anomaly models
+//! (`crate::registry::StoredModel::Rul`, model_type `rul`); [`RulModel::save`] also writes the older
+//! standalone layout `DIR/<dataset>/rul/<version>/model.json`.
 
 use super::cmapss::{Cycle, Unit};
 use super::features::{FeatureBuilder, FeatureSpec};
@@ -546,19 +547,59 @@ impl RulModel {
             line: e.line(),
             msg: e.to_string(),
         })?;
-        m.spec.validate().map_err(|msg| RulError::Parse {
+        m.check().map_err(|msg| RulError::Parse {
             path: path.to_path_buf(),
             line: 0,
             msg,
         })?;
-        if m.healthy.len() != m.spec.len() || m.conformal.offsets.len() != BAND_EDGES.len() + 1 {
-            return Err(RulError::Parse {
-                path: path.to_path_buf(),
-                line: 0,
-                msg: "model file is inconsistent with its feature spec".into(),
-            });
-        }
         Ok(m)
+    }
+
+    /// Checks a loaded model's internal consistency (its feature spec, baseline and interval bands).
+    pub fn check(&self) -> Result<(), String> {
+        self.spec.validate()?;
+        let quantiles_ok = self.conformal.quantiles.len() == BAND_EDGES.len() + 1
+            && self.conformal.quantiles.iter().all(|q| q.len() == GRID);
+        if self.healthy.len() != self.spec.len()
+            || self.conformal.offsets.len() != BAND_EDGES.len() + 1
+            || !quantiles_ok
+        {
+            return Err("model file is inconsistent with its feature spec".into());
+        }
+        if !(self.meta.cap.is_finite() && self.meta.cap > 0.0) {
+            return Err(format!("cap must be > 0, got {}", self.meta.cap));
+        }
+        Ok(())
+    }
+
+    /// Whether the linear health index is one of the forest's inputs.
+    pub fn has_linear_hi(&self) -> bool {
+        self.linear_hi.is_some()
+    }
+
+    /// Names of the forest's inputs, in order: the window features, then `linear_hi` when present.
+    pub fn input_names(&self) -> Vec<String> {
+        let mut names = self.spec.names();
+        if self.has_linear_hi() {
+            names.push(LINEAR_HI.to_string());
+        }
+        names
+    }
+
+    /// What shaped this model, as the registry's `hyper_parameters` show it.
+    pub fn hyper_parameters(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": self.meta.kind,
+            "forest": self.meta.forest,
+            "cap": self.meta.cap,
+            "alpha": self.conformal.alpha,
+            "smooth": self.smooth,
+            "linear_hi": self.has_linear_hi(),
+            "sensors": self.spec.sensors,
+            "short_window": self.spec.short,
+            "long_window": self.spec.long,
+            "baseline": self.spec.baseline,
+        })
     }
 }
 

@@ -9,17 +9,21 @@ use super::features::FeatureBuilder;
 use super::model::{RulModel, Smoother};
 use super::RulError;
 use crate::event::{alert_id, Alert, FeatureContribution, Name, Origin, Point, Severity};
+use crate::registry::{LocalRegistry, ModelRef, RegistryConfig, RegistryError};
 use rustc_hash::FxHashMap;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Live RUL settings: the `rul` section of a dataflow file (docs/RUL.md).
 ///
 /// ```yaml
 /// rul:
-///   model: ../models/FD001/rul/1/model.json   # relative to the dataflow file
+///   model:                                    # a registry version (or a model file path)
+///     registry: {path: ../egizml-data/models} # relative to the dataflow file
+///     id: turbofan                            # the active version; turbofan/v2 pins one
 ///   equipment_type: turbofan                  # optional: only things of this type
 ///   emit_every_s: 3600                        # one prediction per thing per hour of event time
 ///   hours_per_cycle: 1.0                      # one reading = one cycle = one hour
@@ -28,9 +32,10 @@ use std::sync::Arc;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RulConfig {
-    /// Model file (`models/<equipment>/rul/<version>/model.json`, as `egizml eval cmapss --save-model`
-    /// writes it); required. A relative path is resolved against the dataflow file's folder.
-    pub model: Option<PathBuf>,
+    /// The model: a version in the model registry (`{registry: {path: DIR}, id: <scope>[/v<N>]}`, as
+    /// `egizml eval cmapss --register` stores it) or a model file path; required. Relative paths are
+    /// resolved against the dataflow file's folder.
+    pub model: Option<RulModelSource>,
     /// Only things of this equipment type are tracked (all things when absent). A tracked thing's
     /// readings must carry every sensor the model reads; a reading lacking one is skipped (counted in
     /// `rul_skipped`) and leaves the thing's RUL state untouched.
@@ -82,6 +87,157 @@ impl RulConfig {
     }
 }
 
+/// Where the live RUL model comes from: `rul.model` in a dataflow file.
+///
+/// ```yaml
+/// model: {registry: {path: ../egizml-data/models}, id: turbofan}     # active version of `turbofan`
+/// model: {registry: {path: ../egizml-data/models}, id: turbofan/v2}  # exactly that version
+/// model: ../models/FD001/rul/1/model.json                             # a model file
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum RulModelSource {
+    /// A model file: as `egizml eval cmapss --save-model` writes it, or a registry version's
+    /// `model.json`.
+    File(PathBuf),
+    /// A version in the model registry.
+    Registry(RegistryModel),
+}
+
+/// A RUL model version in the model registry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryModel {
+    /// The registry, written as the service config's `registry` section (`{path: DIR}`); a relative
+    /// path is resolved against the dataflow file's folder.
+    pub registry: RegistryConfig,
+    /// `<scope>` for the version active when the dataflow starts, or `<scope>/v<N>` for that version.
+    #[serde(deserialize_with = "model_id")]
+    pub id: String,
+}
+
+/// Deserialises a registry model id, checking its form (`<scope>` or `<scope>/v<N>`).
+fn model_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let id = String::deserialize(d)?;
+    let r = ModelRef::parse(&id).map_err(de::Error::custom)?;
+    crate::registry::local::check_scope(&r.scope).map_err(de::Error::custom)?;
+    Ok(id)
+}
+
+impl<'de> Deserialize<'de> for RulModelSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RulModelSource;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a model file path or {registry: {path: DIR}, id: <scope>[/v<N>]}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RulModelSource, E> {
+                if v.trim().is_empty() {
+                    return Err(E::custom("the model file path is empty"));
+                }
+                Ok(RulModelSource::File(PathBuf::from(v)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RulModelSource, A::Error> {
+                RegistryModel::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RulModelSource::Registry)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl RulModelSource {
+    /// Resolves relative paths against `base` (the dataflow file's folder).
+    pub fn resolve(&mut self, base: &Path) {
+        match self {
+            RulModelSource::File(p) if p.is_relative() => *p = base.join(&*p),
+            RulModelSource::File(_) => {}
+            RulModelSource::Registry(r) => r.registry.resolve(base),
+        }
+    }
+
+    /// Loads the model once, for every worker. The error says what is wrong with the file or version.
+    pub fn load(&self) -> Result<LoadedRulModel, String> {
+        match self {
+            RulModelSource::File(path) => load_file(path),
+            RulModelSource::Registry(r) => {
+                let reg = r.registry.open().map_err(|e| e.to_string())?;
+                let at = |e: RegistryError| format!("registry {}: {e}", r.registry.path.display());
+                let info = ModelRef::parse(&r.id)
+                    .and_then(|m| m.find(reg.as_ref()))
+                    .map_err(at)?;
+                let (meta, model) = reg
+                    .load_rul(&info.meta.scope, info.meta.version)
+                    .map_err(at)?;
+                Ok(LoadedRulModel::new(model, meta.id))
+            }
+        }
+    }
+}
+
+/// A model file: a registry version's `model.json` (its id from the `meta.json` beside it), or the
+/// standalone file `--save-model` writes.
+fn load_file(path: &Path) -> Result<LoadedRulModel, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    #[derive(Deserialize)]
+    struct Probe {
+        format: Option<String>,
+    }
+    let registry_file = serde_json::from_slice::<Probe>(&bytes).is_ok_and(|p| p.format.is_some());
+    if !registry_file {
+        let model = RulModel::load(path).map_err(|e| e.to_string())?;
+        return Ok(LoadedRulModel::standalone(Arc::new(model)));
+    }
+    let stored = LocalRegistry::read_model(path).map_err(|e| e.to_string())?;
+    let model_type = stored.model_type();
+    let model = stored.into_rul().ok_or_else(|| {
+        format!(
+            "{}: not a RUL model (model_type {model_type})",
+            path.display()
+        )
+    })?;
+    #[derive(Deserialize)]
+    struct Meta {
+        id: String,
+    }
+    let id = std::fs::read(path.with_file_name("meta.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Meta>(&b).ok())
+        .map_or_else(|| path.display().to_string(), |m| m.id);
+    Ok(LoadedRulModel::new(model, id))
+}
+
+/// A RUL model loaded once and shared by every worker, with the id predictions and maintenance alerts
+/// carry as `model_version`: the registry id (`turbofan/v2`), or `<dataset>/rul/<version>` for a
+/// standalone file.
+#[derive(Clone)]
+pub struct LoadedRulModel {
+    pub model: Arc<RulModel>,
+    pub id: String,
+}
+
+impl LoadedRulModel {
+    pub fn new(model: Arc<RulModel>, id: impl Into<String>) -> Self {
+        LoadedRulModel {
+            model,
+            id: id.into(),
+        }
+    }
+
+    /// A model from a standalone file, named by its own dataset and version.
+    pub fn standalone(model: Arc<RulModel>) -> Self {
+        let id = format!("{}/rul/{}", model.meta.dataset, model.meta.version);
+        LoadedRulModel { model, id }
+    }
+}
+
+impl std::fmt::Debug for LoadedRulModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RulModel({})", self.id)
+    }
+}
+
 /// The interval around the RUL, cycles.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Interval {
@@ -123,6 +279,8 @@ pub struct Prediction {
     pub recommended_action: String,
     /// True when the RUL is within the configured alert horizon.
     pub maintenance_due: bool,
+    /// The model that predicted: its registry id (`turbofan/v2`), or `<dataset>/rul/<version>` for a
+    /// standalone model file.
     pub model_version: String,
 }
 
@@ -211,9 +369,9 @@ pub struct RulTracker {
 }
 
 impl RulTracker {
-    pub fn new(model: Arc<RulModel>, cfg: RulConfig) -> Result<Self, RulError> {
+    pub fn new(loaded: LoadedRulModel, cfg: RulConfig) -> Result<Self, RulError> {
         cfg.validate().map_err(RulError::Data)?;
-        let version = format!("{}/rul/{}", model.meta.dataset, model.meta.version);
+        let LoadedRulModel { model, id: version } = loaded;
         Ok(RulTracker {
             vals: vec![0.0; model.spec.sensors.len()],
             row: Vec::with_capacity(model.spec.len()),

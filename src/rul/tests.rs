@@ -1,11 +1,64 @@
-use super::cmapss::{parse_rul, parse_units, COLUMNS};
+use super::cmapss::{parse_rul, parse_units, Cycle, Unit, COLUMNS, SENSORS, SETTINGS};
 use super::features::{batch_features, FeatureBuilder, FeatureSpec};
 use super::metrics::{phm08, rmse};
-use super::model::Conformal;
+use super::model::{Conformal, RulModel, TrainOptions};
 use super::predict::{recommended_action, RulConfig};
 use super::RulError;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
+
+/// Run-to-failure units whose sensors drift with wear (quadratically, towards failure) under noise:
+/// enough signal to train a small model in well under a second.
+pub(crate) fn synthetic_units(n: u32, seed: u64) -> Vec<Unit> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (1..=n)
+        .map(|id| {
+            let life: u32 = rng.random_range(70..130);
+            let cycles = (1..=life)
+                .map(|c| {
+                    let wear = f64::from(c) / f64::from(life);
+                    let mut sensors = [0.0; SENSORS];
+                    for (i, s) in sensors.iter_mut().enumerate() {
+                        let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+                        *s = 100.0 * (i + 1) as f64
+                            + sign * 4.0 * wear * wear
+                            + rng.random::<f64>() * 0.5;
+                    }
+                    Cycle {
+                        cycle: c,
+                        settings: [0.0; SETTINGS],
+                        sensors,
+                    }
+                })
+                .collect();
+            Unit { id, cycles }
+        })
+        .collect()
+}
+
+/// A small RUL model (5 trees) on synthetic units, for registry and config tests.
+pub(crate) fn small_model() -> RulModel {
+    let mut opts = TrainOptions::cmapss("synthetic");
+    opts.forest.n_trees = 5;
+    RulModel::train(&synthetic_units(15, 1), &opts).expect("the synthetic units train")
+}
+
+#[test]
+fn small_model_learns_the_synthetic_wear() {
+    let m = small_model();
+    m.check().unwrap();
+    assert_eq!(m.input_names().len(), m.spec.len() + 1);
+    assert_eq!(m.hyper_parameters()["forest"]["n_trees"], 5);
+    // Fresh units: early cycles predict a long life, the last ones a short one.
+    let unit = &synthetic_units(1, 99)[0];
+    let p = m.unit_predictions(unit).unwrap();
+    assert!(
+        p[p.len() - 1] < p[20] - 30.0,
+        "{} vs {}",
+        p[p.len() - 1],
+        p[20]
+    );
+}
 
 fn row(unit: u32, cycle: u32) -> String {
     let mut v = vec![unit.to_string(), cycle.to_string()];

@@ -23,8 +23,8 @@ use crate::event::{Name, Point};
 use crate::features::DerivedPlan;
 use crate::models::{Classification, Dataset, Fit, Model, ModelError};
 use crate::registry::{
-    ModelMeta, NewModel, Registry, RegistryError, ScopeKind, StoredModel, MODEL_FORMAT,
-    MODEL_FORMAT_VERSION,
+    check_family, ModelFamily, ModelMeta, NewModel, Registry, RegistryError, ScopeKind,
+    StoredModel, MODEL_FORMAT, MODEL_FORMAT_VERSION,
 };
 use crate::sources::simulator::{Simulator, SimulatorConfig};
 use ndarray::Array2;
@@ -262,6 +262,8 @@ pub fn train(
             spec.train_fraction
         )));
     }
+    // A scope holding RUL models cannot take an anomaly model: refused before any work.
+    check_family(registry, &spec.scope, ModelFamily::Anomaly)?;
     let ds = &data.dataset;
     let (train, valid) = ds.split(spec.train_fraction);
     if train.x.nrows() < 2 || valid.x.nrows() < 1 {
@@ -278,10 +280,9 @@ pub fn train(
     };
     let train_s = started.elapsed().as_secs_f64();
     progress(Stage::Validating);
-    let model: &dyn Model = match &stored {
-        StoredModel::IsolationForest(m) => m,
-        StoredModel::Autoencoder(m) => m,
-    };
+    let model: &dyn Model = stored
+        .as_model()
+        .ok_or_else(|| TrainError::Spec("training fitted no anomaly model".into()))?;
     let predicted: Vec<bool> = valid
         .x
         .rows()

@@ -1,12 +1,13 @@
-//! Remaining useful life on NASA C-MAPSS FD001: the standard protocol's accuracy, the saved model, and
-//! the live path (flat JSONL -> decoder -> RulTracker) giving exactly the evaluation's predictions.
+//! Remaining useful life on NASA C-MAPSS FD001: the standard protocol's accuracy, the model versioned in
+//! the model registry (and the standalone saved file), and the live path (flat JSONL -> decoder ->
+//! RulTracker, the model named by its registry id) giving exactly the evaluation's predictions.
 
 use crate::common::bin;
 use egizml::commands::eval_cmapss::{eval_cmapss, CmapssArgs, CmapssReport};
 use egizml::config::DecodeConfig;
 use egizml::decode::Decoder;
 use egizml::rul::model::RulModel;
-use egizml::rul::predict::{RulConfig, RulTracker};
+use egizml::rul::predict::{LoadedRulModel, RulConfig, RulTracker};
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ fn data_dir() -> PathBuf {
 struct Run {
     report: CmapssReport,
     jsonl: PathBuf,
+    registry: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -36,13 +38,18 @@ fn run() -> &'static Run {
     RUN.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let jsonl = dir.path().join("test_FD001.jsonl");
+        let registry = dir.path().join("registry");
         let mut args = CmapssArgs::new(data_dir());
         args.save_model = Some(dir.path().join("models"));
+        args.register = true;
+        args.registry = registry.clone();
+        args.activate = true;
         args.export_jsonl = Some(jsonl.clone());
         let report = eval_cmapss(&args).expect("FD001 evaluation runs");
         Run {
             report,
             jsonl,
+            registry,
             _dir: dir,
         }
     })
@@ -107,7 +114,7 @@ fn live_replay_of_test_units_gives_the_eval_predictions() {
         emit_every_s: 0,
         ..RulConfig::default()
     };
-    let mut tracker = RulTracker::new(model, cfg).unwrap();
+    let mut tracker = RulTracker::new(LoadedRulModel::standalone(model), cfg).unwrap();
     let mut decoder = Decoder::new(&DecodeConfig::default());
     let mut last = BTreeMap::new();
     let mut alerts = BTreeMap::new();
@@ -179,23 +186,25 @@ fn eval_cmapss_fails_in_one_line_on_a_missing_directory() {
 }
 
 /// The live path end to end: `egizml replay` of the test units (flat JSONL, one thing per unit, one
-/// cycle per hour) with a dataflow whose `rul` section names the saved model. Each unit's last
-/// prediction is the evaluation's number, bit for bit, whatever the worker count.
+/// cycle per hour) with a dataflow whose `rul` section names the registered model (the scope's active
+/// version on 1 worker, the pinned `turbofan/v1` on 2). Each unit's last prediction is the evaluation's
+/// number, bit for bit, whatever the worker count, and carries the registry id.
 #[test]
 fn replay_with_a_rul_dataflow_predicts_what_eval_predicts() {
     let run = run();
+    assert_eq!(run.report.summary.model_id.as_deref(), Some("turbofan/v1"));
     let dir = tempfile::tempdir().unwrap();
     let flow = dir.path().join("flow.yaml");
-    std::fs::write(
-        &flow,
-        format!(
-            "name: cmapss\nrul:\n  model: {}\n  equipment_type: turbofan\n  emit_every_s: 3600\n  alert_horizon_hours: 72\n",
-            run.report.saved.as_ref().unwrap().display()
-        ),
-    )
-    .unwrap();
     let mut by_workers = Vec::new();
-    for workers in [1, 2] {
+    for (workers, id) in [(1, "turbofan"), (2, "turbofan/v1")] {
+        std::fs::write(
+            &flow,
+            format!(
+                "name: cmapss\nrul:\n  model:\n    registry: {{path: {}}}\n    id: {id}\n  equipment_type: turbofan\n  emit_every_s: 3600\n  alert_horizon_hours: 72\n",
+                run.registry.display()
+            ),
+        )
+        .unwrap();
         let preds = dir.path().join(format!("predictions-{workers}.jsonl"));
         let alerts = dir.path().join(format!("alerts-{workers}.jsonl"));
         let out = std::process::Command::new(bin())
@@ -236,6 +245,7 @@ fn replay_with_a_rul_dataflow_predicts_what_eval_predicts() {
         for (unit, eval_pred, _) in &run.report.predictions {
             let p = &last[&format!("fd001-test-{unit:03}")];
             assert_eq!(p["rul"].as_f64().unwrap(), *eval_pred, "unit {unit}");
+            assert_eq!(p["model_version"], "turbofan/v1", "unit {unit}");
             let lo = p["interval"]["lower"].as_f64().unwrap();
             let hi = p["interval"]["upper"].as_f64().unwrap();
             assert!(lo <= *eval_pred && *eval_pred <= hi + 1e-9, "unit {unit}");
@@ -256,6 +266,7 @@ fn replay_with_a_rul_dataflow_predicts_what_eval_predicts() {
         let mut alerted = std::collections::BTreeSet::new();
         for a in &maint {
             assert_eq!(a["source"], "rul");
+            assert_eq!(a["model_version"], "turbofan/v1");
             assert!(alerted.insert(a["thing_id"].as_str().unwrap().to_string()));
         }
         for (thing, p) in &last {
@@ -269,7 +280,8 @@ fn replay_with_a_rul_dataflow_predicts_what_eval_predicts() {
     assert!(by_workers[0] == by_workers[1], "1 and 2 workers differ");
 
     // A 3 h cadence emits every third cycle of each unit (the first reading always predicts), with the
-    // same values: every reading still updates the state, only emission is periodic.
+    // same values: every reading still updates the state, only emission is periodic. The model named by
+    // its standalone file (`--save-model`) predicts the same, under its file's own id.
     let every_hour: BTreeMap<(String, i64), f64> =
         crate::common::read_json_lines(&dir.path().join("predictions-1.jsonl"))
             .iter()
@@ -310,6 +322,7 @@ fn replay_with_a_rul_dataflow_predicts_what_eval_predicts() {
         let thing = p["thing_id"].as_str().unwrap().to_string();
         let key = (thing.clone(), p["ts"].as_i64().unwrap());
         assert_eq!(p["rul"].as_f64().unwrap(), every_hour[&key], "{key:?}");
+        assert_eq!(p["model_version"], "FD001/rul/1");
         per_thing
             .entry(thing)
             .or_default()
@@ -322,4 +335,192 @@ fn replay_with_a_rul_dataflow_predicts_what_eval_predicts() {
     }
     let total_cycles = every_hour.len();
     assert!(lines.len() * 3 >= total_cycles && lines.len() * 3 <= total_cycles + 300);
+}
+
+/// The first `train_units` training units, `test_units` test units and their true RUL, as C-MAPSS
+/// files in `dir`: a subset small enough to train in a moment.
+fn small_subset(dir: &Path, train_units: u32, test_units: u32) {
+    let data = data_dir();
+    for (name, keep) in [("train", train_units), ("test", test_units)] {
+        let text = std::fs::read_to_string(data.join(format!("{name}_FD001.txt"))).unwrap();
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .next()
+                    .and_then(|u| u.parse::<u32>().ok())
+                    .is_some_and(|u| u <= keep)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(dir.join(format!("{name}_FD001.txt")), kept).unwrap();
+    }
+    let rul = std::fs::read_to_string(data.join("RUL_FD001.txt")).unwrap();
+    let kept: String = rul
+        .lines()
+        .take(test_units as usize)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dir.join("RUL_FD001.txt"), kept).unwrap();
+}
+
+fn egizml(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn last_json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap()
+}
+
+/// `eval cmapss --register` versions the model in the registry the anomaly models use: `models list`
+/// shows it (model_type rul, its RMSE), activation picks what a dataflow naming the scope serves, and
+/// an anomaly model cannot be trained into the RUL scope.
+#[test]
+fn eval_cmapss_registers_versions_that_models_list_and_dataflows_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_subset(&data, 20, 10);
+    let registry = dir.path().join("registry");
+    let jsonl = dir.path().join("test.jsonl");
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            os("eval"),
+            os("cmapss"),
+            os("--data"),
+            data.clone().into(),
+            os("--trees"),
+            os("10"),
+            os("--register"),
+            os("--registry"),
+            registry.clone().into(),
+            os("--export-jsonl"),
+            jsonl.clone().into(),
+        ];
+        args.extend(extra.iter().map(|s| os(s)));
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let (ok, out, err) = egizml(&args);
+        assert!(ok, "{err}");
+        let summary = last_json(&out);
+        (out, summary)
+    };
+    let (out, first) = eval(&["--activate"]);
+    assert_eq!(first["model_id"], "turbofan/v1", "{out}");
+    assert_eq!(first["activated"], true);
+    assert_eq!(first["units"], 10);
+    assert!(
+        out.contains("model registered as turbofan/v1 (model_type rul), active"),
+        "{out}"
+    );
+    let (_, second) = eval(&["--seed", "7"]);
+    assert_eq!(second["model_id"], "turbofan/v2");
+    assert_eq!(second["activated"], false);
+
+    let reg: std::ffi::OsString = registry.clone().into();
+    let (ok, out, err) = egizml(&[
+        os("models").as_os_str(),
+        os("list").as_os_str(),
+        os("--registry").as_os_str(),
+        &reg,
+    ]);
+    assert!(ok, "{err}");
+    let list = last_json(&out);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{out}");
+    for (v, summary, active) in [(&list[0], &first, true), (&list[1], &second, false)] {
+        assert_eq!(v["id"], summary["model_id"]);
+        assert_eq!(v["model_type"], "rul");
+        assert_eq!(v["scope"], "turbofan");
+        assert_eq!(v["scope_kind"], "equipment_class");
+        assert_eq!(v["active"], active);
+        assert_eq!(v["metrics"]["rmse"], summary["rmse"]);
+        assert_eq!(v["metrics"]["phm08"], summary["phm08"]);
+        assert_eq!(v["metrics"]["coverage"], summary["coverage"]);
+        assert_eq!(v["metrics"]["units"], 10.0);
+        assert!(v["metrics"]["model_bytes"].as_f64().unwrap() > 1000.0);
+        assert_eq!(v["hyper_parameters"]["forest"]["n_trees"], 10);
+        assert!(v["samples"].as_u64().unwrap() > 1000);
+    }
+    assert_eq!(list[1]["hyper_parameters"]["forest"]["seed"], 7);
+    let rmse = first["rmse"].as_f64().unwrap();
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .contains(&format!("rmse {rmse:.3}")),
+        "{out}"
+    );
+
+    // A dataflow naming the scope serves its active version, read at start-up.
+    let flow = dir.path().join("flow.yaml");
+    std::fs::write(
+        &flow,
+        format!(
+            "rul:\n  model:\n    registry: {{path: {}}}\n    id: turbofan\n  emit_every_s: 0\n",
+            registry.display()
+        ),
+    )
+    .unwrap();
+    let served = |name: &str| {
+        let preds = dir.path().join(format!("{name}.jsonl"));
+        let args = [
+            os("replay"),
+            os("--input"),
+            jsonl.clone().into(),
+            os("--alerts"),
+            dir.path().join(format!("{name}-alerts.jsonl")).into(),
+            os("--predictions"),
+            preds.clone().into(),
+            os("--config"),
+            flow.clone().into(),
+        ];
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let (ok, _, err) = egizml(&args);
+        assert!(ok, "{err}");
+        let lines = crate::common::read_json_lines(&preds);
+        assert!(!lines.is_empty());
+        let versions: std::collections::BTreeSet<String> = lines
+            .iter()
+            .map(|p| p["model_version"].as_str().unwrap().to_string())
+            .collect();
+        versions.into_iter().collect::<Vec<_>>()
+    };
+    assert_eq!(served("before"), ["turbofan/v1"]);
+    let (ok, _, err) = egizml(&[
+        os("models").as_os_str(),
+        os("activate").as_os_str(),
+        os("turbofan/v2").as_os_str(),
+        os("--registry").as_os_str(),
+        &reg,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(served("after"), ["turbofan/v2"]);
+
+    // The scope holds RUL models: an anomaly model is refused there, in one line.
+    let (ok, _, err) = egizml(&[
+        os("train").as_os_str(),
+        os("--equipment-type").as_os_str(),
+        os("turbofan").as_os_str(),
+        os("--history").as_os_str(),
+        jsonl.as_os_str(),
+        os("--registry").as_os_str(),
+        &reg,
+    ]);
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(
+            "scope `turbofan` holds rul models; register anomaly models under another scope"
+        ),
+        "{err}"
+    );
 }

@@ -1008,7 +1008,7 @@ fn models_are_listed_shown_activated_and_rolled_back() {
 fn rul_models_are_served_by_the_models_routes() {
     use crate::registry::{LocalRegistry, NewModel, Registry, ScopeKind, StoredModel};
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("alerts.db")).unwrap();
+    let store = SqliteStore::open(dir.path().join("alerts.db")).unwrap();
     let registry: Arc<dyn Registry> = Arc::new(LocalRegistry::new(dir.path().join("models")));
     let model = Arc::new(crate::rul::tests::small_model());
     for rmse in [14.5, 13.5] {

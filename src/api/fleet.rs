@@ -2,11 +2,11 @@
 //! `GET /api/v1/fleet` (totals and the health ranking), read from the differential-dataflow summaries
 //! ([`crate::fleet`]).
 
-use super::{parse_limit, parse_offset, ApiError, ApiState, RawParams};
+use super::{page_links, parse_limit, parse_offset, ApiError, ApiState, PageLinks, RawParams};
 use crate::fleet::{DeviceSummary, Fleet, FleetSummary};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::Json;
 use serde::Serialize;
 
@@ -21,6 +21,20 @@ pub struct DevicePage {
     pub limit: u32,
     pub offset: u64,
     pub items: Vec<DeviceSummary>,
+    #[serde(flatten)]
+    pub links: PageLinks,
+}
+
+/// `GET /api/v1/fleet`: the totals with one page of the ranking; `total` counts ranked devices.
+#[derive(Serialize)]
+pub struct FleetPage {
+    #[serde(flatten)]
+    pub summary: FleetSummary,
+    pub total: usize,
+    pub limit: u32,
+    pub offset: u64,
+    #[serde(flatten)]
+    pub links: PageLinks,
 }
 
 fn fleet(state: &ApiState) -> Result<&Fleet, ApiError> {
@@ -32,12 +46,20 @@ fn fleet(state: &ApiState) -> Result<&Fleet, ApiError> {
     })
 }
 
-/// `limit` and `offset` only.
-fn parse_page(params: RawParams, what: &str) -> Result<(u32, u64), ApiError> {
+/// `limit` and `offset` only (each at most once); also returns the parameters for the page links.
+fn parse_page(
+    params: RawParams,
+    what: &str,
+) -> Result<(u32, u64, Vec<(String, String)>), ApiError> {
     let Query(params) =
         params.map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
     let (mut limit, mut offset) = (DEFAULT_LIMIT, 0);
-    for (k, v) in &params {
+    for (i, (k, v)) in params.iter().enumerate() {
+        if params[..i].iter().any(|(seen, _)| seen == k) {
+            return Err(ApiError::bad_request(format!(
+                "parameter `{k}` is given more than once"
+            )));
+        }
         match k.as_str() {
             "limit" => limit = parse_limit(v)?,
             "offset" => offset = parse_offset(v)?,
@@ -48,7 +70,7 @@ fn parse_page(params: RawParams, what: &str) -> Result<(u32, u64), ApiError> {
             }
         }
     }
-    Ok((limit, offset))
+    Ok((limit, offset, params))
 }
 
 fn page<T>(items: Vec<T>, limit: u32, offset: u64) -> Vec<T> {
@@ -61,17 +83,20 @@ fn page<T>(items: Vec<T>, limit: u32, offset: u64) -> Vec<T> {
 
 pub(super) async fn devices(
     State(state): State<ApiState>,
+    uri: Uri,
     params: RawParams,
 ) -> Result<Json<DevicePage>, ApiError> {
-    let (limit, offset) = parse_page(params, "devices")?;
+    let (limit, offset, params) = parse_page(params, "devices")?;
     let snap = fleet(&state)?.snapshot();
     let all = snap.devices();
+    let total = all.len();
     Ok(Json(DevicePage {
         epoch: snap.epoch(),
-        total: all.len(),
+        total,
         limit,
         offset,
         items: page(all, limit, offset),
+        links: page_links(uri.path(), &params, total as u64, limit, offset),
     }))
 }
 
@@ -96,10 +121,18 @@ pub(super) async fn device(
 /// `GET /api/v1/fleet?limit=&offset=`: totals, and one page of the ranking (worst first).
 pub(super) async fn fleet_summary(
     State(state): State<ApiState>,
+    uri: Uri,
     params: RawParams,
-) -> Result<Json<FleetSummary>, ApiError> {
-    let (limit, offset) = parse_page(params, "fleet ranking")?;
+) -> Result<Json<FleetPage>, ApiError> {
+    let (limit, offset, params) = parse_page(params, "fleet ranking")?;
     let mut summary = fleet(&state)?.snapshot().fleet();
+    let total = summary.ranking.len();
     summary.ranking = page(summary.ranking, limit, offset);
-    Ok(Json(summary))
+    Ok(Json(FleetPage {
+        summary,
+        total,
+        limit,
+        offset,
+        links: page_links(uri.path(), &params, total as u64, limit, offset),
+    }))
 }

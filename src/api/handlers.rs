@@ -1,6 +1,8 @@
 //! Mutating and configuration routes: feedback, rules, and the bearer-token check in front of them.
 
-use super::{parse_limit, parse_offset, with_store, ApiError, ApiState, RawParams};
+use super::{
+    page_links, parse_limit, parse_offset, with_store, ApiError, ApiState, PageLinks, RawParams,
+};
 use crate::config::ConfigError;
 use crate::rules::RuleSet;
 use crate::sinks::sqlite::{
@@ -9,7 +11,7 @@ use crate::sinks::sqlite::{
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -207,26 +209,32 @@ pub struct FeedbackList {
     /// Per-verdict counts under the `thing_id` filter (not the verdict filter), and their precision.
     pub counts: FeedbackCounts,
     pub precision: Option<f64>,
+    #[serde(flatten)]
+    pub links: PageLinks,
 }
 
 pub(super) async fn feedback_list(
     State(state): State<ApiState>,
+    uri: Uri,
     params: RawParams,
 ) -> Result<Json<FeedbackList>, ApiError> {
     let Query(params) =
         params.map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
     let q = parse_feedback_query(&params)?;
-    with_store(&state, move |s| {
+    let mut list = with_store(&state, move |s| {
         let page = s.feedback(&q)?;
         let counts = s.feedback_counts(q.thing_id.as_deref())?;
         Ok(FeedbackList {
             page,
             precision: counts.precision(),
             counts,
+            links: PageLinks::default(),
         })
     })
-    .await
-    .map(Json)
+    .await?;
+    let p = &list.page;
+    list.links = page_links(uri.path(), &params, p.total, p.limit, p.offset);
+    Ok(Json(list))
 }
 
 fn parse_feedback_query(params: &[(String, String)]) -> Result<FeedbackQuery, ApiError> {

@@ -456,29 +456,100 @@ type RawParams = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
 async fn anomalies(
     State(state): State<ApiState>,
+    uri: Uri,
     params: RawParams,
-) -> Result<Json<AlertPage>, ApiError> {
+) -> Result<Json<Linked<AlertPage>>, ApiError> {
     let Query(params) =
         params.map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
     let q = parse_query(&params, None)?;
-    run_query(state, q).await
+    run_query(state, q, &uri, &params).await
 }
 
 async fn thing_anomalies(
     State(state): State<ApiState>,
+    uri: Uri,
     thing_id: Result<Path<String>, PathRejection>,
     params: RawParams,
-) -> Result<Json<AlertPage>, ApiError> {
+) -> Result<Json<Linked<AlertPage>>, ApiError> {
     let Path(thing_id) =
         thing_id.map_err(|e| ApiError::bad_request(format!("invalid thing_id in path: {e}")))?;
     let Query(params) =
         params.map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
     let q = parse_query(&params, Some(thing_id))?;
-    run_query(state, q).await
+    run_query(state, q, &uri, &params).await
 }
 
-async fn run_query(state: ApiState, q: AlertQuery) -> Result<Json<AlertPage>, ApiError> {
-    with_store(&state, move |s| s.query(&q)).await.map(Json)
+async fn run_query(
+    state: ApiState,
+    q: AlertQuery,
+    uri: &Uri,
+    params: &[(String, String)],
+) -> Result<Json<Linked<AlertPage>>, ApiError> {
+    let page = with_store(&state, move |s| s.query(&q)).await?;
+    let links = page_links(uri.path(), params, page.total, page.limit, page.offset);
+    Ok(Json(Linked { page, links }))
+}
+
+/// Links to the neighbouring pages of a list response: the same path and filters with the offset of
+/// the next (previous) page, `null` at the ends. They are relative references (path and query).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PageLinks {
+    /// The page after this one; `null` when this page reaches `total`.
+    pub next: Option<String>,
+    /// The page before this one (offset `max(0, offset - limit)`, or the last page when `offset` is
+    /// past the end); `null` at offset 0.
+    pub prev: Option<String>,
+}
+
+/// A page (`items`, `total`, `limit`, `offset`, ...) with its [`PageLinks`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Linked<T> {
+    #[serde(flatten)]
+    pub page: T,
+    #[serde(flatten)]
+    pub links: PageLinks,
+}
+
+/// The [`PageLinks`] of the page at `offset` (`limit` items) of `total`, requested as `path` with
+/// `params` (decoded; `limit` and `offset` are replaced, the other parameters kept in order).
+pub fn page_links(
+    path: &str,
+    params: &[(String, String)],
+    total: u64,
+    limit: u32,
+    offset: u64,
+) -> PageLinks {
+    let limit = u64::from(limit.max(1));
+    let link = |to: u64| {
+        let mut url = String::from(path);
+        let mut sep = '?';
+        for (k, v) in params.iter().filter(|(k, _)| k != "limit" && k != "offset") {
+            url.push(sep);
+            url.push_str(&percent_encode(k));
+            url.push('=');
+            url.push_str(&percent_encode(v));
+            sep = '&';
+        }
+        url.push_str(&format!("{sep}limit={limit}&offset={to}"));
+        url
+    };
+    let next = offset.checked_add(limit).filter(|n| *n < total).map(&link);
+    let last_start = total.saturating_sub(1) / limit * limit;
+    let prev = (offset > 0).then(|| link(offset.saturating_sub(limit).min(last_start)));
+    PageLinks { next, prev }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Parses the anomaly filters. `path_thing` is the `{thing_id}` of the per-thing route, which then may

@@ -1,37 +1,50 @@
 //! `GET /api/v1/predictions` (the fleet: each thing's newest remaining-useful-life prediction by
 //! default) and `GET /api/v1/predictions/{thing_id}` (one thing's prediction history, newest first).
 
-use super::{epoch_ms, parse_limit, parse_offset, with_store, ApiError, ApiState, RawParams};
+use super::{
+    epoch_ms, page_links, parse_limit, parse_offset, with_store, ApiError, ApiState, Linked,
+    RawParams,
+};
 use crate::sinks::sqlite::{PredictionPage, PredictionQuery};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::Uri;
 use axum::Json;
 
 pub(super) async fn predictions(
     State(state): State<ApiState>,
+    uri: Uri,
     params: RawParams,
-) -> Result<Json<PredictionPage>, ApiError> {
+) -> Result<Json<Linked<PredictionPage>>, ApiError> {
     let Query(params) =
         params.map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
     let q = parse_prediction_query(&params, None)?;
-    with_store(&state, move |s| s.predictions(&q))
-        .await
-        .map(Json)
+    run(state, q, &uri, &params).await
 }
 
 pub(super) async fn thing_predictions(
     State(state): State<ApiState>,
+    uri: Uri,
     thing_id: Result<Path<String>, PathRejection>,
     params: RawParams,
-) -> Result<Json<PredictionPage>, ApiError> {
+) -> Result<Json<Linked<PredictionPage>>, ApiError> {
     let Path(thing_id) =
         thing_id.map_err(|e| ApiError::bad_request(format!("invalid thing_id in path: {e}")))?;
     let Query(params) =
         params.map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
     let q = parse_prediction_query(&params, Some(thing_id))?;
-    with_store(&state, move |s| s.predictions(&q))
-        .await
-        .map(Json)
+    run(state, q, &uri, &params).await
+}
+
+async fn run(
+    state: ApiState,
+    q: PredictionQuery,
+    uri: &Uri,
+    params: &[(String, String)],
+) -> Result<Json<Linked<PredictionPage>>, ApiError> {
+    let page = with_store(&state, move |s| s.predictions(&q)).await?;
+    let links = page_links(uri.path(), params, page.total, page.limit, page.offset);
+    Ok(Json(Linked { page, links }))
 }
 
 fn parse_bool(name: &str, value: &str) -> Result<bool, ApiError> {

@@ -232,6 +232,82 @@ fn pagination() {
 }
 
 #[test]
+fn page_links_follow_to_the_end_and_back_keeping_the_filters() {
+    let f = Fixture::new();
+    let critical: Vec<Alert> = newest_first(fixture())
+        .into_iter()
+        .filter(|a| a.severity == Severity::Critical)
+        .collect();
+    assert_eq!(critical.len(), 6);
+    // Forward with `next` from the first page, then back with `prev`.
+    let mut url = Some("/api/v1/anomalies?severity=critical&limit=4".to_string());
+    let mut forward: Vec<Vec<Alert>> = Vec::new();
+    let mut last = serde_json::Value::Null;
+    while let Some(u) = url {
+        let (status, page) = f.json(&u);
+        assert_eq!(status, 200, "{u}: {page}");
+        assert_eq!(page["total"], 6);
+        forward.push(serde_json::from_value(page["items"].clone()).unwrap());
+        url = page["next"].as_str().map(str::to_string);
+        last = page;
+    }
+    assert_eq!(forward.concat(), critical);
+    assert_eq!(forward.len(), 2);
+    assert_eq!(
+        last["prev"],
+        "/api/v1/anomalies?severity=critical&limit=4&offset=0"
+    );
+    let (_, first) = f.json(last["prev"].as_str().unwrap());
+    assert_eq!(
+        serde_json::from_value::<Vec<Alert>>(first["items"].clone()).unwrap(),
+        forward[0]
+    );
+    assert_eq!(first["prev"], serde_json::Value::Null);
+    assert_eq!(
+        first["next"],
+        "/api/v1/anomalies?severity=critical&limit=4&offset=4"
+    );
+    // Past the end: no next, prev is the last page. Path parameters stay encoded; values are encoded.
+    let (_, past) = f.json("/api/v1/anomalies/factory%3Aoven-1?limit=4&offset=40&type=overheat");
+    assert_eq!(past["next"], serde_json::Value::Null);
+    assert_eq!(
+        past["prev"],
+        "/api/v1/anomalies/factory%3Aoven-1?type=overheat&limit=4&offset=0"
+    );
+    let (_, odd) = f.json("/api/v1/anomalies?since=-5&limit=5&offset=3");
+    assert_eq!(odd["prev"], "/api/v1/anomalies?since=-5&limit=5&offset=0");
+    assert_eq!(odd["next"], "/api/v1/anomalies?since=-5&limit=5&offset=8");
+}
+
+#[test]
+fn page_links_encode_values_and_stop_at_the_ends() {
+    let params = vec![
+        ("thing_id".to_string(), "a b&c=d/é".to_string()),
+        ("offset".to_string(), "10".to_string()),
+    ];
+    let l = page_links("/api/v1/feedback", &params, 25, 10, 10);
+    assert_eq!(
+        l.next.as_deref(),
+        Some("/api/v1/feedback?thing_id=a%20b%26c%3Dd%2F%C3%A9&limit=10&offset=20")
+    );
+    assert_eq!(
+        l.prev.as_deref(),
+        Some("/api/v1/feedback?thing_id=a%20b%26c%3Dd%2F%C3%A9&limit=10&offset=0")
+    );
+    assert_eq!(page_links("/x", &[], 20, 10, 10).next, None);
+    assert_eq!(page_links("/x", &[], 0, 10, 0), PageLinks::default());
+    assert_eq!(
+        page_links("/x", &[], 0, 10, 30).prev.as_deref(),
+        Some("/x?limit=10&offset=0")
+    );
+    assert_eq!(
+        page_links("/x", &[], u64::MAX, 10, u64::MAX - 5).next,
+        None,
+        "no overflow"
+    );
+}
+
+#[test]
 fn bad_parameters_are_400_naming_the_parameter() {
     let f = Fixture::new();
     for (query, param) in [
@@ -1227,13 +1303,40 @@ fn fleet_and_device_routes_serve_the_summaries_with_pagination() {
     assert_eq!(status, 404);
     assert!(body["error"].as_str().unwrap().contains("nope"));
 
-    let (status, summary) = f.json("/api/v1/fleet");
+    assert_eq!(all["next"], serde_json::Value::Null);
+    let (_, first) = f.json("/api/v1/devices?limit=1");
+    assert_eq!(first["next"], "/api/v1/devices?limit=1&offset=1");
+    assert_eq!(first["prev"], serde_json::Value::Null);
+    let (_, next) = f.json(first["next"].as_str().unwrap());
+    assert_eq!(next["items"], second["items"]);
+    assert_eq!(next["next"], serde_json::Value::Null);
+    assert_eq!(next["prev"], "/api/v1/devices?limit=1&offset=0");
+
+    let (status, mut summary) = f.json("/api/v1/fleet");
     assert_eq!(status, 200);
+    assert_eq!(
+        (&summary["total"], &summary["limit"], &summary["offset"]),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!(100),
+            &serde_json::json!(0)
+        )
+    );
+    assert_eq!(summary["next"], serde_json::Value::Null);
+    assert_eq!(summary["prev"], serde_json::Value::Null);
+    for paging in ["total", "limit", "offset", "next", "prev"] {
+        summary.as_object_mut().unwrap().remove(paging);
+    }
     assert_eq!(summary, serde_json::to_value(snap.fleet()).unwrap());
     assert_eq!(summary["alerts_total"], alerts.len());
     let (_, top) = f.json("/api/v1/fleet?limit=1");
     assert_eq!(top["ranking"].as_array().unwrap().len(), 1);
     assert_eq!(top["ranking"][0], summary["ranking"][0]);
+    assert_eq!(top["next"], "/api/v1/fleet?limit=1&offset=1");
+    let (_, bottom) = f.json(top["next"].as_str().unwrap());
+    assert_eq!(bottom["ranking"][0], summary["ranking"][1]);
+    assert_eq!(bottom["next"], serde_json::Value::Null);
+    f.bad_request("/api/v1/fleet?limit=1&limit=2", "limit");
 
     f.bad_request("/api/v1/devices?limit=0", "limit");
     f.bad_request("/api/v1/devices?offset=-1", "offset");

@@ -3,13 +3,10 @@
 //! service is needed.
 
 use super::load_dataflow;
-use crate::api::{self, ApiState};
-use crate::pipeline::{self, Input, Output, OutputSink, RunOptions};
-use crate::sinks::jsonl::LineWriter;
-use crate::sinks::retention::{Purger, RetentionConfig};
-use crate::sinks::sqlite::{open_store, AlertStore};
+use super::serve::{self, ServeOptions};
+use crate::pipeline::{self, Input, RunOptions};
+use crate::sinks::retention::RetentionConfig;
 use crate::sources::simulator::{Simulator, SimulatorConfig};
-use anyhow::Context;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,9 +62,6 @@ pub struct DemoArgs {
     pub linger: f64,
 }
 
-/// Training jobs that may wait behind the running one.
-const TRAIN_QUEUE: usize = 4;
-
 /// The last stdout line of `demo`.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct DemoSummary {
@@ -78,77 +72,6 @@ pub struct DemoSummary {
     pub points_per_sec: f64,
 }
 
-/// Writes alerts to the store and prints them.
-struct DemoSink {
-    store: Box<dyn AlertStore>,
-    /// `sqlite` or `postgres`, the `sink` label of the alert metrics.
-    sink_name: &'static str,
-    stdout: Option<LineWriter>,
-    batch: Vec<crate::event::Alert>,
-    predictions: Vec<crate::rul::predict::Prediction>,
-    /// Fleet and device summaries served by `/api/v1/devices` and `/api/v1/fleet`.
-    fleet: crate::fleet::FleetFeed,
-}
-
-impl OutputSink for DemoSink {
-    fn write(&mut self, outputs: &[(u64, Output)]) -> anyhow::Result<()> {
-        for (_, o) in outputs {
-            self.fleet.observe(o);
-            match o {
-                Output::Alert(a) => {
-                    if let Some(out) = self.stdout.as_mut() {
-                        out.write_line(&format!(
-                            "ALERT {} {:<14} {:<8} {:<24} score={:.2} {}",
-                            crate::decode::timestamp::format_rfc3339(a.ts),
-                            a.thing_id,
-                            a.severity,
-                            a.alert_type,
-                            a.score,
-                            a.explanation
-                        ))?;
-                    }
-                    self.batch.push(a.clone());
-                }
-                Output::Dead(d) => {
-                    tracing::warn!(reason = %d.reason, detail = %d.detail, "dead letter")
-                }
-                Output::Prediction(p) => self.predictions.push((**p).clone()),
-                Output::Score(_) => {}
-            }
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> anyhow::Result<()> {
-        self.fleet.flush();
-        if !self.batch.is_empty() {
-            let m = crate::metrics::global();
-            match self.store.insert(&self.batch) {
-                Ok(_) => m
-                    .alerts_emitted
-                    .with_label_values(&[self.sink_name])
-                    .inc_by(self.batch.len() as u64),
-                Err(e) => {
-                    m.sink_error(self.sink_name);
-                    tracing::error!(error = %e, "storing alerts failed");
-                }
-            }
-            self.batch.clear();
-        }
-        if !self.predictions.is_empty() {
-            if let Err(e) = self.store.insert_predictions(&self.predictions) {
-                crate::metrics::global().sink_error(self.sink_name);
-                tracing::error!(error = %e, "storing predictions failed");
-            }
-            self.predictions.clear();
-        }
-        if let Some(out) = self.stdout.as_mut() {
-            out.flush()?;
-        }
-        Ok(())
-    }
-}
-
 pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     anyhow::ensure!(args.things > 0, "--things must be at least 1");
     anyhow::ensure!(args.rate > 0.0, "--rate must be > 0");
@@ -157,59 +80,37 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         "--linger must be a non-negative number of seconds"
     );
     let (cfg, rules) = load_dataflow(args.config.as_deref())?;
-    // Two connections: the pipeline writes through one while the API reads through the other.
-    let writer = open_store(&args.store)?;
-    let reader = open_store(&args.store)?;
     let workers = args.workers.unwrap_or_else(super::default_workers);
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let stop_health = Arc::clone(&stop);
-    // Set once the pipeline has drained and the summaries include every alert.
-    let drained = Arc::new(AtomicBool::new(false));
-    let drained_health = Arc::clone(&drained);
-    let shared = ApiState::share(reader);
-    // Mutating API calls (feedback, rules) need this bearer token when it is set.
-    let token = std::env::var("EGIZML_API_TOKEN").ok();
-    let registry = crate::registry::RegistryConfig::local(&args.registry).open()?;
-    let training = crate::training::jobs::TrainJobs::start(
-        std::sync::Arc::clone(&registry),
-        crate::training::HistorySpec::Simulator(crate::training::SimulatorHistory {
-            things: args.things,
-            points: args.train_points,
-            seed: args.seed,
-            faults_per_1000: args.faults_per_1000,
-        }),
-        TRAIN_QUEUE,
-    )?;
-    let fleet = crate::fleet::Fleet::start().context("starting the fleet summaries")?;
-    let state = ApiState::new(shared.clone())
-        .with_fleet(fleet.clone())
-        .with_rules(rules.clone())
-        .with_registry(registry)
-        .with_training(training)
-        .with_token(token.as_deref())
-        .with_health_details(move || {
-            serde_json::json!({
-                "mode": "demo",
-                "stopping": stop_health.load(Ordering::Relaxed),
-                "drained": drained_health.load(Ordering::SeqCst),
-            })
-        });
-    let server = api::spawn(args.listen, state)?;
-    let purger = Purger::spawn(shared, RetentionConfig::default())?;
-    crate::metrics::global().register_workers(workers);
-    let sink_name = if args.store.starts_with("postgres") {
-        "postgres"
-    } else {
-        "sqlite"
+    let opts = ServeOptions {
+        listen: args.listen,
+        // Mutating API calls (feedback, rules, models, training) need this bearer token when it is set.
+        token: std::env::var("EGIZML_API_TOKEN").ok(),
+        store: Some(args.store.clone()),
+        write_store: true,
+        retention: RetentionConfig::default(),
+        registry: Some(crate::registry::RegistryConfig::local(&args.registry)),
+        train_history: Some(crate::training::HistorySpec::Simulator(
+            crate::training::SimulatorHistory {
+                things: args.things,
+                points: args.train_points,
+                seed: args.seed,
+                faults_per_1000: args.faults_per_1000,
+            },
+        )),
+        fleet: true,
+        mode: "demo",
     };
-    crate::metrics::global().register_sink(sink_name);
+    let (service, sink) = serve::start(opts, rules.clone(), Arc::clone(&stop))?;
+    let sink = sink.console(args.quiet)?;
+    crate::metrics::global().register_workers(workers);
     println!(
         "egizml demo: {} simulated things at {:.0} readings/s; REST on http://{}/api/v1/anomalies, metrics on http://{}/metrics, store {}",
         args.things,
         args.rate,
-        server.local_addr(),
-        server.local_addr(),
+        service.local_addr(),
+        service.local_addr(),
         args.store
     );
     super::stop_on_signal(Arc::clone(&stop));
@@ -245,18 +146,6 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         // Dropping the sender ends the run once the pipeline has drained.
     });
 
-    let sink = DemoSink {
-        store: writer,
-        sink_name,
-        stdout: if args.quiet {
-            None
-        } else {
-            Some(LineWriter::create(std::path::Path::new("-"))?)
-        },
-        batch: Vec::new(),
-        predictions: Vec::new(),
-        fleet: crate::fleet::FleetFeed::new(fleet.clone()),
-    };
     let opts = RunOptions {
         workers,
         // Per-reading scores feed the device summaries (score mean and p95), aggregated per flush.
@@ -266,15 +155,12 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     let report = pipeline::run(cfg, rules, Input::Live(rx), Box::new(sink), opts)?;
     let _ = producer.join();
     // The sink's last flush committed the last epoch; wait until the summaries have absorbed it.
-    fleet.sync();
-    drained.store(true, Ordering::SeqCst);
+    service.drained();
     let linger_until = Instant::now() + Duration::from_secs_f64(args.linger);
     while Instant::now() < linger_until && !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    fleet.close();
-    purger.stop();
-    server.shutdown()?;
+    service.shutdown()?;
     let elapsed_s = started.elapsed().as_secs_f64();
     let c = &report.counters;
     Ok(DemoSummary {

@@ -11,6 +11,7 @@ pub mod loadgen;
 pub mod models;
 pub mod replay;
 pub mod run;
+pub mod serve;
 pub mod simulate;
 pub mod train;
 

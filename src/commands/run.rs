@@ -44,6 +44,9 @@ pub struct ServiceConfig {
     pub source: SourceConfig,
     /// Where outputs go: at least one entry.
     pub sinks: SinksConfig,
+    /// The REST API and `/metrics` (unset: not served), see [`super::serve::ApiConfig`].
+    #[serde(default)]
+    pub api: Option<super::serve::ApiConfig>,
 }
 
 /// Exactly one of these is set.
@@ -165,9 +168,10 @@ impl ServiceConfig {
             }
         }
         let k = &cfg.sinks;
-        if k.kafka.is_none() && k.jsonl.is_none() && k.sqlite.is_none() {
+        let api_store = cfg.api.as_ref().is_some_and(|a| a.store.is_some());
+        if k.kafka.is_none() && k.jsonl.is_none() && k.sqlite.is_none() && !api_store {
             return Err(semantic(
-                "sinks: configure at least one of kafka, jsonl, sqlite".into(),
+                "sinks: configure at least one of kafka, jsonl, sqlite (or api.store)".into(),
             ));
         }
         if let Some(kafka) = &k.kafka {
@@ -195,6 +199,10 @@ impl ServiceConfig {
         }
         if let Some(s) = cfg.sinks.sqlite.as_mut() {
             resolve(&mut s.path);
+        }
+        if let Some(api) = cfg.api.as_mut() {
+            let sqlite = cfg.sinks.sqlite.as_ref().map(|s| s.path.as_path());
+            super::serve::check_config(api, path, sqlite)?;
         }
         Ok(cfg)
     }
@@ -303,10 +311,11 @@ pub fn run_service(
         .or(cfg.workers)
         .unwrap_or_else(super::default_workers);
     crate::metrics::global().register_workers(workers);
-    let sink = build_sinks(&cfg.sinks)?;
+    let mut sink = build_sinks(&cfg.sinks)?;
+    let service = super::serve::attach(cfg, &rules, &stop, &mut sink)?;
     let opts = RunOptions {
         workers,
-        emit_scores: cfg.scores,
+        emit_scores: cfg.scores || service.as_ref().is_some_and(|s| s.wants_scores()),
         stop: Arc::clone(&stop),
     };
     let mut producer = None;
@@ -354,9 +363,14 @@ pub fn run_service(
     } else {
         anyhow::bail!("no source configured");
     };
+    // On an error the service is dropped, which stops it too.
     let report = pipeline::run(dataflow, rules, input, Box::new(sink), opts)?;
     if let Some(p) = producer {
         let _ = p.join();
+    }
+    if let Some(s) = service {
+        s.drained();
+        s.shutdown()?;
     }
     Ok(report)
 }

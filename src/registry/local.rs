@@ -236,9 +236,13 @@ impl Registry for LocalRegistry {
         scope: &str,
         version: u32,
     ) -> Result<(ModelMeta, StoredModel), RegistryError> {
+        let started = std::time::Instant::now();
         check_scope(scope)?;
         let meta = self.meta(scope, version)?;
         let model = Self::read_model(&self.version_dir(scope, version).join("model.json"))?;
+        crate::metrics::global()
+            .model_load_time
+            .observe(started.elapsed().as_secs_f64());
         Ok((meta, model))
     }
 

@@ -259,4 +259,15 @@ fn rul_models_are_versioned_beside_anomaly_models() {
         err.contains("turbofan/v1/model.json") && err.contains("inconsistent"),
         "{err}"
     );
+#[test]
+fn loading_a_model_is_timed_in_model_load_time_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = LocalRegistry::new(dir.path().join("models"));
+    reg.register(new("kiln-1", forest(3, 0.0))).unwrap();
+    let h = &crate::metrics::global().model_load_time;
+    // The histogram is process-wide and other tests may load models too: it only grows.
+    let (count, sum) = (h.get_sample_count(), h.get_sample_sum());
+    assert!(reg.load("kiln-1", 1).is_ok());
+    assert!(h.get_sample_count() > count);
+    assert!(h.get_sample_sum() > sum);
 }

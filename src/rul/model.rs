@@ -538,6 +538,7 @@ impl RulModel {
 
     /// Loads a model file written by [`RulModel::save`].
     pub fn load(path: &Path) -> Result<RulModel, RulError> {
+        let started = std::time::Instant::now();
         let text = std::fs::read(path).map_err(|source| RulError::Io {
             path: path.to_path_buf(),
             source,
@@ -552,6 +553,9 @@ impl RulModel {
             line: 0,
             msg,
         })?;
+        crate::metrics::global()
+            .model_load_time
+            .observe(started.elapsed().as_secs_f64());
         Ok(m)
     }
 

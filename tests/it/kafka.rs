@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+pub(crate) fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
@@ -24,7 +24,7 @@ fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
 
 /// Sends lines keyed by their thing_id (malformed ones keyed `bad`), `per_sec` lines a second
 /// (0 = as fast as possible).
-fn produce(
+pub(crate) fn produce(
     p: &ThreadedProducer<DefaultProducerContext>,
     topic: &str,
     lines: &[String],

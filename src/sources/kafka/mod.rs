@@ -20,9 +20,10 @@ use crate::decode::Decoder;
 use crate::event::Origin;
 use crate::pipeline::{decode_record, Output, OutputSink, Record};
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -105,6 +106,33 @@ impl OutputSink for SkipReplayed {
     }
 }
 
+/// How often librdkafka reports statistics, from which `egizml_kafka_consumer_lag` is set (a
+/// `statistics.interval.ms` in the source's `properties` overrides it).
+pub const STATS_INTERVAL_MS: &str = "1000";
+
+/// The consumers' context: sets `egizml_kafka_consumer_lag{topic,partition}` from librdkafka's
+/// statistics: per partition this consumer owns, the high watermark minus the committed offset (the
+/// acknowledged offsets; see the module notes), i.e. the messages not yet safely processed.
+pub struct LagContext;
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        let lag = &crate::metrics::global().kafka_consumer_lag;
+        for (topic, t) in &statistics.topics {
+            for (id, p) in &t.partitions {
+                // -1 is librdkafka's internal unassigned partition; a negative lag is "not known yet"
+                // (nothing committed or no watermark); a revoked partition is its new owner's to report.
+                if *id >= 0 && p.desired && p.consumer_lag >= 0 {
+                    lag.with_label_values(&[topic.as_str(), &id.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
 enum WarmStart {
     /// Seeked back: drop messages at or after `resume` until the re-read range starts arriving.
     Seeking {
@@ -116,7 +144,7 @@ enum WarmStart {
 /// One worker's consumer and its offset bookkeeping.
 pub struct KafkaReader {
     cfg: KafkaSourceConfig,
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<LagContext>,
     worker: u64,
     peers: u64,
     count: u64,
@@ -154,11 +182,14 @@ impl KafkaReader {
             .set("auto.offset.reset", &cfg.auto_offset_reset)
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", STATS_INTERVAL_MS);
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
-        let consumer: BaseConsumer = cc.create().context("cannot create the Kafka consumer")?;
+        let consumer: BaseConsumer<LagContext> = cc
+            .create_with_context(LagContext)
+            .context("cannot create the Kafka consumer")?;
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
@@ -315,7 +346,7 @@ impl KafkaReader {
 
 /// Warm start: decides whether a message is processed, seeking back on a partition's first one.
 fn admit(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<LagContext>,
     cfg: &KafkaSourceConfig,
     warm: &mut HashMap<Partition, WarmStart>,
     floor: &mut HashMap<Partition, i64>,

@@ -1,6 +1,7 @@
 //! Endpoint audit: every route of the OpenAPI document (and of DESIGN.md's REST list) is exercised on a
 //! running `egizml demo` with a bearer token configured: success, 401 on every mutating call without
-//! the token, 400s naming the parameter or field, pagination limits, 404s, 405s and 413.
+//! the token, 400s naming the parameter or field, pagination (limits, and `next`/`prev` links followed
+//! to the end and back), 404s, 405s and 413.
 //!
 //! The route list is not written here: it comes from the served OpenAPI document, which must equal the
 //! router's ([`egizml::api::served_routes`]), and the test fails when a documented operation has no
@@ -343,23 +344,69 @@ fn metrics(api: &Api) {
     }
 }
 
+/// Every item of a paged list, following the `next` links from `path` (with `limit=7`) to the end and
+/// back with `prev`: the pages add up to `total` and the way back meets the same pages.
+fn follow(api: &Api, path: &str, items: &str) -> Vec<Value> {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let mut url = Some(format!("{path}{sep}limit=7"));
+    let mut pages: Vec<(String, Value)> = Vec::new();
+    while let Some(u) = url {
+        let page = api.ok(&u);
+        assert_eq!(page["limit"], 7, "{u}");
+        let n = page[items].as_array().unwrap().len();
+        assert!(n <= 7, "{u}");
+        if let Some((_, prev)) = pages.last() {
+            assert_eq!(page["total"], prev["total"], "{u}: total changed");
+            assert_eq!(
+                page["offset"].as_u64().unwrap(),
+                prev["offset"].as_u64().unwrap() + 7,
+                "{u}"
+            );
+            assert!(n > 0, "{u}: a `next` link led to an empty page");
+        } else {
+            assert_eq!(page["prev"], Value::Null, "{u}: first page has no prev");
+        }
+        // The link keeps the path and every filter.
+        if let Some(next) = page["next"].as_str() {
+            let base = path.split('?').next().unwrap();
+            assert!(next.starts_with(&format!("{base}?")), "{next}");
+            for filter in path
+                .split('?')
+                .nth(1)
+                .into_iter()
+                .flat_map(|q| q.split('&'))
+            {
+                assert!(next.contains(filter), "{next} lost {filter}");
+            }
+        }
+        url = page["next"].as_str().map(str::to_string);
+        pages.push((u, page));
+    }
+    let total = pages[0].1["total"].as_u64().unwrap() as usize;
+    let all: Vec<Value> = pages
+        .iter()
+        .flat_map(|(_, p)| p[items].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(all.len(), total, "{path}: pages add up to the total");
+    // Back to the start with `prev`.
+    let mut back = pages.len() - 1;
+    let mut url = pages[back].1["prev"].as_str().map(str::to_string);
+    while let Some(u) = url {
+        back -= 1;
+        let page = api.ok(&u);
+        assert_eq!(
+            page[items], pages[back].1[items],
+            "{u}: prev gives the same page"
+        );
+        url = page["prev"].as_str().map(str::to_string);
+    }
+    assert_eq!(back, 0, "{path}: prev links lead back to the first page");
+    all
+}
+
 /// Every stored alert, following the pages.
 fn all_alerts(api: &Api, path: &str) -> Vec<Value> {
-    let mut all = Vec::new();
-    loop {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let page = api.ok(&format!("{path}{sep}limit=7&offset={}", all.len()));
-        assert_eq!(page["limit"], 7);
-        let items = page["items"].as_array().unwrap().clone();
-        assert!(items.len() <= 7);
-        let total = page["total"].as_u64().unwrap() as usize;
-        let empty = items.is_empty();
-        all.extend(items);
-        if all.len() >= total || empty {
-            assert_eq!(all.len(), total, "{path}: pages add up to the total");
-            return all;
-        }
-    }
+    follow(api, path, "items")
 }
 
 fn anomalies(api: &Api) {
@@ -379,9 +426,15 @@ fn anomalies(api: &Api) {
     // Default page size and a page past the end.
     let first = api.ok("/api/v1/anomalies");
     assert_eq!(first["limit"], 100);
+    assert_eq!(first["prev"], Value::Null);
     let past = api.ok(&format!("/api/v1/anomalies?offset={}", all.len()));
     assert_eq!(past["items"], Value::Array(vec![]));
     assert_eq!(past["total"].as_u64().unwrap() as usize, all.len());
+    assert_eq!(past["next"], Value::Null);
+    let last = api.ok(past["prev"]
+        .as_str()
+        .expect("a page past the end links back"));
+    assert!(!last["items"].as_array().unwrap().is_empty());
     // Filters.
     let sev = all[0]["severity"].as_str().unwrap();
     let by_sev = all_alerts(api, &format!("/api/v1/anomalies?severity={sev}"));
@@ -525,6 +578,36 @@ fn feedback_get(api: &Api) {
     let list = api.ok("/api/v1/feedback?limit=1");
     assert_eq!(list["total"], 1, "{list}");
     assert!(list["items"].as_array().unwrap().len() <= 1);
+    assert_eq!((&list["next"], &list["prev"]), (&Value::Null, &Value::Null));
+    // Verdicts on more alerts than a page holds, paged with the links.
+    let alerts = all_alerts(api, "/api/v1/anomalies");
+    let judged: Vec<&Value> = alerts.iter().take(16).collect();
+    assert!(
+        judged.len() > 7,
+        "too few alerts to page feedback: {}",
+        judged.len()
+    );
+    for a in &judged {
+        let body = serde_json::json!({"thing_id": a["thing_id"], "alert_id": a["alert_id"],
+            "verdict": "true_positive"})
+        .to_string();
+        let r = api.call(
+            "POST",
+            "/api/v1/feedback",
+            Some(TOKEN),
+            Some(("application/json", &body)),
+        );
+        assert!(r.status == 200 || r.status == 201, "{}", r.text);
+    }
+    let listed = follow(api, "/api/v1/feedback?verdict=true_positive", "items");
+    let ids: BTreeSet<&str> = listed
+        .iter()
+        .map(|f| f["alert_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), judged.len(), "{listed:?}");
+    assert!(judged
+        .iter()
+        .all(|a| ids.contains(a["alert_id"].as_str().unwrap())));
     api.bad("GET", "/api/v1/feedback?verdict=maybe", None, "verdict");
 }
 
@@ -592,6 +675,12 @@ fn predictions(api: &Api) {
     // The demo's default dataflow has no RUL section: empty pages, still validated.
     let all = api.ok("/api/v1/predictions");
     assert!(all["items"].is_array() && all["total"].is_number(), "{all}");
+    assert_eq!((&all["next"], &all["prev"]), (&Value::Null, &Value::Null));
+    let later = api.ok("/api/v1/predictions?latest=false&offset=5");
+    assert_eq!(
+        later["prev"], "/api/v1/predictions?latest=false&limit=100&offset=0",
+        "{later}"
+    );
     let one = api.ok("/api/v1/predictions/some-thing?latest=false");
     assert!(one["items"].is_array(), "{one}");
     api.bad("GET", "/api/v1/predictions?latest=maybe", None, "latest");
@@ -611,6 +700,9 @@ fn devices(api: &Api) {
     assert_eq!(page["items"].as_array().unwrap().len(), 3);
     let next = api.ok("/api/v1/devices?limit=3&offset=3");
     assert!(next["items"][0]["thing_id"].as_str() > page["items"][2]["thing_id"].as_str());
+    assert_eq!(page["next"], "/api/v1/devices?limit=3&offset=3");
+    let listed = follow(api, "/api/v1/devices", "items");
+    assert_eq!(listed.len(), 8);
     let thing = page["items"][0]["thing_id"].as_str().unwrap();
     assert_eq!(
         api.ok(&format!("/api/v1/devices/{thing}")),
@@ -626,6 +718,15 @@ fn fleet(api: &Api) {
     assert_eq!(f["ranking"].as_array().unwrap().len(), 2, "{f}");
     assert_eq!(f["ranking"][0]["rank"], 2);
     assert_eq!(f["devices"], 8);
+    assert_eq!(f["total"], 8);
+    assert_eq!(f["prev"], "/api/v1/fleet?limit=2&offset=0");
+    assert_eq!(f["next"], "/api/v1/fleet?limit=2&offset=3");
+    let ranking = follow(api, "/api/v1/fleet", "ranking");
+    let ranks: Vec<u64> = ranking
+        .iter()
+        .map(|r| r["rank"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ranks, (1..=8).collect::<Vec<u64>>());
     let stored = api.ok("/api/v1/anomalies?limit=1")["total"].clone();
     assert_eq!(f["alerts_total"], stored);
 }

@@ -317,3 +317,111 @@ fn dockerfile_is_multi_stage_and_copies_existing_paths() {
     }
     assert!(text.contains("USER "), "runs as non-root");
 }
+
+#[test]
+fn compose_runs_the_service_with_a_config_that_fits_the_stack() {
+    let dir = docker();
+    let compose = yaml(&dir.join("docker-compose.yml"));
+    let services = &compose["services"];
+    let egizml = &services["egizml"];
+    let command: Vec<&str> = egizml["command"]
+        .as_sequence()
+        .expect("the egizml service has a command")
+        .iter()
+        .map(str_of)
+        .collect();
+    assert_eq!(command[..2], ["run", "--config"], "{command:?}");
+    // The config is shipped in the image: /etc/egizml/configs is the repository's configs/.
+    let in_image = command[2];
+    let dockerfile = std::fs::read_to_string(dir.join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("COPY configs /etc/egizml/configs"));
+    assert!(dockerfile.contains("COPY dataflows /etc/egizml/dataflows"));
+    let rel = in_image
+        .strip_prefix("/etc/egizml/")
+        .unwrap_or_else(|| panic!("{in_image} is not under /etc/egizml"));
+    let config_path = repo().join(rel);
+    let text = std::fs::read_to_string(&config_path).unwrap();
+
+    // It parses as a service config. The token variable is set by compose (checked below), not here.
+    let token_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("token_env:"))
+        .expect("the API token comes from the environment");
+    let token_var = token_line.split(':').nth(1).unwrap().trim();
+    let without_token = text.replace(&format!("{token_line}\n"), "");
+    let mut cfg: egizml::commands::run::ServiceConfig =
+        egizml::config::parse_yaml(&without_token, &config_path.display().to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+    let mut api = cfg.api.take().expect("the service serves the API");
+    egizml::commands::serve::check_config(&mut api, &config_path, None).unwrap();
+    assert!(
+        egizml["environment"][token_var].is_string(),
+        "compose does not set {token_var}"
+    );
+
+    // The dataflow exists in the image (resolved like the service does, against the config's folder).
+    let dataflow = config_path
+        .parent()
+        .unwrap()
+        .join(cfg.dataflow.as_ref().expect("a dataflow file"));
+    assert!(dataflow.is_file(), "{}", dataflow.display());
+    egizml::config::DataflowConfig::load(&dataflow).unwrap();
+
+    // Prometheus scrapes the port the API listens on.
+    let prom = yaml(&dir.join("prometheus/prometheus.yml"));
+    let target = prom["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_name"] == "egizml")
+        .map(|j| str_of(&j["static_configs"][0]["targets"][0]).to_string())
+        .unwrap();
+    assert_eq!(
+        target,
+        format!("egizml:{}", api.listen.port()),
+        "scrape target vs api.listen"
+    );
+    assert!(
+        api.listen.ip().is_unspecified(),
+        "reachable from the other containers"
+    );
+
+    // Kafka in and out through the compose broker, alerts in the compose PostgreSQL.
+    let kafka = cfg.source.kafka.as_ref().expect("a Kafka source");
+    let broker = |b: &str| {
+        let (host, port) = b.split_once(':').unwrap();
+        assert!(
+            services[host].is_mapping(),
+            "broker {b} is not a compose service"
+        );
+        assert!(ports(&services[host])
+            .iter()
+            .any(|(_, c)| c.to_string() == port));
+    };
+    broker(&kafka.brokers);
+    broker(&cfg.sinks.kafka.as_ref().expect("a Kafka sink").brokers);
+    let store = api.store.as_deref().expect("a PostgreSQL store");
+    let pg = &services["postgres"]["environment"];
+    let want = format!(
+        "postgresql://{user}:{pass}@postgres:5432/{db}",
+        user = str_of(&pg["POSTGRES_USER"]),
+        pass = str_of(&pg["POSTGRES_PASSWORD"]),
+        db = str_of(&pg["POSTGRES_DB"])
+    );
+    assert_eq!(store, want);
+    assert_eq!(api.retention.days, 90);
+    // The registry lives on the service's data volume.
+    let registry = api.registry.as_ref().expect("a model registry");
+    let data = egizml["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(str_of)
+        .find_map(|v| v.strip_prefix("egizml-data:"))
+        .expect("egizml data volume");
+    assert!(
+        registry.path.starts_with(data),
+        "{}",
+        registry.path.display()
+    );
+}

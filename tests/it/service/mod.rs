@@ -8,5 +8,6 @@ mod fleet;
 mod logs;
 pub(crate) mod procs;
 mod prometheus;
+mod run_api;
 mod shutdown;
 mod store;

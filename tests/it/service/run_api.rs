@@ -31,6 +31,17 @@ fn call(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
+    try_call(agent, method, url, token, body).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// [`call`], or the transport error (the server is not up yet).
+fn try_call(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Result<(u16, String), ureq::Error> {
     let mut req = ureq::http::Request::builder()
         .method(method)
         .uri(url)
@@ -40,15 +51,13 @@ fn call(
         req = req.header("authorization", format!("Bearer {t}"));
     }
     let body = body.unwrap_or("").as_bytes().to_vec();
-    let mut resp = agent
-        .run(req.body(body).unwrap())
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let mut resp = agent.run(req.body(body).unwrap())?;
     let status = resp.status().as_u16();
-    (status, resp.body_mut().read_to_string().unwrap_or_default())
+    Ok((status, resp.body_mut().read_to_string().unwrap_or_default()))
 }
 
 fn get_json(agent: &ureq::Agent, url: &str) -> Option<Value> {
-    let (status, body) = call(agent, "GET", url, None, None);
+    let (status, body) = try_call(agent, "GET", url, None, None).ok()?;
     if status != 200 {
         return None;
     }
@@ -328,13 +337,8 @@ fn kafka_consumer_lag_is_exported_per_partition_and_reaches_zero_once_committed(
     let agent = agent();
     // Both partitions are reported, and once everything read is acknowledged and committed the lag is 0.
     let settled = wait_for(Duration::from_secs(90), || {
-        let (status, text) = call(
-            &agent,
-            "GET",
-            &format!("http://127.0.0.1:{port}/metrics"),
-            None,
-            None,
-        );
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        let (status, text) = try_call(&agent, "GET", &url, None, None).ok()?;
         (status == 200).then_some(())?;
         let l = lag(&text, "lagged");
         (l.len() == 2 && l.iter().all(|(_, v)| *v == 0.0)).then_some(l)

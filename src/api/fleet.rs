@@ -46,11 +46,11 @@ fn fleet(state: &ApiState) -> Result<&Fleet, ApiError> {
     })
 }
 
+/// Page size, offset and the query's parameters (for the page links).
+type PageParams = (u32, u64, Vec<(String, String)>);
+
 /// `limit` and `offset` only (each at most once); also returns the parameters for the page links.
-fn parse_page(
-    params: RawParams,
-    what: &str,
-) -> Result<(u32, u64, Vec<(String, String)>), ApiError> {
+fn parse_page(params: RawParams, what: &str) -> Result<PageParams, ApiError> {
     let Query(params) =
         params.map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
     let (mut limit, mut offset) = (DEFAULT_LIMIT, 0);

@@ -259,6 +259,8 @@ fn rul_models_are_versioned_beside_anomaly_models() {
         err.contains("turbofan/v1/model.json") && err.contains("inconsistent"),
         "{err}"
     );
+}
+
 #[test]
 fn loading_a_model_is_timed_in_model_load_time_seconds() {
     let dir = tempfile::tempdir().unwrap();

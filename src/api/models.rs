@@ -30,8 +30,14 @@ fn registry_error(e: RegistryError) -> ApiError {
         | RegistryError::NoActiveVersion(_) => StatusCode::NOT_FOUND,
         RegistryError::InvalidScope(_) | RegistryError::InvalidId(_) => StatusCode::BAD_REQUEST,
         RegistryError::NothingToRollBack { .. } => StatusCode::CONFLICT,
-        RegistryError::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        RegistryError::Mlflow { .. } => StatusCode::BAD_GATEWAY,
+        RegistryError::Unreachable { .. } | RegistryError::Mlflow { .. } => {
+            tracing::warn!(error = %e, "model registry (MLflow) request failed");
+            if matches!(e, RegistryError::Unreachable { .. }) {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_GATEWAY
+            }
+        }
         _ => {
             tracing::error!(error = %e, "registry request failed");
             StatusCode::INTERNAL_SERVER_ERROR

@@ -52,7 +52,8 @@ pub struct DemoArgs {
     /// Don't print each alert.
     #[arg(long)]
     pub quiet: bool,
-    /// Model registry directory served by `/api/v1/models` and filled by `POST /api/v1/train/{thing}`.
+    /// Model registry served by `/api/v1/models` and filled by `POST /api/v1/train/{thing}`: a directory,
+    /// or an MLflow tracking server `http://HOST:PORT`.
     #[arg(long, default_value = "egizml-data/models")]
     pub registry: PathBuf,
     /// Simulator readings (same things and seed as the live run) that API training jobs learn from.
@@ -170,7 +171,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
     let shared = ApiState::share(reader);
     // Mutating API calls (feedback, rules) need this bearer token when it is set.
     let token = std::env::var("EGIZML_API_TOKEN").ok();
-    let registry = crate::registry::RegistryConfig::local(&args.registry).open()?;
+    let registry = crate::registry::RegistryConfig::from_arg(&args.registry)?.open()?;
     let training = crate::training::jobs::TrainJobs::start(
         std::sync::Arc::clone(&registry),
         crate::training::HistorySpec::Simulator(crate::training::SimulatorHistory {

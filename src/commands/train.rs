@@ -65,18 +65,19 @@ pub struct TrainArgs {
 /// Which registry a command uses.
 #[derive(Clone, Debug, clap::Args)]
 pub struct RegistryArgs {
-    /// Local model registry directory.
+    /// Model registry: a local directory, or an MLflow tracking server `http://HOST:PORT` (registered
+    /// models `egizml.<scope>`, experiment `egizml`).
     #[arg(long, default_value = "egizml-data/models")]
     pub registry: PathBuf,
 }
 
 impl RegistryArgs {
-    pub fn config(&self) -> RegistryConfig {
-        RegistryConfig::local(&self.registry)
+    pub fn config(&self) -> anyhow::Result<RegistryConfig> {
+        Ok(RegistryConfig::from_arg(&self.registry)?)
     }
 
     pub fn open(&self) -> anyhow::Result<std::sync::Arc<dyn Registry>> {
-        Ok(self.config().open()?)
+        Ok(self.config()?.open()?)
     }
 }
 

@@ -8,6 +8,7 @@ mod engine;
 mod influx;
 mod kafka;
 mod loadgen;
+mod mlflow;
 mod mqtt;
 mod replay;
 mod rul;

@@ -14,12 +14,14 @@
 
 pub mod config;
 pub mod local;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;
 
 pub use config::RegistryConfig;
 pub use local::LocalRegistry;
+pub use watch::{ActiveModel, ActiveModels, ModelSnapshot};
 
 use crate::models::{Autoencoder, IsolationForest, Model, ModelError};
 use serde::{Deserialize, Serialize};
@@ -231,6 +233,17 @@ pub trait Registry: Send + Sync {
     fn rollback(&self, scope: &str) -> Result<u32, RegistryError>;
     /// The active version of `scope`, if any.
     fn active(&self, scope: &str) -> Result<Option<u32>, RegistryError>;
+
+    /// Every scope's active version (scopes without one are left out). The stream's model watcher
+    /// calls this a few times a second, so backends should make it cheap.
+    fn active_versions(&self) -> Result<BTreeMap<String, u32>, RegistryError> {
+        Ok(self
+            .list(None)?
+            .into_iter()
+            .filter(|v| v.active)
+            .map(|v| (v.meta.scope, v.meta.version))
+            .collect())
+    }
 
     /// The active model of `scope`, loaded.
     fn load_active(&self, scope: &str) -> Result<Option<LoadedModel>, RegistryError> {

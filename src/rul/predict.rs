@@ -385,5 +385,6 @@ pub fn maintenance_alert(p: &Prediction, origin: Origin) -> Alert {
         ),
         input_offsets: origin,
         label: None,
+        detectors: Vec::new(),
     }
 }

@@ -8,6 +8,7 @@ mod engine;
 mod influx;
 mod kafka;
 mod loadgen;
+mod models;
 mod mqtt;
 mod replay;
 mod rul;

@@ -111,6 +111,9 @@ pub struct SinksConfig {
 #[serde(deny_unknown_fields)]
 pub struct JsonlSinkConfig {
     pub alerts: PathBuf,
+    /// Per-reading score lines (needs `scores: true`), e.g. to watch a model swap take effect.
+    #[serde(default)]
+    pub scores: Option<PathBuf>,
 }
 
 /// The SQLite anomaly store (what the REST API serves).
@@ -192,6 +195,9 @@ impl ServiceConfig {
         }
         if let Some(j) = cfg.sinks.jsonl.as_mut() {
             resolve(&mut j.alerts);
+            if let Some(scores) = j.scores.as_mut() {
+                resolve(scores);
+            }
         }
         if let Some(s) = cfg.sinks.sqlite.as_mut() {
             resolve(&mut s.path);
@@ -220,20 +226,26 @@ impl OutputSink for FanOut {
     }
 }
 
-/// Alerts as JSON lines.
-struct JsonlAlerts(LineWriter);
+/// Alerts (and optionally score lines) as JSON lines.
+struct JsonlAlerts(LineWriter, Option<LineWriter>);
 
 impl OutputSink for JsonlAlerts {
     fn write(&mut self, outputs: &[(u64, Output)]) -> anyhow::Result<()> {
         for (_, o) in outputs {
-            if let Output::Alert(a) = o {
-                self.0.write_json(a)?;
+            match (o, self.1.as_mut()) {
+                (Output::Alert(a), _) => self.0.write_json(a)?,
+                (Output::Score(s), Some(scores)) => scores.write_json(s)?,
+                _ => {}
             }
         }
         Ok(())
     }
     fn flush(&mut self) -> anyhow::Result<()> {
-        self.0.flush()
+        self.0.flush()?;
+        match self.1.as_mut() {
+            Some(scores) => scores.flush(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -279,7 +291,8 @@ pub fn build_sinks(cfg: &SinksConfig) -> anyhow::Result<FanOut> {
         sinks.push(Box::new(KafkaSink::new(k)?));
     }
     if let Some(j) = &cfg.jsonl {
-        sinks.push(Box::new(JsonlAlerts(LineWriter::create(&j.alerts)?)));
+        let scores = j.scores.as_deref().map(LineWriter::create).transpose()?;
+        sinks.push(Box::new(JsonlAlerts(LineWriter::create(&j.alerts)?, scores)));
     }
     if let Some(s) = &cfg.sqlite {
         crate::metrics::global().register_sink("sqlite");

@@ -450,7 +450,27 @@ impl IsolationForest {
     /// Exact SHAP values of the expected path length E[h(x)] (what `shap.TreeExplainer` computes for
     /// scikit-learn's IsolationForest) and the base value E[E[h]] over the training data. The values sum
     /// to E[h(x)] - base. A short path means an anomaly, so anomalous features get negative values.
+    ///
+    /// Computed leaf by leaf with Gauss-Legendre quadrature ([`treeshap::tree_shap_by_leaf`]), several
+    /// times faster than algorithm 2 ([`IsolationForest::shap_values_algorithm2`]) for the same values.
     pub fn shap_values(&self, row: &[f64]) -> (Vec<f64>, f64) {
+        let mut phi = vec![0.0; self.n_features];
+        if row.len() != self.n_features {
+            return (phi, f64::NAN);
+        }
+        let scale = 1.0 / self.trees.len() as f64;
+        let mut scratch = treeshap::LeafScratch::default();
+        let mut base = 0.0;
+        for t in &self.trees {
+            treeshap::tree_shap_by_leaf(t.view(), t.depth, row, scale, &mut phi, &mut scratch);
+            base += t.value[0] * scale;
+        }
+        (phi, base)
+    }
+
+    /// [`IsolationForest::shap_values`] by Lundberg's algorithm 2 (as shap's C++ computes it): the
+    /// reference the quadrature form is tested against.
+    pub fn shap_values_algorithm2(&self, row: &[f64]) -> (Vec<f64>, f64) {
         let mut phi = vec![0.0; self.n_features];
         if row.len() != self.n_features {
             return (phi, f64::NAN);
@@ -505,6 +525,20 @@ impl Model for IsolationForest {
     }
     fn threshold(&self) -> f64 {
         self.threshold
+    }
+    /// Isolation scores sit near 0.5 for ordinary rows (a path of average length) and approach 1 for
+    /// isolated ones, so the evidence is the excess over 0.5, relative to the threshold's excess.
+    fn threshold_ratio(&self, score: f64) -> f64 {
+        let t = self.threshold;
+        if !score.is_finite() {
+            0.0
+        } else if t > 0.5 {
+            ((score - 0.5) / (t - 0.5)).max(0.0)
+        } else if t > 0.0 {
+            score / t
+        } else {
+            0.0
+        }
     }
     /// SHAP values of the path length, negated: positive = shortens the path = more anomalous.
     fn explain(&self, row: &[f64]) -> Vec<f64> {

@@ -321,3 +321,41 @@ fn tree_shap_matches_python_shap() {
         }
     }
 }
+
+#[test]
+fn tree_shap_by_leaf_equals_algorithm_2() {
+    // Shallow and deep trees, few and many features (paths that test a feature several times).
+    for (features, samples, seed) in [(3usize, 64usize, 1u64), (6, 256, 2), (20, 4096, 3)] {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let rows = 6_000;
+        let x = Array2::from_shape_fn((rows, features), |(i, j)| {
+            let base = ((i * 31 + j * 7) % 97) as f64 / 97.0;
+            base + rng.random::<f64>() * 0.5 + if i % 500 == 0 { 5.0 } else { 0.0 }
+        });
+        let forest = IsolationForestParams {
+            n_estimators: 30,
+            max_samples: samples,
+            seed,
+            ..IsolationForestParams::default()
+        }
+        .fit(x.view())
+        .unwrap();
+        for i in (0..rows).step_by(371).chain([0, 500, 1000]) {
+            let row = x.row(i).to_vec();
+            let (fast, base_fast) = forest.shap_values(&row);
+            let (reference, base) = forest.shap_values_algorithm2(&row);
+            assert!((base_fast - base).abs() < 1e-12);
+            let total: f64 = reference.iter().map(|v| v.abs()).sum();
+            assert!(total > 0.0);
+            for (j, (a, b)) in fast.iter().zip(&reference).enumerate() {
+                assert!(
+                    (a - b).abs() < 1e-10 * total.max(1.0),
+                    "features {features}, samples {samples}, row {i}, feature {j}: {a} vs {b}"
+                );
+            }
+            // Local accuracy: the values add up to E[h(x)] - base.
+            let sum: f64 = fast.iter().sum();
+            assert!((sum - (forest.expected_path_length(&row) - base)).abs() < 1e-9);
+        }
+    }
+}

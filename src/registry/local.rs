@@ -236,6 +236,17 @@ impl Registry for LocalRegistry {
         Ok(version)
     }
 
+    /// One small file per scope (`active.json`), no metadata read.
+    fn active_versions(&self) -> Result<std::collections::BTreeMap<String, u32>, RegistryError> {
+        let mut out = std::collections::BTreeMap::new();
+        for scope in self.scopes()? {
+            if let Some(v) = self.read_active(&scope)?.map(|a| a.version).filter(|v| *v > 0) {
+                out.insert(scope, v);
+            }
+        }
+        Ok(out)
+    }
+
     fn active(&self, scope: &str) -> Result<Option<u32>, RegistryError> {
         check_scope(scope)?;
         Ok(self

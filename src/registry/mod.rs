@@ -17,6 +17,7 @@
 pub mod config;
 pub mod local;
 pub mod mlflow;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,7 @@ mod tests;
 pub use config::{MlflowConfig, RegistryConfig};
 pub use local::LocalRegistry;
 pub use mlflow::MlflowRegistry;
+pub use watch::{ActiveModel, ActiveModels, ModelSnapshot};
 
 use crate::models::{Autoencoder, IsolationForest, Model, ModelError};
 use crate::rul::model::RulModel;
@@ -435,6 +437,17 @@ pub trait Registry: Send + Sync {
             Some(model) => Ok((meta, model)),
             None => Err(wrong_type(&meta, "a RUL model")),
         }
+    }
+
+    /// Every scope's active version (scopes without one are left out). The stream's model watcher
+    /// calls this a few times a second, so backends should make it cheap.
+    fn active_versions(&self) -> Result<BTreeMap<String, u32>, RegistryError> {
+        Ok(self
+            .list(None)?
+            .into_iter()
+            .filter(|v| v.active)
+            .map(|v| (v.meta.scope, v.meta.version))
+            .collect())
     }
 
     /// The active model of `scope`, loaded.

@@ -9,6 +9,7 @@ mod influx;
 mod kafka;
 mod loadgen;
 mod mlflow;
+mod models;
 mod mqtt;
 mod replay;
 mod rul;

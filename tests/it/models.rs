@@ -4,7 +4,7 @@
 use crate::common::*;
 use egizml::config::{DataflowConfig, StreamModelsConfig};
 use egizml::event::{Name, Origin, Point};
-use egizml::models::{Fit, IsolationForestParams, Model};
+use egizml::models::{Fit, IsolationForestParams};
 use egizml::pipeline::{Engine, Output, Record};
 use egizml::registry::{ActiveModel, ActiveModels, ScopeKind};
 use egizml::rules::{RuleSet, RulesHandle};
@@ -239,7 +239,7 @@ fn activating_versions_swaps_the_running_services_model_without_a_restart() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(bin())
+    let child = Command::new(bin())
         .args(["run", "--config", service.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

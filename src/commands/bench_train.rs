@@ -33,10 +33,7 @@ pub struct BenchTrainSummary {
     pub train_s: f64,
     pub model_bytes: usize,
     pub score_us: f64,
-    /// Exact TreeSHAP per row as the stream computes it (leaf-by-leaf quadrature).
     pub explain_us: f64,
-    /// The same values by Lundberg's algorithm 2 (the reference implementation), per row.
-    pub explain_algorithm2_us: f64,
 }
 
 pub fn bench_train(args: &BenchTrainArgs) -> anyhow::Result<BenchTrainSummary> {
@@ -73,11 +70,6 @@ pub fn bench_train(args: &BenchTrainArgs) -> anyhow::Result<BenchTrainSummary> {
         sink += forest.explain(r)[0];
     }
     let explain_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
-    let t = Instant::now();
-    for r in &rows {
-        sink += forest.shap_values_algorithm2(r).0[0];
-    }
-    let explain_algorithm2_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
     std::hint::black_box(sink);
     Ok(BenchTrainSummary {
         rows: args.rows,
@@ -86,6 +78,5 @@ pub fn bench_train(args: &BenchTrainArgs) -> anyhow::Result<BenchTrainSummary> {
         model_bytes,
         score_us,
         explain_us,
-        explain_algorithm2_us,
     })
 }

@@ -292,7 +292,10 @@ pub fn build_sinks(cfg: &SinksConfig) -> anyhow::Result<FanOut> {
     }
     if let Some(j) = &cfg.jsonl {
         let scores = j.scores.as_deref().map(LineWriter::create).transpose()?;
-        sinks.push(Box::new(JsonlAlerts(LineWriter::create(&j.alerts)?, scores)));
+        sinks.push(Box::new(JsonlAlerts(
+            LineWriter::create(&j.alerts)?,
+            scores,
+        )));
     }
     if let Some(s) = &cfg.sqlite {
         crate::metrics::global().register_sink("sqlite");

@@ -450,27 +450,7 @@ impl IsolationForest {
     /// Exact SHAP values of the expected path length E[h(x)] (what `shap.TreeExplainer` computes for
     /// scikit-learn's IsolationForest) and the base value E[E[h]] over the training data. The values sum
     /// to E[h(x)] - base. A short path means an anomaly, so anomalous features get negative values.
-    ///
-    /// Computed leaf by leaf with Gauss-Legendre quadrature ([`treeshap::tree_shap_by_leaf`]), several
-    /// times faster than algorithm 2 ([`IsolationForest::shap_values_algorithm2`]) for the same values.
     pub fn shap_values(&self, row: &[f64]) -> (Vec<f64>, f64) {
-        let mut phi = vec![0.0; self.n_features];
-        if row.len() != self.n_features {
-            return (phi, f64::NAN);
-        }
-        let scale = 1.0 / self.trees.len() as f64;
-        let mut scratch = treeshap::LeafScratch::default();
-        let mut base = 0.0;
-        for t in &self.trees {
-            treeshap::tree_shap_by_leaf(t.view(), t.depth, row, scale, &mut phi, &mut scratch);
-            base += t.value[0] * scale;
-        }
-        (phi, base)
-    }
-
-    /// [`IsolationForest::shap_values`] by Lundberg's algorithm 2 (as shap's C++ computes it): the
-    /// reference the quadrature form is tested against.
-    pub fn shap_values_algorithm2(&self, row: &[f64]) -> (Vec<f64>, f64) {
         let mut phi = vec![0.0; self.n_features];
         if row.len() != self.n_features {
             return (phi, f64::NAN);

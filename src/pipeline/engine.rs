@@ -824,7 +824,9 @@ impl Engine {
                     anomaly: anomalous || !hits.is_empty(),
                     label: p.label,
                     model_version: registry_scored.map(|m| Name::from(m.id.as_str())),
-                    model_score: registry_scored.and(scored.as_ref().and_then(|s| s.model)).map(round4),
+                    model_score: registry_scored
+                        .and(scored.as_ref().and_then(|s| s.model))
+                        .map(round4),
                 }),
             ));
         }

@@ -529,9 +529,9 @@ fn feed_lines(
         // Paced, a chunk is ~20 ms of lines: a reading is processed when its chunk's epoch closes, so
         // full chunks would hold readings back for CHUNK_LINES / rate seconds (8 s at 2,000/s). Every
         // worker derives the same size from the same rate, so the striping stays deterministic.
-        let chunk_lines = ctx
-            .pace
-            .map_or(CHUNK_LINES, |r| ((r * 0.02).ceil() as usize).clamp(1, CHUNK_LINES));
+        let chunk_lines = ctx.pace.map_or(CHUNK_LINES, |r| {
+            ((r * 0.02).ceil() as usize).clamp(1, CHUNK_LINES)
+        });
         if mine {
             input.advance_to(chunk);
         }

@@ -98,7 +98,8 @@ impl PolicyState {
     /// Whether an alert at `ts` that does not bypass the rate limit would be suppressed by it (whatever
     /// its type). Lets expensive explanations be skipped for alerts that cannot be emitted.
     pub fn rate_limited(&self, w: &PolicyWindows, ts: i64) -> bool {
-        self.last_any.is_some_and(|last| within(last, ts, w.rate_limit_ms))
+        self.last_any
+            .is_some_and(|last| within(last, ts, w.rate_limit_ms))
     }
 
     pub fn record_anomaly(&mut self, w: &PolicyWindows, ts: i64) -> bool {

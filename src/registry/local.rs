@@ -240,7 +240,11 @@ impl Registry for LocalRegistry {
     fn active_versions(&self) -> Result<std::collections::BTreeMap<String, u32>, RegistryError> {
         let mut out = std::collections::BTreeMap::new();
         for scope in self.scopes()? {
-            if let Some(v) = self.read_active(&scope)?.map(|a| a.version).filter(|v| *v > 0) {
+            if let Some(v) = self
+                .read_active(&scope)?
+                .map(|a| a.version)
+                .filter(|v| *v > 0)
+            {
                 out.insert(scope, v);
             }
         }

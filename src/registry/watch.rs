@@ -171,7 +171,9 @@ impl Watcher {
                     tracing::info!(generation, models = ?self.loaded, "active models swapped");
                 }
                 Ok((_, false)) => {}
-                Err(e) => tracing::warn!(error = %e, "model registry unreadable; keeping the current models"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "model registry unreadable; keeping the current models")
+                }
             }
         }
     }
@@ -255,7 +257,11 @@ impl Watcher {
         }
         Ok(Some(ActiveModel {
             id: meta.id.clone(),
-            features: meta.features.iter().map(|f| Name::from(f.as_str())).collect(),
+            features: meta
+                .features
+                .iter()
+                .map(|f| Name::from(f.as_str()))
+                .collect(),
             sql_hash: meta.sql_hash.clone(),
             model,
         }))

@@ -264,7 +264,11 @@ pub fn sql_feature_matrix(
         .map_err(|e| history_err(e.to_string()))?;
     let all_labelled = rows.iter().all(|p| p.label.is_some());
     let mut order: Vec<usize> = (0..m.ts.len()).collect();
-    order.sort_by(|&a, &b| m.ts[a].cmp(&m.ts[b]).then_with(|| m.thing_ids[a].cmp(&m.thing_ids[b])));
+    order.sort_by(|&a, &b| {
+        m.ts[a]
+            .cmp(&m.ts[b])
+            .then_with(|| m.thing_ids[a].cmp(&m.thing_ids[b]))
+    });
     let x = m.x.select(ndarray::Axis(0), &order);
     let labels = m
         .labels

@@ -68,11 +68,7 @@ fn a_registry_isolation_forest_scores_the_stream_and_explains_its_alerts() {
         active_models: Some(ActiveModels::fixed([("oven".to_string(), active)])),
         ..DataflowConfig::default()
     };
-    let mut engine = Engine::new(
-        Arc::new(cfg),
-        RulesHandle::fixed(RuleSet::empty()),
-        true,
-    );
+    let mut engine = Engine::new(Arc::new(cfg), RulesHandle::fixed(RuleSet::empty()), true);
     let mut out = Vec::new();
     for i in 0..600i64 {
         let rec = Record::Point(point("oven-1", T0 + i * 1000, &oven(i), i as u64), 0);
@@ -120,13 +116,20 @@ fn a_registry_isolation_forest_scores_the_stream_and_explains_its_alerts() {
         })
         .expect("an ensemble alert for the current drop");
     assert_eq!(alert.model_version, "oven/v1");
-    let det: Vec<&str> = alert.detectors.iter().map(|d| d.detector.as_str()).collect();
+    let det: Vec<&str> = alert
+        .detectors
+        .iter()
+        .map(|d| d.detector.as_str())
+        .collect();
     assert_eq!(det, ["statistics", "isolation_forest"], "{alert:?}");
     let forest = &alert.detectors[1];
     assert_eq!(forest.model_version.as_deref(), Some("oven/v1"));
     // Isolation saturates (a path cannot be shorter than one split), so an extreme reading sits near,
     // not far above, the threshold's 0.8; a healthy one near 0.
-    assert!(forest.score > 0.5, "the forest flags the reading: {forest:?}");
+    assert!(
+        forest.score > 0.5,
+        "the forest flags the reading: {forest:?}"
+    );
     let lead = forest.top_features[0].feature.as_str();
     assert!(
         lead == "current_b" || lead.contains("current"),
@@ -209,13 +212,26 @@ fn activating_versions_swaps_the_running_services_model_without_a_restart() {
     let (reg_s, history_s) = (reg.to_str().unwrap(), history.to_str().unwrap());
     // v1: the default forest (threshold at the 99th percentile of training scores), active.
     egizml(&[
-        "train", "--history", history_s, "--equipment-type", "oven", "--registry", reg_s,
+        "train",
+        "--history",
+        history_s,
+        "--equipment-type",
+        "oven",
+        "--registry",
+        reg_s,
         "--activate",
     ]);
     // v2: a forest that expects half its training rows to be anomalies: a far lower threshold.
     egizml(&[
-        "train", "--history", history_s, "--equipment-type", "oven", "--registry", reg_s,
-        "--param", "contamination=0.5",
+        "train",
+        "--history",
+        history_s,
+        "--equipment-type",
+        "oven",
+        "--registry",
+        reg_s,
+        "--param",
+        "contamination=0.5",
     ]);
 
     // Live telemetry from another seed, paced (it would last 100 s; the test stops the run earlier).
@@ -288,7 +304,10 @@ fn activating_versions_swaps_the_running_services_model_without_a_restart() {
     }
     assert!(!per_thing.is_empty());
     for (thing, seq) in &per_thing {
-        assert!(thing.starts_with("oven"), "only ovens have a model: {thing}");
+        assert!(
+            thing.starts_with("oven"),
+            "only ovens have a model: {thing}"
+        );
         assert_eq!(seq, &["oven/v1", "oven/v2", "oven/v1"], "{thing}");
     }
     assert!(
@@ -311,7 +330,9 @@ fn activating_versions_swaps_the_running_services_model_without_a_restart() {
     let a = share_high(first_v1..first_v2, "oven/v1");
     let b = share_high(first_v2..back_v1, "oven/v2");
     let c = share_high(back_v1..lines.len(), "oven/v1");
-    eprintln!("share of readings at or above the model threshold: v1 {a:.3}, v2 {b:.3}, v1 again {c:.3}");
+    eprintln!(
+        "share of readings at or above the model threshold: v1 {a:.3}, v2 {b:.3}, v1 again {c:.3}"
+    );
     assert!(b > 0.2, "v2 flags many readings: {b}");
     assert!(a < 0.1 && c < 0.1, "v1 flags few: {a} {c}");
 }
@@ -361,7 +382,10 @@ fn a_model_trained_on_a_sql_feature_set_scores_only_where_the_stream_computes_th
         .iter()
         .map(|f| f.as_str().unwrap())
         .collect();
-    assert_eq!(features, set.outputs, "the model's features are the set's outputs");
+    assert_eq!(
+        features, set.outputs,
+        "the model's features are the set's outputs"
+    );
 
     let (live, _) = simulate(dir.path(), 3, 3_000, 22);
     let models = format!("models:\n  registry:\n    path: {}\n", reg.display());

@@ -128,7 +128,7 @@ impl EgizCoreSinkConfig {
 
     /// Checks values serde cannot (the caller adds the section path and file name).
     pub fn validate(&self) -> Result<(), String> {
-        let base = self.base();
+        let base = self.url.trim();
         let Some(rest) = base.strip_prefix("http://") else {
             return Err(if base.starts_with("https://") {
                 format!("egizcore.url: `{base}`: https:// is not supported; use http:// behind a TLS-terminating proxy")

@@ -29,6 +29,7 @@ fn alert(thing: &str, ts: i64, severity: Severity) -> Alert {
         explanation: "current_b below its rolling mean".into(),
         input_offsets: Origin::None,
         label: None,
+        detectors: Vec::new(),
     }
 }
 

@@ -204,6 +204,50 @@ pub struct DataflowConfig {
     /// The model named by `rul.model`, loaded by [`DataflowConfig::load`] (or set by the caller).
     #[serde(skip)]
     pub rul_model: Option<LoadedRulModel>,
+    /// Registry models (Isolation Forest, autoencoder) scored in the stream, hot-swapped on activation
+    /// (off when absent); see docs/MODELS.md.
+    pub models: Option<StreamModelsConfig>,
+    /// The registry's active models, watched, opened by [`DataflowConfig::load`] from `models` (or set
+    /// by the caller).
+    #[serde(skip)]
+    pub active_models: Option<crate::registry::ActiveModels>,
+}
+
+/// The `models` section: score each thing with its scope's active registry model.
+///
+/// ```yaml
+/// models:
+///   registry: {path: ../egizml-data/models}   # relative to the dataflow file
+///   poll_s: 0.25                              # how often activations are picked up
+///   explain: true                             # the model's own attribution on every alert
+/// ```
+///
+/// A thing is scored by the active version of its own scope (its thing id) if there is one, else by
+/// that of its equipment class. That model takes the ensemble's model slot (`ensemble.model_weight`)
+/// in place of the online Mahalanobis model, which keeps learning so it takes over again when the
+/// scope has no active version. Alerts it scored carry its id (`oven/v3`) as `model_version`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamModelsConfig {
+    /// The registry to read active versions from.
+    pub registry: crate::registry::RegistryConfig,
+    /// Seconds between checks for a newly activated (or rolled back) version.
+    #[serde(deserialize_with = "positive_f64")]
+    pub poll_s: f64,
+    /// Compute the model's per-feature attribution for every alert it scores (exact TreeSHAP for an
+    /// Isolation Forest, per-feature reconstruction error for an autoencoder). Off: the alert is
+    /// explained by the statistics alone.
+    pub explain: bool,
+}
+
+impl Default for StreamModelsConfig {
+    fn default() -> Self {
+        StreamModelsConfig {
+            registry: Default::default(),
+            poll_s: 0.25,
+            explain: true,
+        }
+    }
 }
 
 pub use crate::rul::predict::LoadedRulModel;
@@ -225,6 +269,8 @@ impl Default for DataflowConfig {
             sensor_faults: Default::default(),
             rul: None,
             rul_model: None,
+            models: None,
+            active_models: None,
         }
     }
 }
@@ -511,6 +557,23 @@ impl DataflowConfig {
                 )
             })?;
             cfg.rul_model = Some(loaded);
+        }
+        if let Some(models) = &mut cfg.models {
+            let file = path.display().to_string();
+            models.registry.resolve(base);
+            let registry = models.registry.open().map_err(|e| ConfigError::Semantic {
+                file: file.clone(),
+                message: format!("field `models.registry`: {e}"),
+            })?;
+            let poll = std::time::Duration::from_secs_f64(models.poll_s);
+            let active = crate::registry::ActiveModels::watch(registry, poll).map_err(|e| {
+                ConfigError::Semantic {
+                    file: file.clone(),
+                    message: format!("field `models.registry`: {e}"),
+                }
+            })?;
+            tracing::info!(models = ?active, "registry models for the stream");
+            cfg.active_models = Some(active);
         }
         Ok(cfg)
     }

@@ -197,6 +197,27 @@ pub struct Alert {
     /// Ground-truth label of the triggering point, when the input had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<u8>,
+    /// Each detector's own attribution behind an ensemble alert (`top_features` above is the ensemble's
+    /// combined explanation); absent for other sources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detectors: Vec<DetectorAttribution>,
+}
+
+/// One detector's view of an ensemble alert.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetectorAttribution {
+    /// `statistics`, `online_mahalanobis`, `isolation_forest` or `autoencoder`.
+    pub detector: String,
+    /// The model version, for a model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
+    /// The detector's normalised score in [0, 1] (0.8 at its threshold).
+    pub score: f64,
+    /// Its largest per-feature contributions in its own units: z-scores for the statistics, exact
+    /// TreeSHAP values (negated expected path length: positive = more isolated) for an Isolation
+    /// Forest, squared standardised reconstruction errors for an autoencoder, per-feature terms of T^2
+    /// for the online model. Empty when the model's explanation is off (`models.explain: false`).
+    pub top_features: Vec<FeatureContribution>,
 }
 
 /// Per-point score line (`replay --scores`).
@@ -208,6 +229,12 @@ pub struct ScoreLine {
     pub anomaly: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<u8>,
+    /// The registry model that scored the reading (dataflows with a `models` section), and its
+    /// normalised score (0.8 at the model's threshold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<Name>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_score: Option<f64>,
 }
 
 /// Stable alert id: xxh3-128 of thing, type and event time, hex encoded.

@@ -54,6 +54,26 @@ pub fn explain<'a>(contributions: impl IntoIterator<Item = (&'a Name, f64)>) -> 
     }
 }
 
+/// The [`TOP_FEATURES`] largest raw contributions by absolute value, in the detector's own units (a
+/// z-score, a SHAP value, a squared error), rounded to 4 decimals; ties break by name.
+pub fn top_contributions<'a>(
+    contributions: impl IntoIterator<Item = (&'a Name, f64)>,
+) -> Vec<FeatureContribution> {
+    let mut items: Vec<(&Name, f64)> = contributions
+        .into_iter()
+        .filter(|(_, c)| c.is_finite() && *c != 0.0)
+        .collect();
+    items.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then_with(|| a.0.cmp(b.0)));
+    items
+        .into_iter()
+        .take(TOP_FEATURES)
+        .map(|(name, c)| FeatureContribution {
+            feature: name.clone(),
+            contribution: round4(c),
+        })
+        .collect()
+}
+
 /// Rounds to 4 decimals: explanations are read by people, and fixed precision keeps outputs stable.
 pub fn round4(x: f64) -> f64 {
     (x * 10_000.0).round() / 10_000.0

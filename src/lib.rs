@@ -4,6 +4,7 @@
 //! [`rules`], [`detectors`], ensemble, [`explain`], [`policy`]) -> [`sinks`].
 
 pub mod api;
+pub mod backoff;
 pub mod commands;
 pub mod config;
 pub mod decode;

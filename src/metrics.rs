@@ -74,6 +74,14 @@ pub struct Metrics {
     pub feedback: IntCounterVec,
     /// Alerts deleted by the retention purge.
     pub alerts_purged: IntCounter,
+    /// Alerts published to EgizCore (a 2xx answer to the status PUT).
+    pub egizcore_published: IntCounter,
+    /// EgizCore status PUTs that failed (transport error or non-2xx), retries included.
+    pub egizcore_publish_failures: IntCounter,
+    /// Alerts EgizCore did not get, by `reason` (`sinks::egizcore::DROP_REASONS`).
+    pub egizcore_dropped: IntCounterVec,
+    /// Alerts waiting in the EgizCore sink's queue.
+    pub egizcore_queue_depth: IntGauge,
 }
 
 /// Model load time, seconds: 1 ms .. 60 s.
@@ -229,6 +237,33 @@ impl Metrics {
             "Alerts deleted from the store by the retention purge.",
         );
 
+        let egizcore_published = counter(
+            &r,
+            "egizml_egizcore_published_total",
+            "Alerts published to EgizCore (status PUT answered 2xx).",
+        );
+        let egizcore_publish_failures = counter(
+            &r,
+            "egizml_egizcore_publish_failures_total",
+            "EgizCore status PUTs that failed (transport error or non-2xx), retries included.",
+        );
+        let egizcore_dropped = counter_vec(
+            &r,
+            "egizml_egizcore_publish_dropped_total",
+            "Alerts not published to EgizCore, by reason.",
+            &["reason"],
+        );
+        for reason in crate::sinks::egizcore::DROP_REASONS {
+            egizcore_dropped.with_label_values(&[reason]);
+        }
+        let egizcore_queue_depth = IntGauge::new(
+            "egizml_egizcore_queue_depth",
+            "Alerts waiting in the EgizCore sink's queue.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(egizcore_queue_depth.clone()))
+            .expect("metric registered once");
+
         // Known label values are created up front so dashboards and alerts see 0 rather than no series.
         for reason in MalformedReason::ALL {
             points_malformed.with_label_values(&[reason.as_str()]);
@@ -259,6 +294,10 @@ impl Metrics {
             kafka_consumer_lag,
             feedback,
             alerts_purged,
+            egizcore_published,
+            egizcore_publish_failures,
+            egizcore_dropped,
+            egizcore_queue_depth,
         };
         for sink in KNOWN_SINKS {
             m.register_sink(sink);
@@ -318,7 +357,7 @@ impl Metrics {
             .iter()
             .map(|f| f.name().to_string())
             .collect();
-        let vecs: [&dyn Collector; 9] = [
+        let vecs: [&dyn Collector; 10] = [
             &self.points_malformed,
             &self.points_processed,
             &self.anomalies_detected,
@@ -328,6 +367,7 @@ impl Metrics {
             &self.sink_errors,
             &self.dead_letters,
             &self.kafka_consumer_lag,
+            &self.egizcore_dropped,
         ];
         for c in vecs {
             names.extend(c.desc().iter().map(|d| d.fq_name.clone()));

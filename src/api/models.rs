@@ -36,6 +36,14 @@ fn registry_error(e: RegistryError) -> ApiError {
         RegistryError::NothingToRollBack { .. }
         | RegistryError::MixedScope { .. }
         | RegistryError::WrongModelType { .. } => StatusCode::CONFLICT,
+        RegistryError::Unreachable { .. } | RegistryError::Mlflow { .. } => {
+            tracing::warn!(error = %e, "model registry (MLflow) request failed");
+            if matches!(e, RegistryError::Unreachable { .. }) {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_GATEWAY
+            }
+        }
         _ => {
             tracing::error!(error = %e, "registry request failed");
             StatusCode::INTERNAL_SERVER_ERROR

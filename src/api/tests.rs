@@ -24,6 +24,7 @@ fn alert(thing: &str, alert_type: &str, ts: i64, severity: Severity) -> Alert {
         explanation: "voltage_a high".to_string(),
         input_offsets: Origin::None,
         label: None,
+        detectors: Vec::new(),
     }
 }
 

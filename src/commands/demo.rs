@@ -49,7 +49,8 @@ pub struct DemoArgs {
     /// Don't print each alert.
     #[arg(long)]
     pub quiet: bool,
-    /// Model registry directory served by `/api/v1/models` and filled by `POST /api/v1/train/{thing}`.
+    /// Model registry served by `/api/v1/models` and filled by `POST /api/v1/train/{thing}`: a directory,
+    /// or an MLflow tracking server `http://HOST:PORT`.
     #[arg(long, default_value = "egizml-data/models")]
     pub registry: PathBuf,
     /// Simulator readings (same things and seed as the live run) that API training jobs learn from.
@@ -90,7 +91,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         store: Some(args.store.clone()),
         write_store: true,
         retention: RetentionConfig::default(),
-        registry: Some(crate::registry::RegistryConfig::local(&args.registry)),
+        registry: Some(crate::registry::RegistryConfig::from_arg(&args.registry)?),
         train_history: Some(crate::training::HistorySpec::Simulator(
             crate::training::SimulatorHistory {
                 things: args.things,

@@ -1,12 +1,14 @@
 //! `egizml run --config FILE`: the service. A service config (see `configs/service.yaml`) names the
-//! dataflow file, one source (kafka, mqtt, file or simulator) and one or more sinks (kafka, jsonl,
-//! sqlite); the run lasts until SIGTERM / Ctrl-C, the end of a file, or a Kafka source's idle time.
+//! dataflow file, one source (kafka, mqtt, egizcore, file or simulator) and one or more sinks (kafka,
+//! egizcore, jsonl, sqlite); the run lasts until SIGTERM / Ctrl-C, the end of a file, or a Kafka source's idle time.
 
 use crate::config::{load_yaml, ConfigError};
 use crate::pipeline::{self, Input, Output, OutputSink, RunOptions, RunReport};
+use crate::sinks::egizcore::{EgizCoreSink, EgizCoreSinkConfig};
 use crate::sinks::jsonl::LineWriter;
 use crate::sinks::kafka::{KafkaSink, KafkaSinkConfig};
 use crate::sinks::sqlite::{AlertStore, SqliteStore};
+use crate::sources::egizcore::EgizCoreSourceConfig;
 use crate::sources::kafka::KafkaSourceConfig;
 use crate::sources::mqtt::MqttSourceConfig;
 use crate::sources::simulator::{Simulator, SimulatorConfig};
@@ -58,6 +60,9 @@ pub struct SourceConfig {
     pub simulator: Option<SimulatorSourceConfig>,
     /// MQTT topic filters (QoS 1), see `sources::mqtt`.
     pub mqtt: Option<MqttSourceConfig>,
+    /// EgizCore's WebSocket state stream (docs/EGIZCORE.md), see `sources::egizcore`.
+    #[serde(default)]
+    pub egizcore: Option<EgizCoreSourceConfig>,
 }
 
 /// Replay a JSONL file (flat or EgizCore lines).
@@ -107,6 +112,9 @@ pub struct SinksConfig {
     pub kafka: Option<KafkaSinkConfig>,
     pub jsonl: Option<JsonlSinkConfig>,
     pub sqlite: Option<SqliteSinkConfig>,
+    /// Alerts as EgizCore thing status (REST PUT, docs/EGIZCORE.md), see `sinks::egizcore`.
+    #[serde(default)]
+    pub egizcore: Option<EgizCoreSinkConfig>,
 }
 
 /// Alerts as JSON lines (`-` = stdout).
@@ -114,6 +122,9 @@ pub struct SinksConfig {
 #[serde(deny_unknown_fields)]
 pub struct JsonlSinkConfig {
     pub alerts: PathBuf,
+    /// Per-reading score lines (needs `scores: true`), e.g. to watch a model swap take effect.
+    #[serde(default)]
+    pub scores: Option<PathBuf>,
 }
 
 /// The SQLite anomaly store (what the REST API serves).
@@ -138,13 +149,14 @@ impl ServiceConfig {
             s.file.is_some(),
             s.simulator.is_some(),
             s.mqtt.is_some(),
+            s.egizcore.is_some(),
         ]
         .iter()
         .filter(|x| **x)
         .count();
         if n != 1 {
             return Err(semantic(format!(
-                "source: set exactly one of kafka, file, simulator, mqtt (found {n})"
+                "source: set exactly one of kafka, file, simulator, mqtt, egizcore (found {n})"
             )));
         }
         if let Some(k) = &s.kafka {
@@ -152,6 +164,9 @@ impl ServiceConfig {
         }
         if let Some(m) = &s.mqtt {
             m.validate().map_err(|m| semantic(format!("source.{m}")))?;
+        }
+        if let Some(e) = &s.egizcore {
+            e.validate().map_err(|m| semantic(format!("source.{m}")))?;
         }
         if let Some(rate) = s.file.as_ref().and_then(|f| f.rate) {
             if !(rate.is_finite() && rate > 0.0) {
@@ -169,10 +184,19 @@ impl ServiceConfig {
         }
         let k = &cfg.sinks;
         let api_store = cfg.api.as_ref().is_some_and(|a| a.store.is_some());
-        if k.kafka.is_none() && k.jsonl.is_none() && k.sqlite.is_none() && !api_store {
+        if k.kafka.is_none()
+            && k.jsonl.is_none()
+            && k.sqlite.is_none()
+            && k.egizcore.is_none()
+            && !api_store
+        {
             return Err(semantic(
-                "sinks: configure at least one of kafka, jsonl, sqlite (or api.store)".into(),
+                "sinks: configure at least one of kafka, jsonl, sqlite, egizcore (or api.store)"
+                    .into(),
             ));
+        }
+        if let Some(e) = &k.egizcore {
+            e.validate().map_err(|m| semantic(format!("sinks.{m}")))?;
         }
         if let Some(kafka) = &k.kafka {
             kafka
@@ -196,6 +220,9 @@ impl ServiceConfig {
         }
         if let Some(j) = cfg.sinks.jsonl.as_mut() {
             resolve(&mut j.alerts);
+            if let Some(scores) = j.scores.as_mut() {
+                resolve(scores);
+            }
         }
         if let Some(s) = cfg.sinks.sqlite.as_mut() {
             resolve(&mut s.path);
@@ -228,20 +255,26 @@ impl OutputSink for FanOut {
     }
 }
 
-/// Alerts as JSON lines.
-struct JsonlAlerts(LineWriter);
+/// Alerts (and optionally score lines) as JSON lines.
+struct JsonlAlerts(LineWriter, Option<LineWriter>);
 
 impl OutputSink for JsonlAlerts {
     fn write(&mut self, outputs: &[(u64, Output)]) -> anyhow::Result<()> {
         for (_, o) in outputs {
-            if let Output::Alert(a) = o {
-                self.0.write_json(a)?;
+            match (o, self.1.as_mut()) {
+                (Output::Alert(a), _) => self.0.write_json(a)?,
+                (Output::Score(s), Some(scores)) => scores.write_json(s)?,
+                _ => {}
             }
         }
         Ok(())
     }
     fn flush(&mut self) -> anyhow::Result<()> {
-        self.0.flush()
+        self.0.flush()?;
+        match self.1.as_mut() {
+            Some(scores) => scores.flush(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -287,7 +320,11 @@ pub fn build_sinks(cfg: &SinksConfig) -> anyhow::Result<FanOut> {
         sinks.push(Box::new(KafkaSink::new(k)?));
     }
     if let Some(j) = &cfg.jsonl {
-        sinks.push(Box::new(JsonlAlerts(LineWriter::create(&j.alerts)?)));
+        let scores = j.scores.as_deref().map(LineWriter::create).transpose()?;
+        sinks.push(Box::new(JsonlAlerts(
+            LineWriter::create(&j.alerts)?,
+            scores,
+        )));
     }
     if let Some(s) = &cfg.sqlite {
         crate::metrics::global().register_sink("sqlite");
@@ -296,6 +333,9 @@ pub fn build_sinks(cfg: &SinksConfig) -> anyhow::Result<FanOut> {
             batch: Vec::new(),
             predictions: Vec::new(),
         }));
+    }
+    if let Some(e) = &cfg.egizcore {
+        sinks.push(Box::new(EgizCoreSink::new(e)?));
     }
     Ok(FanOut { sinks })
 }
@@ -321,6 +361,10 @@ pub fn run_service(
     let mut producer = None;
     let input = if let Some(m) = &cfg.source.mqtt {
         let source = crate::sources::mqtt::start(m, Arc::clone(&stop))?;
+        producer = Some(source.thread);
+        Input::Messages(source.messages)
+    } else if let Some(e) = &cfg.source.egizcore {
+        let source = crate::sources::egizcore::start(e, Arc::clone(&stop))?;
         producer = Some(source.thread);
         Input::Messages(source.messages)
     } else if let Some(k) = &cfg.source.kafka {
@@ -382,11 +426,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
     super::stop_on_signal(Arc::clone(&stop));
     let report = run_service(&cfg, args.workers, stop)?;
     let c = &report.counters;
-    Ok(serde_json::json!({
+    let mut summary = serde_json::json!({
         "points": c.points,
         "alerts": c.alerts,
         "malformed": c.malformed_total(),
         "elapsed_s": report.elapsed_s,
         "points_per_sec": c.points as f64 / report.elapsed_s.max(1e-9),
-    }))
+    });
+    if cfg.sinks.egizcore.is_some() {
+        summary["egizcore"] = crate::sinks::egizcore::summary();
+    }
+    Ok(summary)
 }

@@ -39,6 +39,11 @@ pub struct TrainArgs {
     /// Fault episodes per thing per 1,000 readings (with --simulator).
     #[arg(long, default_value_t = 3.0)]
     pub sim_faults_per_1000: f64,
+    /// Compute the features with this SQL feature set (DataFusion over the history) instead of the
+    /// built-in derived features: use the file the scoring dataflow's `features.sql` names, so the model
+    /// is trained on the features the stream computes. Its hash is recorded as the model's sql_hash.
+    #[arg(long, value_name = "FILE.sql")]
+    pub features_sql: Option<PathBuf>,
     /// Model family.
     #[arg(long, value_enum, default_value_t = ModelKind::IsolationForest)]
     pub model: ModelKind,
@@ -65,18 +70,19 @@ pub struct TrainArgs {
 /// Which registry a command uses.
 #[derive(Clone, Debug, clap::Args)]
 pub struct RegistryArgs {
-    /// Local model registry directory.
+    /// Model registry: a local directory, or an MLflow tracking server `http://HOST:PORT` (registered
+    /// models `egizml.<scope>`, experiment `egizml`).
     #[arg(long, default_value = "egizml-data/models")]
     pub registry: PathBuf,
 }
 
 impl RegistryArgs {
-    pub fn config(&self) -> RegistryConfig {
-        RegistryConfig::local(&self.registry)
+    pub fn config(&self) -> anyhow::Result<RegistryConfig> {
+        Ok(RegistryConfig::from_arg(&self.registry)?)
     }
 
     pub fn open(&self) -> anyhow::Result<std::sync::Arc<dyn Registry>> {
-        Ok(self.config().open()?)
+        Ok(self.config()?.open()?)
     }
 }
 
@@ -158,7 +164,13 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<TrainReport> {
         tty: std::io::stderr().is_terminal(),
     };
     progress.show(Stage::Loading, "");
-    let data = training::feature_matrix(&history, &spec.scope, spec.scope_kind)?;
+    let data = match &args.features_sql {
+        Some(path) => {
+            let set = crate::sql_features::FeatureSet::from_file(path)?;
+            training::sql_feature_matrix(&history, &set, &spec.scope, spec.scope_kind)?
+        }
+        None => training::feature_matrix(&history, &spec.scope, spec.scope_kind)?,
+    };
     let rows = data.dataset.len();
     let cols = data.dataset.columns.len();
     let report = training::train(&spec, data, registry.as_ref(), &mut |stage| {

@@ -19,6 +19,7 @@ fn alert(thing: &str, ts: i64) -> Alert {
         explanation: String::new(),
         input_offsets: Origin::None,
         label: None,
+        detectors: Vec::new(),
     }
 }
 

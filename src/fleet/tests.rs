@@ -22,6 +22,7 @@ fn alert(thing: &str, kind: &str, ts: i64, severity: Severity, family: &str) -> 
         explanation: String::new(),
         input_offsets: Origin::None,
         label: None,
+        detectors: Vec::new(),
     }
 }
 

@@ -506,6 +506,20 @@ impl Model for IsolationForest {
     fn threshold(&self) -> f64 {
         self.threshold
     }
+    /// Isolation scores sit near 0.5 for ordinary rows (a path of average length) and approach 1 for
+    /// isolated ones, so the evidence is the excess over 0.5, relative to the threshold's excess.
+    fn threshold_ratio(&self, score: f64) -> f64 {
+        let t = self.threshold;
+        if !score.is_finite() {
+            0.0
+        } else if t > 0.5 {
+            ((score - 0.5) / (t - 0.5)).max(0.0)
+        } else if t > 0.0 {
+            score / t
+        } else {
+            0.0
+        }
+    }
     /// SHAP values of the path length, negated: positive = shortens the path = more anomalous.
     fn explain(&self, row: &[f64]) -> Vec<f64> {
         if row.len() != self.n_features {

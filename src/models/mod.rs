@@ -90,6 +90,17 @@ pub trait Model: Send + Sync + std::fmt::Debug {
     /// Signed per-feature contributions to the anomaly: positive pushes toward "anomalous". Same order
     /// as the features; empty when the row has the wrong length.
     fn explain(&self, row: &[f64]) -> Vec<f64>;
+    /// How far a score is toward the threshold, for the ensemble: 1 at the threshold, 0 for a score
+    /// that says nothing (no evidence), growing beyond 1 above it. The default divides by the
+    /// threshold (scores that start at 0, like a reconstruction error).
+    fn threshold_ratio(&self, score: f64) -> f64 {
+        let t = self.threshold();
+        if t > 0.0 && score.is_finite() {
+            (score / t).max(0.0)
+        } else {
+            0.0
+        }
+    }
     /// Whether the row is an anomaly.
     fn is_anomaly(&self, row: &[f64]) -> bool {
         self.score(row) > self.threshold()

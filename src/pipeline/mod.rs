@@ -526,11 +526,17 @@ fn feed_lines(
             }
         }
         let mut lines_in_chunk = 0;
+        // Paced, a chunk is ~20 ms of lines: a reading is processed when its chunk's epoch closes, so
+        // full chunks would hold readings back for CHUNK_LINES / rate seconds (8 s at 2,000/s). Every
+        // worker derives the same size from the same rate, so the striping stays deterministic.
+        let chunk_lines = ctx.pace.map_or(CHUNK_LINES, |r| {
+            ((r * 0.02).ceil() as usize).clamp(1, CHUNK_LINES)
+        });
         if mine {
             input.advance_to(chunk);
         }
         let span = mine.then(|| tracing::debug_span!("decode", worker = index, chunk).entered());
-        while lines_in_chunk < CHUNK_LINES && pos < data.len() {
+        while lines_in_chunk < chunk_lines && pos < data.len() {
             let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |i| pos + i);
             let line = &data[pos..end];
             pos = end + 1;

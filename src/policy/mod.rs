@@ -95,6 +95,13 @@ impl PolicyState {
     /// Records an anomalous reading; true when it completes a burst (`burst_count` anomalous readings
     /// within `burst_within_ms`). The window then restarts, so a long anomaly yields one burst per
     /// `burst_count` readings (and dedup keeps one alert per dedup window).
+    /// Whether an alert at `ts` that does not bypass the rate limit would be suppressed by it (whatever
+    /// its type). Lets expensive explanations be skipped for alerts that cannot be emitted.
+    pub fn rate_limited(&self, w: &PolicyWindows, ts: i64) -> bool {
+        self.last_any
+            .is_some_and(|last| within(last, ts, w.rate_limit_ms))
+    }
+
     pub fn record_anomaly(&mut self, w: &PolicyWindows, ts: i64) -> bool {
         self.anomalies.push_back(ts);
         while let Some(&first) = self.anomalies.front() {

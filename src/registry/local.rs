@@ -150,28 +150,7 @@ impl LocalRegistry {
     /// Reads and checks a model file.
     pub fn read_model(path: &Path) -> Result<StoredModel, RegistryError> {
         let bytes = fs::read(path).map_err(io(path))?;
-        let corrupt = |reason: String| RegistryError::Corrupt {
-            path: path.to_path_buf(),
-            reason,
-        };
-        // The envelope first, so an unknown format is named as such rather than as a parse error deep
-        // inside the model.
-        #[derive(Deserialize)]
-        struct Envelope {
-            format: String,
-            format_version: u32,
-        }
-        let env: Envelope = serde_json::from_slice(&bytes)
-            .map_err(|e| corrupt(format!("not an EgizML model file: {e}")))?;
-        if env.format != MODEL_FORMAT || env.format_version != MODEL_FORMAT_VERSION {
-            return Err(corrupt(format!(
-                "unknown model format {} version {} (this build reads {MODEL_FORMAT} version {MODEL_FORMAT_VERSION})",
-                env.format, env.format_version
-            )));
-        }
-        let file: ModelFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        file.model.validate().map_err(|e| corrupt(e.to_string()))?;
-        Ok(file.model)
+        ModelFile::parse(&bytes, path)
     }
 }
 
@@ -181,26 +160,8 @@ impl Registry for LocalRegistry {
         check_family(self, &new.scope, new.model.family())?;
         let version = self.versions(&new.scope)?.last().copied().unwrap_or(0) + 1;
         let dir = self.version_dir(&new.scope, version);
-        let meta = ModelMeta {
-            id: format!("{}/v{version}", new.scope),
-            scope: new.scope.clone(),
-            scope_kind: new.scope_kind,
-            equipment_type: new.equipment_type,
-            version,
-            model_type: new.model.model_type().to_string(),
-            trained_at: new.trained_at,
-            samples: new.samples,
-            features: new.features,
-            metrics: new.metrics,
-            hyper_parameters: new.model.hyper_parameters(),
-            sql_hash: new.sql_hash,
-        };
-        let file = ModelFile {
-            format: MODEL_FORMAT.to_string(),
-            format_version: MODEL_FORMAT_VERSION,
-            model: new.model,
-        };
-        let model_bytes = serde_json::to_vec(&file).expect("models serialise");
+        let meta = new_meta(&new, version);
+        let model_bytes = ModelFile::bytes(new.model);
         // The model before its metadata: a version is listed only once meta.json exists.
         write_atomic(&dir.join("model.json"), &model_bytes)?;
         write_atomic(
@@ -262,9 +223,12 @@ impl Registry for LocalRegistry {
 
     fn rollback(&self, scope: &str) -> Result<u32, RegistryError> {
         check_scope(scope)?;
-        let mut active = self
-            .read_active(scope)?
-            .ok_or_else(|| RegistryError::UnknownScope(scope.to_string()))?;
+        let mut active = match self.read_active(scope)? {
+            Some(a) => a,
+            // Versions but never an active one: nothing to go back to.
+            None if !self.versions(scope)?.is_empty() => ActiveFile::default(),
+            None => return Err(RegistryError::UnknownScope(scope.to_string())),
+        };
         let version = active
             .previous
             .pop()
@@ -274,6 +238,21 @@ impl Registry for LocalRegistry {
         active.version = version;
         self.write_active(scope, &active)?;
         Ok(version)
+    }
+
+    /// One small file per scope (`active.json`), no metadata read.
+    fn active_versions(&self) -> Result<std::collections::BTreeMap<String, u32>, RegistryError> {
+        let mut out = std::collections::BTreeMap::new();
+        for scope in self.scopes()? {
+            if let Some(v) = self
+                .read_active(&scope)?
+                .map(|a| a.version)
+                .filter(|v| *v > 0)
+            {
+                out.insert(scope, v);
+            }
+        }
+        Ok(out)
     }
 
     fn active(&self, scope: &str) -> Result<Option<u32>, RegistryError> {

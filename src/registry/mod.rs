@@ -3,8 +3,8 @@
 //! autoencoder: [`Model`]) and remaining-useful-life models ([`RulModel`], model_type `rul`); a scope holds
 //! models of one family only, so its active version is unambiguous.
 //!
-//! [`Registry`] is the seam for other backends (MLflow); [`LocalRegistry`] keeps everything in a
-//! directory:
+//! [`Registry`] has two backends, chosen by [`RegistryConfig`]: [`MlflowRegistry`] keeps models in an
+//! MLflow tracking server (see `mlflow.rs`), [`LocalRegistry`] keeps everything in a directory:
 //!
 //! ```text
 //! ROOT/<scope>/v<N>/model.json   the model, in a versioned envelope (see [`ModelFile`])
@@ -16,12 +16,16 @@
 
 pub mod config;
 pub mod local;
+pub mod mlflow;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;
 
-pub use config::RegistryConfig;
+pub use config::{MlflowConfig, RegistryConfig};
 pub use local::LocalRegistry;
+pub use mlflow::MlflowRegistry;
+pub use watch::{ActiveModel, ActiveModels, ModelSnapshot};
 
 use crate::models::{Autoencoder, IsolationForest, Model, ModelError};
 use crate::rul::model::RulModel;
@@ -66,6 +70,16 @@ pub enum RegistryError {
     },
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("MLflow server {url} is unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// MLflow answered with an error: the call, the HTTP status and MLflow's `error_code`.
+    #[error("MLflow {call}: HTTP {status} {error_code}: {message}")]
+    Mlflow {
+        call: String,
+        status: u16,
+        error_code: String,
+        message: String,
+    },
 }
 
 /// A reference to a version: `<scope>/v<N>` (also `<scope>/<N>`), or `<scope>` for its active version.
@@ -291,6 +305,63 @@ pub struct ModelFile {
 pub const MODEL_FORMAT: &str = "egizml-model";
 pub const MODEL_FORMAT_VERSION: u32 = 1;
 
+impl ModelFile {
+    /// Parses and checks the bytes of a model file; `origin` names it in errors (a path, or where in
+    /// MLflow it came from).
+    pub fn parse(bytes: &[u8], origin: &std::path::Path) -> Result<StoredModel, RegistryError> {
+        let corrupt = |reason: String| RegistryError::Corrupt {
+            path: origin.to_path_buf(),
+            reason,
+        };
+        // The envelope first, so an unknown format is named as such rather than as a parse error deep
+        // inside the model.
+        #[derive(Deserialize)]
+        struct Envelope {
+            format: String,
+            format_version: u32,
+        }
+        let env: Envelope = serde_json::from_slice(bytes)
+            .map_err(|e| corrupt(format!("not an EgizML model file: {e}")))?;
+        if env.format != MODEL_FORMAT || env.format_version != MODEL_FORMAT_VERSION {
+            return Err(corrupt(format!(
+                "unknown model format {} version {} (this build reads {MODEL_FORMAT} version {MODEL_FORMAT_VERSION})",
+                env.format, env.format_version
+            )));
+        }
+        let file: ModelFile = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        file.model.validate().map_err(|e| corrupt(e.to_string()))?;
+        Ok(file.model)
+    }
+
+    /// The file's bytes for `model`.
+    pub fn bytes(model: StoredModel) -> Vec<u8> {
+        let file = ModelFile {
+            format: MODEL_FORMAT.to_string(),
+            format_version: MODEL_FORMAT_VERSION,
+            model,
+        };
+        serde_json::to_vec(&file).expect("models serialise")
+    }
+}
+
+/// The metadata of a version as registered, before the backend numbers it.
+pub(crate) fn new_meta(new: &NewModel, version: u32) -> ModelMeta {
+    ModelMeta {
+        id: format!("{}/v{version}", new.scope),
+        scope: new.scope.clone(),
+        scope_kind: new.scope_kind,
+        equipment_type: new.equipment_type.clone(),
+        version,
+        model_type: new.model.model_type().to_string(),
+        trained_at: new.trained_at.clone(),
+        samples: new.samples,
+        features: new.features.clone(),
+        metrics: new.metrics.clone(),
+        hyper_parameters: new.model.hyper_parameters(),
+        sql_hash: new.sql_hash.clone(),
+    }
+}
+
 /// A loaded version: its metadata and the model ready to score.
 pub type LoadedModel = (ModelMeta, Arc<dyn Model>);
 
@@ -366,6 +437,17 @@ pub trait Registry: Send + Sync {
             Some(model) => Ok((meta, model)),
             None => Err(wrong_type(&meta, "a RUL model")),
         }
+    }
+
+    /// Every scope's active version (scopes without one are left out). The stream's model watcher
+    /// calls this a few times a second, so backends should make it cheap.
+    fn active_versions(&self) -> Result<BTreeMap<String, u32>, RegistryError> {
+        Ok(self
+            .list(None)?
+            .into_iter()
+            .filter(|v| v.active)
+            .map(|v| (v.meta.scope, v.meta.version))
+            .collect())
     }
 
     /// The active model of `scope`, loaded.

@@ -543,5 +543,6 @@ pub fn maintenance_alert(p: &Prediction, origin: Origin) -> Alert {
         ),
         input_offsets: origin,
         label: None,
+        detectors: Vec::new(),
     }
 }

@@ -161,6 +161,7 @@ mod tests {
             explanation: String::new(),
             input_offsets: Origin::None,
             label: None,
+            detectors: Vec::new(),
         };
         let now = now_ms();
         let mut store = SqliteStore::open_in_memory().unwrap();

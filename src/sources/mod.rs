@@ -1,5 +1,6 @@
-//! Sources of telemetry: file replay, the built-in simulator, Kafka and MQTT.
+//! Sources of telemetry: file replay, the built-in simulator, Kafka, MQTT and the EgizCore WebSocket.
 
+pub mod egizcore;
 pub mod file;
 pub mod kafka;
 pub mod mqtt;

@@ -197,6 +197,92 @@ pub fn feature_matrix(
     })
 }
 
+/// History -> the feature matrix of `scope` through a SQL feature set, computed by DataFusion: the
+/// definitions the stream evaluates for a dataflow whose `features.sql` is the same file, so the model
+/// is trained on exactly the features it scores. The set's hash goes into the model's metadata, and the
+/// stream refuses to score a thing with a model whose hash differs from its dataflow's set.
+///
+/// Rows with a NULL feature (window warm-up, a missing sensor) are dropped and counted; the rest are
+/// ordered by event time (then thing), so the chronological split holds for a class of things too.
+pub fn sql_feature_matrix(
+    history: &HistorySpec,
+    set: &crate::sql_features::FeatureSet,
+    scope: &str,
+    scope_kind: ScopeKind,
+) -> Result<TrainingData, TrainError> {
+    use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use std::sync::Arc;
+
+    let _span = tracing::info_span!("training_features", scope, features = %set.name).entered();
+    let points = read_history(history)?;
+    let rows: Vec<&Point> = points
+        .iter()
+        .filter(|p| match scope_kind {
+            ScopeKind::Thing => p.thing_id.as_str() == scope,
+            ScopeKind::EquipmentClass => p.equipment_type.as_str() == scope,
+        })
+        .collect();
+    let Some(first) = rows.first() else {
+        return Err(TrainError::NoData {
+            kind: kind_name(scope_kind),
+            scope: scope.to_string(),
+            source_name: history_name(history),
+        });
+    };
+    let equipment_type = Some(first.equipment_type.to_string());
+    let history_err = |message: String| TrainError::History {
+        source_name: history_name(history),
+        message,
+    };
+    let mut schema = crate::sql_features::history_schema(&set.inputs);
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(
+        crate::sql_features::batch::LABEL,
+        DataType::Float64,
+        true,
+    ));
+    schema = Schema::new(fields);
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|p| p.thing_id.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|p| p.ts))),
+    ];
+    for input in &set.inputs {
+        cols.push(Arc::new(Float64Array::from_iter(
+            rows.iter().map(|p| p.value(input)),
+        )));
+    }
+    cols.push(Arc::new(Float64Array::from_iter(
+        rows.iter().map(|p| p.label.map(f64::from)),
+    )));
+    let batch = RecordBatch::try_new(Arc::new(schema), cols)
+        .map_err(|e| history_err(format!("history table: {e}")))?;
+    let m = crate::sql_features::batch::feature_matrix(set, &[batch])
+        .map_err(|e| history_err(e.to_string()))?;
+    let all_labelled = rows.iter().all(|p| p.label.is_some());
+    let mut order: Vec<usize> = (0..m.ts.len()).collect();
+    order.sort_by(|&a, &b| {
+        m.ts[a]
+            .cmp(&m.ts[b])
+            .then_with(|| m.thing_ids[a].cmp(&m.thing_ids[b]))
+    });
+    let x = m.x.select(ndarray::Axis(0), &order);
+    let labels = m
+        .labels
+        .filter(|_| all_labelled)
+        .map(|l| order.iter().map(|&i| l[i] == 1).collect());
+    let dataset = Dataset::new(m.columns, x, labels)?;
+    Ok(TrainingData {
+        dataset,
+        equipment_type,
+        sql_hash: Some(set.sql_hash()),
+        dropped_rows: m.dropped_rows,
+    })
+}
+
 /// A step of a training run, reported to the progress callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {

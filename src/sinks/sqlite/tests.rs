@@ -25,6 +25,7 @@ fn alert(thing: &str, alert_type: &str, ts: i64, severity: Severity) -> Alert {
         explanation: format!("{alert_type} on {thing}"),
         input_offsets: Origin::Line { line: ts as u64 },
         label: Some(1),
+        detectors: Vec::new(),
     }
 }
 

@@ -40,6 +40,7 @@ fn alert(thing: &str, alert_type: &str, ts: i64, severity: Severity) -> Alert {
         explanation: "temp_zone_2 \"high\" — 262.1 °C".to_string(),
         input_offsets: Origin::Line { line: 7 },
         label: Some(1),
+        detectors: Vec::new(),
     }
 }
 

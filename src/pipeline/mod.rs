@@ -529,9 +529,7 @@ fn feed_lines(
         // Paced, a chunk is ~20 ms of lines: a reading is processed when its chunk's epoch closes, so
         // full chunks would hold readings back for CHUNK_LINES / rate seconds (8 s at 2,000/s). Every
         // worker derives the same size from the same rate, so the striping stays deterministic.
-        let chunk_lines = ctx.pace.map_or(CHUNK_LINES, |r| {
-            ((r * 0.02).ceil() as usize).clamp(1, CHUNK_LINES)
-        });
+        let chunk_lines = ctx.pace.map_or(CHUNK_LINES, paced_chunk_lines);
         if mine {
             input.advance_to(chunk);
         }
@@ -571,6 +569,12 @@ fn feed_lines(
         }
         chunk += 1;
     }
+}
+
+/// Lines per chunk of a file read at `per_sec` lines per second: about 20 ms of lines (a stopped paced
+/// run ends on a multiple of this).
+pub fn paced_chunk_lines(per_sec: f64) -> usize {
+    ((per_sec * 0.02).ceil() as usize).clamp(1, CHUNK_LINES)
 }
 
 /// Decodes one message into a record; failures become dead letters that keep the raw bytes.

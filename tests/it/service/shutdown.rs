@@ -96,7 +96,12 @@ fn sigterm_drains_in_flight_alerts_to_every_sink_and_exits_0() {
         consumed > 0 && consumed < LINES,
         "{summary}: SIGTERM did not stop the run"
     );
-    assert_eq!(consumed % egizml::pipeline::CHUNK_LINES, 0, "{summary}");
+    // Paced at 20,000 lines/s, a chunk is 20 ms of lines.
+    assert_eq!(
+        consumed % egizml::pipeline::paced_chunk_lines(20_000.0),
+        0,
+        "{summary}"
+    );
 
     // The reference: replay exactly those lines.
     let text = std::fs::read_to_string(&input).unwrap();

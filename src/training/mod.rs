@@ -125,6 +125,31 @@ fn history_name(history: &HistorySpec) -> String {
     }
 }
 
+/// The readings of `scope` (a thing, or every thing of an equipment class), in history order; at
+/// least one, else [`TrainError::NoData`].
+fn scope_rows<'a>(
+    points: &'a [Point],
+    history: &HistorySpec,
+    scope: &str,
+    scope_kind: ScopeKind,
+) -> Result<Vec<&'a Point>, TrainError> {
+    let rows: Vec<&Point> = points
+        .iter()
+        .filter(|p| match scope_kind {
+            ScopeKind::Thing => p.thing_id.as_str() == scope,
+            ScopeKind::EquipmentClass => p.equipment_type.as_str() == scope,
+        })
+        .collect();
+    if rows.is_empty() {
+        return Err(TrainError::NoData {
+            kind: kind_name(scope_kind),
+            scope: scope.to_string(),
+            source_name: history_name(history),
+        });
+    }
+    Ok(rows)
+}
+
 /// History -> the feature matrix of `scope`: the readings of the thing (or of every thing of the
 /// equipment class), in event-time order, with the columns the stream computes for them (the raw
 /// sensors of the scope's first reading, then the derived features). A reading without one of those
@@ -138,20 +163,8 @@ pub fn feature_matrix(
 ) -> Result<TrainingData, TrainError> {
     let _span = tracing::info_span!("training_features", scope).entered();
     let points = read_history(history)?;
-    let mut rows: Vec<&Point> = points
-        .iter()
-        .filter(|p| match scope_kind {
-            ScopeKind::Thing => p.thing_id.as_str() == scope,
-            ScopeKind::EquipmentClass => p.equipment_type.as_str() == scope,
-        })
-        .collect();
-    let Some(first) = rows.first() else {
-        return Err(TrainError::NoData {
-            kind: kind_name(scope_kind),
-            scope: scope.to_string(),
-            source_name: history_name(history),
-        });
-    };
+    let mut rows = scope_rows(&points, history, scope, scope_kind)?;
+    let first = rows[0];
     let raw: Vec<Name> = first.values.iter().map(|(n, _)| n.clone()).collect();
     let equipment_type = Some(first.equipment_type.to_string());
     let (plan, derived) = DerivedPlan::new(&raw, &FeatureConfig::default());
@@ -217,20 +230,8 @@ pub fn sql_feature_matrix(
 
     let _span = tracing::info_span!("training_features", scope, features = %set.name).entered();
     let points = read_history(history)?;
-    let rows: Vec<&Point> = points
-        .iter()
-        .filter(|p| match scope_kind {
-            ScopeKind::Thing => p.thing_id.as_str() == scope,
-            ScopeKind::EquipmentClass => p.equipment_type.as_str() == scope,
-        })
-        .collect();
-    let Some(first) = rows.first() else {
-        return Err(TrainError::NoData {
-            kind: kind_name(scope_kind),
-            scope: scope.to_string(),
-            source_name: history_name(history),
-        });
-    };
+    let rows = scope_rows(&points, history, scope, scope_kind)?;
+    let first = rows[0];
     let equipment_type = Some(first.equipment_type.to_string());
     let history_err = |message: String| TrainError::History {
         source_name: history_name(history),

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 
 use egizml::commands::replay::{replay, ReplayArgs, ReplaySummary};
+use egizml::event::{Name, Origin, Point};
 use egizml::pipeline::RunReport;
 use egizml::sources::simulator::{write_jsonl, FaultEpisode, SimulatorConfig};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,20 @@ pub const T0: i64 = 1_767_225_600_000;
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_egizml")
+}
+
+/// A decoded oven reading, as the engine takes it.
+pub fn point(thing: &str, ts: i64, values: &[(&str, f64)], seq: u64) -> Point {
+    Point {
+        thing_id: Name::from(thing),
+        equipment_type: Name::from("oven"),
+        ts,
+        values: values.iter().map(|(k, v)| (Name::from(*k), *v)).collect(),
+        label: None,
+        seq,
+        origin: Origin::None,
+        learn_only: false,
+    }
 }
 
 /// One flat-format line.

@@ -2,23 +2,9 @@
 
 use crate::common::*;
 use egizml::config::DataflowConfig;
-use egizml::event::{Name, Origin, Point};
 use egizml::pipeline::{Engine, Output, Record};
 use egizml::rules::{RuleSet, RulesHandle};
 use std::sync::Arc;
-
-fn point(thing: &str, ts: i64, values: &[(&str, f64)], seq: u64) -> Point {
-    Point {
-        thing_id: Name::from(thing),
-        equipment_type: Name::from("oven"),
-        ts,
-        values: values.iter().map(|(k, v)| (Name::from(*k), *v)).collect(),
-        label: None,
-        seq,
-        origin: Origin::None,
-        learn_only: false,
-    }
-}
 
 fn alerts(out: &[(u64, Output)]) -> Vec<(i64, String)> {
     out.iter()

@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use egizml::config::{DataflowConfig, StreamModelsConfig};
-use egizml::event::{Name, Origin, Point};
+use egizml::event::Name;
 use egizml::models::{Fit, IsolationForestParams};
 use egizml::pipeline::{Engine, Output, Record};
 use egizml::registry::{ActiveModel, ActiveModels, ScopeKind};
@@ -14,19 +14,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn point(thing: &str, ts: i64, values: &[(&str, f64)], seq: u64) -> Point {
-    Point {
-        thing_id: Name::from(thing),
-        equipment_type: Name::from("oven"),
-        ts,
-        values: values.iter().map(|(k, v)| (Name::from(*k), *v)).collect(),
-        label: None,
-        seq,
-        origin: Origin::None,
-        learn_only: false,
-    }
-}
 
 /// An Isolation Forest fitted on healthy oven readings, with the stream's feature columns.
 fn healthy_forest(dir: &Path) -> ActiveModel {

@@ -24,9 +24,33 @@ pub struct RunArgs {
     /// Service config (YAML), e.g. configs/service.yaml.
     #[arg(long)]
     pub config: PathBuf,
-    /// Timely workers (overrides the config).
+    /// Timely workers (overrides the config); in a cluster, workers per process.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Run as one of this many processes (a timely cluster, docs/CLUSTER.md); every process gets the
+    /// same config and workers.
+    #[arg(long, default_value_t = 1, requires = "hostfile")]
+    pub processes: usize,
+    /// This process's index, 0..processes (process 0 writes the sinks).
+    #[arg(long, default_value_t = 0)]
+    pub process_id: usize,
+    /// One `host:port` per line, process 0 first: where each process listens for the others.
+    #[arg(long)]
+    pub hostfile: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The cluster this process belongs to (`None` for a single process).
+    pub fn cluster(&self) -> anyhow::Result<Option<pipeline::ClusterConfig>> {
+        if self.processes <= 1 && self.process_id == 0 {
+            return Ok(None);
+        }
+        let hostfile = self
+            .hostfile
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("--processes needs --hostfile"))?;
+        pipeline::ClusterConfig::from_hostfile(hostfile, self.processes, self.process_id).map(Some)
+    }
 }
 
 /// The service config file.
@@ -344,6 +368,7 @@ pub fn build_sinks(cfg: &SinksConfig) -> anyhow::Result<FanOut> {
 pub fn run_service(
     cfg: &ServiceConfig,
     workers: Option<usize>,
+    cluster: Option<pipeline::ClusterConfig>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<RunReport> {
     let (dataflow, rules) = super::load_dataflow(cfg.dataflow.as_deref())?;
@@ -351,12 +376,30 @@ pub fn run_service(
         .or(cfg.workers)
         .unwrap_or_else(super::default_workers);
     crate::metrics::global().register_workers(workers);
-    let mut sink = build_sinks(&cfg.sinks)?;
-    let service = super::serve::attach(cfg, &rules, &stop, &mut sink)?;
+    let multi = cluster.as_ref().is_some_and(|c| c.processes > 1);
+    if multi && cfg.source.kafka.is_none() && cfg.source.file.is_none() {
+        anyhow::bail!(
+            "a cluster run (--processes > 1) needs a kafka or file source: a live source would be read by every process"
+        );
+    }
+    // Every output reaches worker 0 of process 0: only that process writes the sinks and serves
+    // the API; the others write nothing themselves.
+    let writes = cluster.as_ref().is_none_or(|c| c.process == 0);
+    let mut sink = if writes {
+        build_sinks(&cfg.sinks)?
+    } else {
+        FanOut { sinks: Vec::new() }
+    };
+    let service = if writes {
+        super::serve::attach(cfg, &rules, &stop, &mut sink)?
+    } else {
+        None
+    };
     let opts = RunOptions {
         workers,
         emit_scores: cfg.scores || service.as_ref().is_some_and(|s| s.wants_scores()),
         stop: Arc::clone(&stop),
+        cluster,
     };
     let mut producer = None;
     let input = if let Some(m) = &cfg.source.mqtt {
@@ -422,9 +465,10 @@ pub fn run_service(
 /// `egizml run`: loads the config, runs until stopped, returns the summary printed as the last line.
 pub fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
     let cfg = ServiceConfig::load(&args.config)?;
+    let cluster = args.cluster()?;
     let stop = Arc::new(AtomicBool::new(false));
     super::stop_on_signal(Arc::clone(&stop));
-    let report = run_service(&cfg, args.workers, stop)?;
+    let report = run_service(&cfg, args.workers, cluster, stop)?;
     let c = &report.counters;
     let mut summary = serde_json::json!({
         "points": c.points,

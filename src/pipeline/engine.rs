@@ -19,12 +19,12 @@ use crate::rul::predict::{Prediction, RulTracker};
 use crate::rules::{evaluate, Readings, RuleHit, RuleSet, RuleState, RulesHandle};
 use crate::sql_features::{StreamEvaluator, ThingWindows};
 use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// A record entering the per-thing stage: a decoded reading (with its ingest instant, nanoseconds on
 /// the process clock of [`crate::pipeline::clock_ns`]) or a message that failed to decode.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Serialized (between processes only) by `pipeline::wire`.
+#[derive(Clone, Debug)]
 pub enum Record {
     Point(Point, u64),
     Dead(DeadLetter),
@@ -41,7 +41,8 @@ impl Record {
 }
 
 /// What the per-thing stage emits.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Serialized (between processes only) by `pipeline::wire`.
+#[derive(Clone, Debug)]
 pub enum Output {
     Alert(Alert),
     Score(ScoreLine),

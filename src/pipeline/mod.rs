@@ -9,6 +9,7 @@
 //! alerts as the live run, and 1 worker the same bytes as N.
 
 pub mod engine;
+mod wire;
 
 use crate::config::DataflowConfig;
 use crate::decode::{DeadLetter, Decoder};
@@ -17,6 +18,7 @@ use crate::rules::RulesHandle;
 pub use engine::{Counters, Engine, Output, Record};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -49,10 +51,10 @@ pub enum Input {
     /// (MQTT, EgizCore WebSocket); worker 0 decodes them, and a malformed one becomes a dead letter
     /// like any other source's. The run ends when the sender hangs up or `stop` is set.
     Messages(Receiver<Vec<u8>>),
-    /// A Kafka consumer group: every worker runs one consumer (partitions spread over workers),
-    /// epoch = processing-time millisecond; offsets are committed once the sink has acknowledged
-    /// every epoch they were read in (see [`crate::sources::kafka`]). The run ends on `stop` or
-    /// after the configured idle time.
+    /// A Kafka consumer group: the first worker of every process runs the process's one group member
+    /// and its records are exchanged by thing to all workers of all processes; epoch = wall-clock
+    /// millisecond; offsets are committed once the sink has acknowledged every epoch they were read
+    /// in (see [`crate::sources::kafka`]). The run ends on `stop` or after the configured idle time.
     Kafka(crate::sources::kafka::KafkaSourceConfig),
 }
 
@@ -71,6 +73,8 @@ pub struct RunOptions {
     /// Set to end a run early (SIGTERM): a live or Kafka source stops reading, a file stops at a
     /// chunk boundary; what was read is processed and reaches the sink before the run returns.
     pub stop: Arc<AtomicBool>,
+    /// Run as one process of a timely cluster (unset: a single process). See docs/CLUSTER.md.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for RunOptions {
@@ -79,7 +83,62 @@ impl Default for RunOptions {
             workers: 1,
             emit_scores: false,
             stop: Arc::new(AtomicBool::new(false)),
+            cluster: None,
         }
+    }
+}
+
+/// This process's place in a multi-process run: every process runs the same dataflow with
+/// `workers` threads; worker `w` of process `p` is global worker `p * workers + w`.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Number of processes (>= 1).
+    pub processes: usize,
+    /// This process, `0..processes`; process 0 hosts the sink.
+    pub process: usize,
+    /// `host:port` of every process, in process order (timely's hostfile).
+    pub addresses: Vec<String>,
+}
+
+impl ClusterConfig {
+    /// Reads a hostfile: one `host:port` per line (blank lines and `#` comments skipped), at least
+    /// `processes` of them; the first `processes` are used.
+    pub fn from_hostfile(
+        path: &std::path::Path,
+        processes: usize,
+        process: usize,
+    ) -> anyhow::Result<ClusterConfig> {
+        let file = path.display();
+        anyhow::ensure!(processes >= 1, "--processes: must be >= 1");
+        anyhow::ensure!(
+            process < processes,
+            "--process-id: {process} is not below --processes {processes}"
+        );
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{file}: cannot read the hostfile: {e}"))?;
+        let mut addresses = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let ok = line
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            anyhow::ensure!(ok, "{file}:{}: expected host:port, got `{line}`", i + 1);
+            addresses.push(line.to_string());
+        }
+        anyhow::ensure!(
+            addresses.len() >= processes,
+            "{file}: {} address(es) for {processes} processes (one host:port per line)",
+            addresses.len()
+        );
+        addresses.truncate(processes);
+        Ok(ClusterConfig {
+            processes,
+            process,
+            addresses,
+        })
     }
 }
 
@@ -127,9 +186,6 @@ pub fn run(
     }
     let workers = opts.workers.max(1);
     let sink_error: Arc<Mutex<Option<anyhow::Error>>> = Arc::new(Mutex::new(None));
-    // Every epoch below this has had all its outputs written and flushed by the sink (worker 0):
-    // what at-least-once sources may acknowledge upstream.
-    let acked = Arc::new(AtomicU64::new(0));
     let kafka_resume = Arc::new(crate::sources::kafka::ResumePoints::default());
     let mut pace = None;
     let (lines, live, kafka) = match input {
@@ -152,17 +208,39 @@ pub fn run(
     };
     let sink = Arc::new(Mutex::new(Some(sink)));
     let kafka_idle = Arc::new(AtomicU64::new(0));
-    // Every worker's consumer joins the group at the same moment, so the group forms in one rebalance
-    // instead of the first consumer taking all partitions and losing half of them (after reading them)
-    // when the next one joins.
-    let kafka_start = Arc::new(std::sync::Barrier::new(workers));
+    // Shared by this process's workers only; in a cluster every process has its own (see
+    // docs/CLUSTER.md): a live source runs in process 0, a file is read by every process.
     let live = Arc::new(Mutex::new(live));
     let file_stop = Arc::new(Mutex::new(FileStop::default()));
     let sink_error2 = Arc::clone(&sink_error);
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+    let timely_config = match &opts.cluster {
+        Some(c) if c.processes > 1 => {
+            anyhow::ensure!(
+                lines.is_some() || kafka.is_some(),
+                "a cluster run (--processes > 1) reads a file or Kafka, not a live source"
+            );
+            timely::Config {
+                communication: timely::CommunicationConfig::Cluster {
+                    threads: workers,
+                    process: c.process,
+                    addresses: c.addresses.clone(),
+                    report: false,
+                    zerocopy: false,
+                },
+                worker: timely::WorkerConfig::default(),
+            }
+        }
+        _ => timely::Config::process(workers),
+    };
+    let guards = timely::execute(timely_config, move |worker| {
         let index = worker.index();
         let mut input = InputHandleVec::<u64, Record>::new();
+        // The engine's output frontier (backpressure), and the sink's: the sink holds each epoch's
+        // capability until that epoch's outputs are written and flushed, so every epoch below
+        // `acked`'s frontier is acknowledged. Timely's progress tracking shows both frontiers to
+        // every worker of every process.
         let probe = ProbeHandle::new();
+        let acked = ProbeHandle::new();
         let engine = Rc::new(RefCell::new(Engine::new(
             Arc::clone(&cfg),
             rules.clone(),
@@ -177,7 +255,6 @@ pub fn run(
             None
         };
         let sink_error = Arc::clone(&sink_error2);
-        let acked_sink = Arc::clone(&acked);
         let feed_error = Arc::clone(&sink_error2);
 
         worker.dataflow::<u64, _, _>(|scope| {
@@ -193,6 +270,7 @@ pub fn run(
                         let mut flushed = MetricsFlush::default();
                         let mut stash: BTreeMap<u64, (Capability<u64>, Vec<Record>)> = BTreeMap::new();
                         let mut out = Vec::new();
+                        let mut seen = KafkaSeen::default();
                         move |(input, frontier), output| {
                             input.for_each_stamp(|cap, data| {
                                 let Some(&time) = cap.least() else { return };
@@ -203,6 +281,8 @@ pub fn run(
                                     (cap, Vec::new())
                                 });
                                 for batch in data {
+                                    // In arrival order, which is each partition's offset order.
+                                    batch.retain(|r| !seen.is_duplicate(r));
                                     entry.1.append(batch);
                                 }
                             });
@@ -247,23 +327,34 @@ pub fn run(
             let mut my_sink = my_sink;
             let mut sink_healthy = true;
             scored
+                .probe_with(&probe)
                 .unary_frontier(Exchange::new(|_: &(u64, Output)| 0), "sink", move |_cap, _info| {
-                    let mut stash: BTreeMap<u64, Vec<(u64, Output)>> = BTreeMap::new();
-                    move |(input, frontier), _output: &mut timely::dataflow::operators::generic::OutputBuilderSession<'_, u64, timely::container::CapacityContainerBuilder<Vec<()>>>| {
+                    let mut stash: BTreeMap<u64, (Capability<u64>, Vec<(u64, Output)>)> = BTreeMap::new();
+                    // Capabilities of epochs written but not yet flushed.
+                    let mut written: Vec<Capability<u64>> = Vec::new();
+                    // After a failed write or flush, the first failed epoch's capability: held until
+                    // the input ends, so nothing from it on is acknowledged and the source re-reads
+                    // it on the next start.
+                    let mut failed: Option<Capability<u64>> = None;
+                    move |(input, frontier), output: &mut timely::dataflow::operators::generic::OutputBuilderSession<'_, u64, timely::container::CapacityContainerBuilder<Vec<()>>>| {
                         input.for_each_stamp(|cap, data| {
                             let Some(&time) = cap.least() else { return };
-                            let entry = stash.entry(time).or_default();
+                            let entry = stash.entry(time).or_insert_with(|| {
+                                let cap = cap
+                                    .retain_least(output.output_index())
+                                    .expect("capability for a received time");
+                                (cap, Vec::new())
+                            });
                             for batch in data {
-                                entry.append(batch);
+                                entry.1.append(batch);
                             }
                         });
-                        let mut wrote = false;
                         while let Some(first) = stash.first_entry() {
                             if frontier.less_equal(first.key()) {
                                 break;
                             }
                             let epoch = *first.key();
-                            let mut outputs = first.remove();
+                            let (cap, mut outputs) = first.remove();
                             // Stable: outputs of one reading keep the order the engine gave them.
                             outputs.sort_by_key(|(seq, _)| *seq);
                             if let Some(sink) = my_sink.as_mut() {
@@ -276,10 +367,10 @@ pub fn run(
                                     sink_healthy = false;
                                     record_sink_error(&sink_error, e);
                                 }
-                                wrote = true;
                             }
+                            written.push(cap);
                         }
-                        if wrote || frontier.is_empty() {
+                        if !written.is_empty() || frontier.is_empty() {
                             if let Some(sink) = my_sink.as_mut() {
                                 if let Err(e) = sink.flush() {
                                     sink_healthy = false;
@@ -287,15 +378,17 @@ pub fn run(
                                 }
                             }
                         }
-                        // After a failed write or flush nothing more is acknowledged: the
-                        // source re-reads from its last commit on the next start.
-                        if my_sink.is_some() && sink_healthy {
-                            let below = frontier.frontier().iter().min().copied().unwrap_or(u64::MAX);
-                            acked_sink.fetch_max(below, Ordering::SeqCst);
+                        if !sink_healthy && failed.is_none() {
+                            failed = written.iter().min_by_key(|c| *c.time()).cloned();
+                        }
+                        // Flushed: these epochs are acknowledged (unless `failed` holds an earlier one).
+                        written.clear();
+                        if frontier.is_empty() {
+                            failed = None;
                         }
                     }
                 })
-                .probe_with(&probe);
+                .probe_with(&acked);
         });
 
         match (&lines, &kafka) {
@@ -311,19 +404,23 @@ pub fn run(
                 feed_lines(worker, &mut input, &probe, ctx)
             }
             (None, Some(kcfg)) => {
-                let ctx = KafkaFeed {
-                    cfg: kcfg,
-                    decode: &cfg.decode,
-                    acked: &acked,
-                    resume: &kafka_resume,
-                    last_message_ms: &kafka_idle,
-                    started,
-                    stop: &opts.stop,
-                    start: &kafka_start,
-                };
-                if let Err(e) = feed_kafka(worker, &mut input, &probe, ctx) {
-                    record_sink_error(&feed_error, e.context("kafka source"));
-                    opts.stop.store(true, Ordering::SeqCst);
+                // One group member per process, on its first worker: members of one process never
+                // take partitions from each other in a rebalance, and each process joins once.
+                if index % workers == 0 {
+                    let ctx = KafkaFeed {
+                        cfg: kcfg,
+                        decode: &cfg.decode,
+                        acked: &acked,
+                        resume: &kafka_resume,
+                        last_message_ms: &kafka_idle,
+                        member: index / workers,
+                        members: worker.peers() / workers,
+                        stop: &opts.stop,
+                    };
+                    if let Err(e) = feed_kafka(worker, &mut input, &probe, ctx) {
+                        record_sink_error(&feed_error, e.context("kafka source"));
+                        opts.stop.store(true, Ordering::SeqCst);
+                    }
                 }
             }
             (None, None) => {
@@ -336,7 +433,7 @@ pub fn run(
             }
         }
         drop(input);
-        while !probe.done() {
+        while !acked.done() {
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
         let engine = engine.borrow();
@@ -691,19 +788,33 @@ fn feed_live(
 struct KafkaFeed<'a> {
     cfg: &'a crate::sources::kafka::KafkaSourceConfig,
     decode: &'a crate::config::DecodeConfig,
-    acked: &'a AtomicU64,
+    /// The sink's output frontier: every epoch below it is acknowledged, cluster-wide.
+    acked: &'a ProbeHandle<u64>,
     resume: &'a Arc<crate::sources::kafka::ResumePoints>,
-    /// Milliseconds since `started` at which any worker last received a message (idle stop).
+    /// Wall-clock millisecond at which this process's consumer last received a message (idle stop).
     last_message_ms: &'a AtomicU64,
-    started: Instant,
+    /// This consumer's index among the group members of the run (= the process), and their count.
+    member: usize,
+    members: usize,
     stop: &'a AtomicBool,
-    /// All workers pass it once their consumer exists, before the first poll.
-    start: &'a std::sync::Barrier,
 }
 
-/// One worker's Kafka consumer: epoch = milliseconds since the run started, shared by all workers so
-/// the sink's acknowledged watermark means the same on every worker. Offsets read in an epoch are
-/// committed once the watermark has passed it.
+/// Milliseconds since the Unix epoch: the Kafka epoch clock, the same on every process of a
+/// cluster (up to clock skew, which only delays acknowledgements), so no process's epochs lag
+/// another's by its start time.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The least epoch not yet acknowledged (`u64::MAX` once everything is).
+fn watermark(acked: &ProbeHandle<u64>) -> u64 {
+    acked.with_frontier(|f| f.iter().min().copied().unwrap_or(u64::MAX))
+}
+
+/// A process's one Kafka consumer, on its first worker: epoch = wall-clock millisecond. Offsets
+/// read in an epoch are committed once the sink's acknowledged frontier has passed it.
 fn feed_kafka(
     worker: &mut timely::worker::Worker,
     input: &mut InputHandleVec<u64, Record>,
@@ -711,17 +822,18 @@ fn feed_kafka(
     ctx: KafkaFeed<'_>,
 ) -> anyhow::Result<()> {
     let index = worker.index();
-    let peers = worker.peers();
-    let reader =
-        crate::sources::kafka::KafkaReader::new(ctx.cfg, index, peers, Arc::clone(ctx.resume));
-    // Waited on even when creating the consumer failed, so the other workers are not left waiting.
-    ctx.start.wait();
-    let mut reader = reader?;
+    let mut reader = crate::sources::kafka::KafkaReader::new(
+        ctx.cfg,
+        ctx.member,
+        ctx.members,
+        Arc::clone(ctx.resume),
+    )?;
     let mut decoder = Decoder::new(ctx.decode);
     let mut batch: Vec<Record> = Vec::new();
     let idle_ms = ctx.cfg.stop_after_idle_s.map(|s| (s * 1e3) as u64);
+    let mut next_assignment_check = 0;
     loop {
-        let epoch = ctx.started.elapsed().as_millis() as u64;
+        let epoch = wall_ms();
         if epoch > *input.time() {
             input.advance_to(epoch);
         }
@@ -730,24 +842,33 @@ fn feed_kafka(
             reader.poll_into(&mut decoder, &mut batch, 4096, Duration::ZERO)
         };
         if n > 0 {
-            // +1: zero means "no message yet", and the idle clock only starts with the first one
-            // (joining the group can take a session timeout after a crash).
-            ctx.last_message_ms.fetch_max(epoch + 1, Ordering::SeqCst);
+            // The idle clock only starts with the first message (joining the group can take a
+            // session timeout after a crash).
+            ctx.last_message_ms.fetch_max(epoch, Ordering::SeqCst);
             input.send_batch(&mut batch);
             batch.clear();
             reader.seal(*input.time());
         }
-        reader.acknowledge(ctx.acked.load(Ordering::SeqCst));
+        reader.acknowledge(watermark(ctx.acked));
         reader.commit(false);
-        let last = ctx.last_message_ms.load(Ordering::SeqCst);
+        let mut last = ctx.last_message_ms.load(Ordering::SeqCst);
+        // Idle also counts from the first assignment: in a cluster, partitions another member
+        // already processed can come to this one with nothing left to read.
+        if last == 0 && idle_ms.is_some() && epoch >= next_assignment_check {
+            next_assignment_check = epoch + 100;
+            if reader.has_assignment() {
+                ctx.last_message_ms.fetch_max(epoch, Ordering::SeqCst);
+                last = epoch;
+            }
+        }
         let idle = idle_ms.is_some_and(|ms| last > 0 && epoch.saturating_sub(last) > ms);
         if idle || ctx.stop.load(Ordering::SeqCst) {
             break;
         }
-        // Backpressure: don't run more than a second of epochs ahead of the sink.
+        // Backpressure: don't run more than a second of epochs ahead of the dataflow.
         let behind = epoch.saturating_sub(1_000);
-        while probe.less_than(&behind) {
-            worker.step();
+        while probe.less_than(&behind) && !ctx.stop.load(Ordering::SeqCst) {
+            worker.step_or_park(Some(Duration::from_millis(1)));
         }
         if n == 0 {
             worker.step_or_park(Some(Duration::from_millis(1)));
@@ -757,12 +878,12 @@ fn feed_kafka(
     }
     // Drain: let the sink acknowledge what was read, then commit it synchronously. Bounded, so a
     // stuck sink cannot hang shutdown (uncommitted offsets are simply re-read next time).
-    let end = *input.time() + 1;
+    let end = (*input.time()).max(wall_ms()) + 1;
     input.advance_to(end);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !reader.all_acknowledged() && Instant::now() < deadline {
         worker.step_or_park(Some(Duration::from_millis(1)));
-        reader.acknowledge(ctx.acked.load(Ordering::SeqCst));
+        reader.acknowledge(watermark(ctx.acked));
     }
     reader.commit(true);
     tracing::info!(
@@ -772,6 +893,44 @@ fn feed_kafka(
         "kafka source stopped"
     );
     Ok(())
+}
+
+/// Per worker, the highest Kafka offset processed per partition: a message read again in the same
+/// run (a partition that moved between group members in a rebalance is re-read from its last
+/// commit) is dropped instead of being processed twice. Checked as records arrive: a partition's
+/// messages reach a worker in offset order (one member reads a partition at a time, and a timely
+/// channel keeps the order its sender sent in).
+#[derive(Default)]
+struct KafkaSeen {
+    next: HashMap<String, HashMap<i32, i64>>,
+}
+
+impl KafkaSeen {
+    fn is_duplicate(&mut self, record: &Record) -> bool {
+        let origin = match record {
+            Record::Point(p, _) => &p.origin,
+            Record::Dead(d) => &d.origin,
+        };
+        let Origin::Kafka {
+            topic,
+            partition,
+            offset,
+        } = origin
+        else {
+            return false;
+        };
+        let partitions = match self.next.get_mut(topic.as_str()) {
+            Some(p) => p,
+            None => self.next.entry(topic.clone()).or_default(),
+        };
+        let next = partitions.entry(*partition).or_insert(0);
+        if *offset < *next {
+            tracing::debug!(topic, partition, offset, "re-read message dropped");
+            return true;
+        }
+        *next = offset + 1;
+        false
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 mod accuracy;
 mod cli;
+mod cluster;
 mod common;
 mod demo;
 mod egizcore;

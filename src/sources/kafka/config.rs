@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 /// Consume telemetry (flat or EgizCore JSON, one message per reading) from Kafka topics.
 ///
-/// Every timely worker runs one consumer of the same group, so the group's partitions are spread
-/// over the workers (and over processes running the same config). Offsets are committed only once
+/// Every process runs one consumer of the group (its records are exchanged by thing to all workers
+/// of all processes), so the group's partitions are spread over the processes running the same
+/// config. Offsets are committed only once
 /// every output caused by them (alerts, scores, dead letters) has been acknowledged by the sinks:
 /// at-least-once, nothing lost on a restart.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
-//! Kafka source: one consumer per timely worker, all in one consumer group, with offsets committed
-//! only after the sinks have acknowledged every output the offsets caused.
+//! Kafka source: one consumer per process (on its first timely worker; the records are exchanged by
+//! thing to every worker), all processes in one consumer group, with offsets committed only after
+//! the sinks have acknowledged every output the offsets caused.
 //!
 //! The dataflow side lives in `pipeline::feed_kafka`; this module owns the consumer, decoding and the
 //! offset bookkeeping:
@@ -141,7 +142,7 @@ enum WarmStart {
     Done,
 }
 
-/// One worker's consumer and its offset bookkeeping.
+/// One process's consumer (the group member) and its offset bookkeeping.
 pub struct KafkaReader {
     cfg: KafkaSourceConfig,
     consumer: BaseConsumer<LagContext>,
@@ -165,17 +166,18 @@ pub struct KafkaReader {
 }
 
 impl KafkaReader {
-    /// Creates the consumer and subscribes it to the topics.
+    /// Creates the consumer and subscribes it to the topics: `member` of `members` (the process
+    /// index and count) makes the client id and the records' `seq` unique across the run.
     pub fn new(
         cfg: &KafkaSourceConfig,
-        worker: usize,
-        peers: usize,
+        member: usize,
+        members: usize,
         resume: Arc<ResumePoints>,
     ) -> anyhow::Result<KafkaReader> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group_id)
-            .set("client.id", format!("egizml-{worker}"))
+            .set("client.id", format!("egizml-{member}"))
             // We commit ourselves, only acknowledged offsets.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -197,8 +199,8 @@ impl KafkaReader {
         Ok(KafkaReader {
             cfg: cfg.clone(),
             consumer,
-            worker: worker as u64,
-            peers: peers.max(1) as u64,
+            worker: member as u64,
+            peers: members.max(1) as u64,
             count: 0,
             current: BTreeMap::new(),
             pending: VecDeque::new(),
@@ -267,7 +269,10 @@ impl KafkaReader {
                 // policy (dedup, rate limit) stays as it was when these readings were first processed.
                 p.learn_only = replayed;
             }
-            out.push(record);
+            // A malformed message re-read for state was dead-lettered when first read.
+            if !(replayed && matches!(record, Record::Dead(_))) {
+                out.push(record);
+            }
             if self.floor.get(&part).is_none_or(|&f| offset + 1 > f) {
                 let next = self.current.entry(part).or_insert(0);
                 *next = (*next).max(offset + 1);
@@ -305,6 +310,11 @@ impl KafkaReader {
                 *x = (*x).max(o);
             }
         }
+    }
+
+    /// Whether the group has assigned this consumer any partition.
+    pub fn has_assignment(&self) -> bool {
+        self.consumer.assignment().is_ok_and(|tpl| tpl.count() > 0)
     }
 
     /// Whether every sealed epoch has been acknowledged.

@@ -129,6 +129,8 @@ impl Tansu {
             .arg("broker")
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", &self.storage])
+            // tansu opens a `sqlite://` path relative to its working directory, even an absolute one.
+            .current_dir("/")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -28,6 +28,9 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Input as _, Operator, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 
+/// One epoch's outputs at the sink, with each one's input position.
+type Outputs = Vec<(u64, Output)>;
+
 /// Lines per epoch when replaying a file.
 pub const CHUNK_LINES: usize = 16_384;
 
@@ -329,7 +332,7 @@ pub fn run(
             scored
                 .probe_with(&probe)
                 .unary_frontier(Exchange::new(|_: &(u64, Output)| 0), "sink", move |_cap, _info| {
-                    let mut stash: BTreeMap<u64, (Capability<u64>, Vec<(u64, Output)>)> = BTreeMap::new();
+                    let mut stash: BTreeMap<u64, (Capability<u64>, Outputs)> = BTreeMap::new();
                     // Capabilities of epochs written but not yet flushed.
                     let mut written: Vec<Capability<u64>> = Vec::new();
                     // After a failed write or flush, the first failed epoch's capability: held until

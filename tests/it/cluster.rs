@@ -70,7 +70,7 @@ pub(crate) fn wait_all(
                 assert!(
                     status.success(),
                     "process {i} failed: {status}\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
+                    std::fs::read_to_string(log).unwrap_or_default()
                 );
                 let last = text.lines().last().unwrap_or("").to_string();
                 summaries[i] = Some(
@@ -84,7 +84,7 @@ pub(crate) fn wait_all(
             let mut logs = String::new();
             for (child, log) in children.iter_mut().flatten() {
                 let _ = child.kill();
-                logs += &std::fs::read_to_string(&log).unwrap_or_default();
+                logs += &std::fs::read_to_string(log).unwrap_or_default();
             }
             panic!("cluster did not finish within {timeout:?}\n{logs}");
         }

@@ -184,6 +184,11 @@ impl KafkaReader {
             .set("auto.offset.reset", &cfg.auto_offset_reset)
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
+            // Also the rebalance timeout: how long the coordinator waits for the members it knows to
+            // rejoin. A restarted process replaces a killed one that never left the group; with
+            // librdkafka's 5 minutes it would wait that long for its partitions. The feeding loop
+            // polls every millisecond or so, far more often.
+            .set("max.poll.interval.ms", "30000")
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", STATS_INTERVAL_MS);
         for (k, v) in &cfg.properties {

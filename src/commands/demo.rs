@@ -101,6 +101,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
             },
         )),
         fleet: true,
+        retrain: None,
         mode: "demo",
     };
     let (service, sink) = serve::start(opts, rules.clone(), Arc::clone(&stop))?;

@@ -49,6 +49,10 @@ pub struct ServiceConfig {
     /// The REST API and `/metrics` (unset: not served), see [`super::serve::ApiConfig`].
     #[serde(default)]
     pub api: Option<super::serve::ApiConfig>,
+    /// Scheduled retraining (unset: none), see [`crate::training::schedule`]. Needs `api.registry`
+    /// and `api.train_history`; its jobs share the API's one training worker.
+    #[serde(default)]
+    pub retrain: Option<crate::training::schedule::RetrainConfig>,
 }
 
 /// Exactly one of these is set.
@@ -230,6 +234,16 @@ impl ServiceConfig {
         if let Some(api) = cfg.api.as_mut() {
             let sqlite = cfg.sinks.sqlite.as_ref().map(|s| s.path.as_path());
             super::serve::check_config(api, path, sqlite)?;
+        }
+        if let Some(r) = &cfg.retrain {
+            r.check().map_err(semantic)?;
+            let api = cfg.api.as_ref();
+            if api.is_none_or(|a| a.registry.is_none() || a.train_history.is_none()) {
+                return Err(semantic(
+                    "retrain: needs api.registry (where versions go) and api.train_history (what they learn from)"
+                        .into(),
+                ));
+            }
         }
         Ok(cfg)
     }
@@ -437,4 +451,42 @@ pub fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
         summary["egizcore"] = crate::sinks::egizcore::summary();
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<ServiceConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.yaml");
+        std::fs::write(&path, text).unwrap();
+        ServiceConfig::load(&path).map_err(|e| e.to_string())
+    }
+
+    const BASE: &str = "source:\n  simulator: {}\nsinks:\n  jsonl:\n    alerts: a.jsonl\n";
+
+    #[test]
+    fn retrain_needs_the_apis_registry_and_history() {
+        let e = load(&format!("{BASE}retrain:\n  scopes: [oven]\n")).unwrap_err();
+        assert!(
+            e.contains("svc.yaml") && e.contains("retrain: needs api.registry"),
+            "{e}"
+        );
+        let e = load(&format!(
+            "{BASE}api:\n  registry: {{path: m}}\nretrain:\n  scopes: [oven]\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("api.train_history"), "{e}");
+        let ok = load(&format!(
+            "{BASE}api:\n  registry: {{path: m}}\n  train_history: {{file: h.jsonl}}\nretrain:\n  every: 1d\n  scopes: [oven]\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.retrain.unwrap().every, Duration::from_secs(86_400));
+        let e = load(&format!(
+            "{BASE}api:\n  registry: {{path: m}}\n  train_history: {{file: h.jsonl}}\nretrain:\n  scopes: [oven]\n  params: {{max_samples: 0}}\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("retrain.params"), "{e}");
+    }
 }

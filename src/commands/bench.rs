@@ -88,11 +88,17 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
     /// The bench producer's `linger.ms` (batching delay before a produce request).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 5.0)]
     pub linger_ms: f64,
-    /// The consumers' `fetch.wait.max.ms`: how long the broker may hold a fetch with no new data.
-    #[arg(long, default_value_t = 5)]
+    /// The consumers' `fetch.wait.max.ms`: how long the broker may hold a fetch with no new data
+    /// (librdkafka's default, 500, shows up whole in the latency with brokers that hold a fetch
+    /// that long).
+    #[arg(long, default_value_t = 1)]
     pub fetch_wait_ms: u64,
+    /// Seconds to wait after the warm-up readings were consumed, before the timed load (lets a
+    /// consumer group that forms in two rebalances settle).
+    #[arg(long, default_value_t = 1.0)]
+    pub settle_s: f64,
     /// Extra librdkafka consumer property `KEY=VALUE` (repeatable).
     #[arg(long = "consumer-property", value_parser = parse_property)]
     pub consumer_properties: Vec<(String, String)>,
@@ -123,8 +129,9 @@ impl Default for BenchArgs {
             brokers: None,
             topic: None,
             partitions: 4,
-            linger_ms: 1.0,
-            fetch_wait_ms: 5,
+            linger_ms: 5.0,
+            fetch_wait_ms: 1,
+            settle_s: 1.0,
             consumer_properties: Vec::new(),
         }
     }
@@ -181,6 +188,9 @@ pub struct KafkaBench {
     pub produced: u64,
     /// Readings per second the producer achieved.
     pub produce_per_sec: f64,
+    /// Per reading: the bench producer's send() to its delivery report (producer batching, broker
+    /// write and acknowledgement).
+    pub send_to_ack_us: Percentiles,
     /// Alerts whose reading's produce instant was unknown (no delivery report): not in
     /// `event_to_alert_us`.
     pub unmatched_alerts: u64,
@@ -313,6 +323,10 @@ fn check(args: &BenchArgs) -> anyhow::Result<usize> {
             args.linger_ms.is_finite() && args.linger_ms >= 0.0,
             "--linger-ms must be >= 0"
         );
+        anyhow::ensure!(
+            args.settle_s.is_finite() && args.settle_s >= 0.0,
+            "--settle-s must be >= 0"
+        );
     } else {
         anyhow::ensure!(
             args.brokers.is_none() && args.topic.is_none(),
@@ -433,10 +447,11 @@ fn summarise(args: &BenchArgs, workers: usize, m: Measured) -> BenchSummary {
     };
     let memory = match (m.rss_before, report.rss_end_bytes) {
         (Some(before), Some(end)) if report.things > 0 => Some(MemoryUse {
-            method: "VmRSS growth (/proc/self/status) from before the run to the end of processing, \
+            method:
+                "VmRSS growth (/proc/self/status) from before the run to the end of processing, \
                      divided by things: per-thing state plus allocator slack and in-flight buffers \
                      not yet returned to the OS (an upper bound)"
-                .into(),
+                    .into(),
             rss_before_bytes: before,
             rss_end_bytes: end,
             things: report.things as u64,
@@ -467,9 +482,10 @@ fn summarise(args: &BenchArgs, workers: usize, m: Measured) -> BenchSummary {
 }
 
 /// The bench producer's delivery reports: per partition, the send instant (clock_ns) of each offset.
-#[derive(Default)]
 struct SendClock {
     sent_ns: Mutex<Vec<Vec<u64>>>,
+    /// Send to delivery report (the broker's acknowledgement seen by the producer).
+    acked_ns: Mutex<hdrhistogram::Histogram<u64>>,
     acked: std::sync::atomic::AtomicU64,
     failed: std::sync::atomic::AtomicU64,
 }
@@ -479,8 +495,16 @@ impl ProducerContext for SendClock {
     type DeliveryOpaque = usize;
     fn delivery(&self, result: &DeliveryResult<'_>, sent_ns: usize) {
         match result {
+            Ok(_) if sent_ns == 0 => {
+                self.acked.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(m) => {
                 self.acked.fetch_add(1, Ordering::Relaxed);
+                let took = clock_ns().saturating_sub(sent_ns as u64).max(1);
+                self.acked_ns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .saturating_record(took);
                 let (p, o) = (m.partition(), m.offset());
                 if p >= 0 && o >= 0 {
                     let mut s = self.sent_ns.lock().unwrap_or_else(|e| e.into_inner());
@@ -518,7 +542,9 @@ fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<(
         .with_context(|| format!("kafka {brokers}: cannot create topic {topic}"))?;
     for r in results {
         if let Err((t, e)) = r {
-            anyhow::bail!("kafka {brokers}: cannot create topic {t}: {e} (the bench needs a fresh topic)");
+            anyhow::bail!(
+                "kafka {brokers}: cannot create topic {t}: {e} (the bench needs a fresh topic)"
+            );
         }
     }
     Ok(())
@@ -576,7 +602,12 @@ fn bench_kafka(
         .set("enable.idempotence", "true")
         .set("linger.ms", args.linger_ms.to_string())
         .set("queue.buffering.max.messages", "1000000")
-        .create_with_context(SendClock::default())
+        .create_with_context(SendClock {
+            sent_ns: Mutex::default(),
+            acked_ns: Mutex::new(pipeline::new_histogram()),
+            acked: Default::default(),
+            failed: Default::default(),
+        })
         .context("cannot create the Kafka producer")?;
     let mut source = KafkaSourceConfig::new(&brokers, &topic);
     source.group_id = format!("{topic}-bench");
@@ -602,12 +633,17 @@ fn bench_kafka(
         r
     });
     let mut buf = Vec::with_capacity(512);
-    let mut send = |p: &crate::event::Point| -> anyhow::Result<()> {
+    // Warm-up readings (sent to a given partition) carry no send instant: they are not timed.
+    let mut send = |p: &crate::event::Point, partition: Option<i32>| -> anyhow::Result<()> {
         buf.clear();
         super::loadgen::encode_into(p, super::loadgen::Format::Flat, &mut buf);
-        let mut record = BaseRecord::with_opaque_to(&topic, clock_ns() as usize)
+        let sent_ns = if partition.is_some() { 0 } else { clock_ns() };
+        let mut record = BaseRecord::with_opaque_to(&topic, sent_ns as usize)
             .key(p.thing_id.as_str())
             .payload(&buf[..]);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -623,25 +659,36 @@ fn bench_kafka(
         }
     };
     let result = (|| -> anyhow::Result<(Instant, Instant, u64)> {
-        // The first reading waits until the consumer group has formed (a rebalance takes seconds):
-        // the figures start once the source is reading.
-        send(&sim.next_point())?;
+        // Warm-up: one reading of its own thing per partition, waited for, so the consumer group has
+        // formed (a rebalance takes seconds) and every partition is being fetched before the clock
+        // starts; then `settle` for a late second rebalance.
+        let mut warm = Simulator::new(SimulatorConfig {
+            things: 1,
+            ..SimulatorConfig::default()
+        });
+        for partition in 0..args.partitions {
+            let mut p = warm.next_point();
+            p.thing_id = crate::event::Name::from(format!("bench-warmup-{partition}").as_str());
+            send(&p, Some(partition))?;
+        }
+        let warm_up = args.partitions as u64;
         wait_for(
-            "the first reading was consumed",
+            "the warm-up readings were consumed",
             &flow.read,
-            1,
+            warm_up,
             &done,
             Duration::from_secs(120),
         )?;
-        let read0 = flow.processed.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_secs_f64(args.settle_s));
+        let processed0 = flow.processed.load(Ordering::SeqCst);
         let t0 = Instant::now();
-        let mut sent = 1usize;
+        let mut sent = 0usize;
         while sent < points {
             let due = args.rate.map_or(points, |r| {
                 (1 + (t0.elapsed().as_secs_f64() * r) as usize).min(points)
             });
             while sent < due {
-                send(&sim.next_point())?;
+                send(&sim.next_point(), None)?;
                 sent += 1;
             }
             if sent < points {
@@ -655,11 +702,15 @@ fn bench_kafka(
         wait_for(
             "every reading was processed",
             &flow.processed,
-            points as u64,
+            points as u64 + warm_up,
             &done,
             Duration::from_secs(60),
         )?;
-        Ok((t0, produced_at, points as u64 - read0))
+        Ok((
+            t0,
+            produced_at,
+            flow.processed.load(Ordering::SeqCst) - processed0,
+        ))
     })();
     let end = Instant::now();
     stop.store(true, Ordering::SeqCst);
@@ -684,6 +735,12 @@ fn bench_kafka(
             None => unmatched += 1,
         }
     }
+    let send_to_ack = {
+        let h = ctx.acked_ns.lock().unwrap_or_else(|e| e.into_inner());
+        Percentiles::of(&h)
+    };
+    let produced = ctx.acked.load(Ordering::Relaxed);
+    drop(sent_ns);
     let elapsed_s = end.duration_since(t0).as_secs_f64();
     let produce_s = produced_at.duration_since(t0).as_secs_f64();
     Ok(Measured {
@@ -695,8 +752,9 @@ fn bench_kafka(
         kafka: Some(KafkaBench {
             topic,
             partitions: args.partitions,
-            produced: ctx.acked.load(Ordering::Relaxed),
+            produced,
             produce_per_sec: points as f64 / produce_s.max(1e-9),
+            send_to_ack_us: send_to_ack,
             unmatched_alerts: unmatched,
         }),
     })
@@ -735,6 +793,7 @@ pub fn describe(s: &BenchSummary) -> Vec<String> {
             "  kafka: topic {} ({} partitions), {} produced at {:.0}/s",
             k.topic, k.partitions, k.produced, k.produce_per_sec
         ));
+        lines.push(p("send->ack", &k.send_to_ack_us));
     }
     lines
 }

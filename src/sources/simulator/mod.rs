@@ -71,7 +71,10 @@ impl std::str::FromStr for FaultKind {
             .find(|k| k.as_str() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = FaultKind::ALL.iter().map(FaultKind::as_str).collect();
-                format!("unknown fault kind `{s}` (expected one of {})", names.join(", "))
+                format!(
+                    "unknown fault kind `{s}` (expected one of {})",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -664,7 +667,8 @@ impl Simulator {
             .cfg
             .start_ts
             .saturating_add((thing.n as i64).saturating_mul(interval));
-        if let Some(ep) = thing.maybe_start_fault(self.fault_p, &self.cfg.fault_kinds, ts, interval) {
+        if let Some(ep) = thing.maybe_start_fault(self.fault_p, &self.cfg.fault_kinds, ts, interval)
+        {
             self.episodes.push(ep);
         }
         let label = thing.read(values);

@@ -371,6 +371,7 @@ pub fn run_service(
         workers,
         emit_scores: cfg.scores || service.as_ref().is_some_and(|s| s.wants_scores()),
         stop: Arc::clone(&stop),
+        ..RunOptions::default()
     };
     let mut producer = None;
     let input = if let Some(m) = &cfg.source.mqtt {

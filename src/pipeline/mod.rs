@@ -16,7 +16,7 @@ use crate::event::{Origin, Point};
 use crate::rules::RulesHandle;
 pub use engine::{Counters, Engine, Output, Record};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -62,6 +62,10 @@ pub trait OutputSink: Send {
     fn flush(&mut self) -> anyhow::Result<()>;
 }
 
+/// Records a live or Kafka source may have in the dataflow per worker by default (see
+/// [`RunOptions::max_in_flight`]).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 65_536;
+
 /// How to run.
 #[derive(Clone)]
 pub struct RunOptions {
@@ -71,6 +75,13 @@ pub struct RunOptions {
     /// Set to end a run early (SIGTERM): a live or Kafka source stops reading, a file stops at a
     /// chunk boundary; what was read is processed and reaches the sink before the run returns.
     pub stop: Arc<AtomicBool>,
+    /// Backpressure: records (readings and dead letters) a worker's live or Kafka source may have in
+    /// the dataflow, read but not yet through the sink, before it stops reading. A slow sink then
+    /// slows the source to its own rate and memory stays bounded. A file source is bounded by epochs
+    /// instead ([`MAX_EPOCHS_IN_FLIGHT`] chunks of [`CHUNK_LINES`] lines per worker).
+    pub max_in_flight: usize,
+    /// Live counters of the run (load tests, backpressure tests).
+    pub flow: Arc<FlowCounters>,
 }
 
 impl Default for RunOptions {
@@ -79,8 +90,68 @@ impl Default for RunOptions {
             workers: 1,
             emit_scores: false,
             stop: Arc::new(AtomicBool::new(false)),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            flow: Arc::new(FlowCounters::default()),
         }
     }
+}
+
+/// Counters a run updates while it runs, readable from other threads.
+#[derive(Debug, Default)]
+pub struct FlowCounters {
+    /// Records (readings and dead letters) the sources have handed to the dataflow.
+    pub read: AtomicU64,
+    /// Records the per-thing stage has processed (updated once per epoch and worker).
+    pub processed: AtomicU64,
+}
+
+/// Latency histograms of a run, nanoseconds (HDR, 3 significant digits).
+#[derive(Clone, Debug)]
+pub struct RunHistograms {
+    /// Per reading: ingest (decoded from a file line or Kafka message, or taken from a live
+    /// source's channel) to scored by the per-thing stage. Includes waiting for the epoch to close.
+    pub ingest_to_scored: hdrhistogram::Histogram<u64>,
+    /// Per record: the per-thing stage's own processing time (detectors, policy, explanation).
+    pub processing: hdrhistogram::Histogram<u64>,
+    /// Per alert: ingest of the reading that caused it to the sink's flush returning (the alert
+    /// acknowledged by every sink).
+    pub ingest_to_alert: hdrhistogram::Histogram<u64>,
+}
+
+impl RunHistograms {
+    fn new() -> Self {
+        RunHistograms {
+            ingest_to_scored: new_histogram(),
+            processing: new_histogram(),
+            ingest_to_alert: new_histogram(),
+        }
+    }
+
+    fn add(&mut self, other: &RunHistograms) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.ingest_to_scored.add(&other.ingest_to_scored);
+        let _ = self.processing.add(&other.processing);
+        let _ = self.ingest_to_alert.add(&other.ingest_to_alert);
+    }
+}
+
+/// 1 ns to 60 s, 3 significant digits.
+pub fn new_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
+}
+
+/// The process's resident set size (`VmRSS` of /proc/self/status), bytes; `None` where unavailable.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// What a run did.
@@ -91,6 +162,11 @@ pub struct RunReport {
     pub things: usize,
     /// Per-reading ingest-to-scored latency, microseconds.
     pub latency_us: Option<LatencySummary>,
+    /// The latency histograms behind `latency_us`, and more.
+    pub histograms: Option<RunHistograms>,
+    /// `VmRSS` once every record has been processed, with every worker still holding its per-thing
+    /// state (Linux), bytes.
+    pub rss_end_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -103,7 +179,8 @@ pub struct LatencySummary {
 struct WorkerResult {
     counters: Counters,
     things: usize,
-    latency: hdrhistogram::Histogram<u64>,
+    histograms: RunHistograms,
+    rss_end_bytes: Option<u64>,
 }
 
 /// Runs the dataflow to completion (end of file, or end of a live input).
@@ -159,6 +236,10 @@ pub fn run(
     let live = Arc::new(Mutex::new(live));
     let file_stop = Arc::new(Mutex::new(FileStop::default()));
     let sink_error2 = Arc::clone(&sink_error);
+    // Ingest instant of every reading that caused an alert not yet flushed by the sink, by `seq`.
+    let alert_ingest: Arc<Mutex<rustc_hash::FxHashMap<u64, u64>>> = Arc::default();
+    // Every worker has processed everything (the end-of-run memory sample is taken between the two).
+    let finished = Arc::new(std::sync::Barrier::new(workers));
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
         let mut input = InputHandleVec::<u64, Record>::new();
@@ -168,9 +249,7 @@ pub fn run(
             rules.clone(),
             opts.emit_scores,
         )));
-        let latency = Rc::new(RefCell::new(
-            hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds"),
-        ));
+        let histograms = Rc::new(RefCell::new(RunHistograms::new()));
         let my_sink = if index == 0 {
             sink.lock().expect("sink lock").take()
         } else {
@@ -182,7 +261,11 @@ pub fn run(
 
         worker.dataflow::<u64, _, _>(|scope| {
             let engine = Rc::clone(&engine);
-            let latency = Rc::clone(&latency);
+            let latency = Rc::clone(&histograms);
+            let sink_histograms = Rc::clone(&histograms);
+            let flow = Arc::clone(&opts.flow);
+            let alert_ingest_stage = Arc::clone(&alert_ingest);
+            let alert_ingest_sink = Arc::clone(&alert_ingest);
             let scored = scope
                 .input_from(&mut input)
                 .unary_frontier(
@@ -224,19 +307,27 @@ pub fn run(
                                 // One clock read per record: each record's processing ends where the
                                 // next one's begins.
                                 let mut now = clock_ns();
+                                let n_records = records.len() as u64;
                                 for record in records {
                                     let ingest = match &record {
                                         Record::Point(_, ns) => Some(*ns),
                                         Record::Dead(_) => None,
                                     };
+                                    let seq = record.seq();
+                                    let before = out.len();
                                     engine.process(record, now, &mut out);
                                     let done = clock_ns();
                                     if let Some(ns) = ingest {
                                         inference.observe((done - now) as f64 * 1e-9);
-                                        latency.saturating_record(done.saturating_sub(ns).max(1));
+                                        latency.ingest_to_scored.saturating_record(done.saturating_sub(ns).max(1));
+                                        latency.processing.saturating_record((done - now).max(1));
+                                        if out[before..].iter().any(|(_, o)| matches!(o, Output::Alert(_))) {
+                                            alert_ingest_stage.lock().unwrap_or_else(|e| e.into_inner()).insert(seq, ns);
+                                        }
                                     }
                                     now = done;
                                 }
+                                flow.processed.fetch_add(n_records, Ordering::Relaxed);
                                 inference.flush();
                                 flushed.flush(&mut engine, index);
                                 output.session(&cap).give_iterator(out.drain(..));
@@ -246,6 +337,8 @@ pub fn run(
                 );
             let mut my_sink = my_sink;
             let mut sink_healthy = true;
+            // Readings (`seq`) whose alerts were written since the last flush.
+            let mut unflushed_alerts: Vec<u64> = Vec::new();
             scored
                 .unary_frontier(Exchange::new(|_: &(u64, Output)| 0), "sink", move |_cap, _info| {
                     let mut stash: BTreeMap<u64, Vec<(u64, Output)>> = BTreeMap::new();
@@ -276,6 +369,7 @@ pub fn run(
                                     sink_healthy = false;
                                     record_sink_error(&sink_error, e);
                                 }
+                                unflushed_alerts.extend(outputs.iter().filter(|(_, o)| matches!(o, Output::Alert(_))).map(|(seq, _)| *seq));
                                 wrote = true;
                             }
                         }
@@ -284,6 +378,18 @@ pub fn run(
                                 if let Err(e) = sink.flush() {
                                     sink_healthy = false;
                                     record_sink_error(&sink_error, e);
+                                }
+                                if !unflushed_alerts.is_empty() {
+                                    let now = clock_ns();
+                                    let mut ingest = alert_ingest_sink.lock().unwrap_or_else(|e| e.into_inner());
+                                    let mut h = sink_histograms.borrow_mut();
+                                    for seq in unflushed_alerts.drain(..) {
+                                        if let Some(ns) = ingest.remove(&seq) {
+                                            if sink_healthy {
+                                                h.ingest_to_alert.saturating_record(now.saturating_sub(ns).max(1));
+                                            }
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -307,6 +413,7 @@ pub fn run(
                     started,
                     stop: &opts.stop,
                     file_stop: &file_stop,
+                    flow: &opts.flow,
                 };
                 feed_lines(worker, &mut input, &probe, ctx)
             }
@@ -320,6 +427,8 @@ pub fn run(
                     started,
                     stop: &opts.stop,
                     start: &kafka_start,
+                    flow: &opts.flow,
+                    max_in_flight: opts.max_in_flight,
                 };
                 if let Err(e) = feed_kafka(worker, &mut input, &probe, ctx) {
                     record_sink_error(&feed_error, e.context("kafka source"));
@@ -332,31 +441,43 @@ pub fn run(
                 } else {
                     None
                 };
-                feed_live(worker, &mut input, &probe, rx, &opts.stop, &cfg.decode);
+                let ctx = LiveFeed {
+                    stop: &opts.stop,
+                    decode: &cfg.decode,
+                    flow: &opts.flow,
+                    max_in_flight: opts.max_in_flight,
+                };
+                feed_live(worker, &mut input, &probe, rx, ctx);
             }
         }
         drop(input);
         while !probe.done() {
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
+        finished.wait();
+        let rss_end_bytes = if index == 0 { rss_bytes() } else { None };
+        finished.wait();
         let engine = engine.borrow();
-        let latency = latency.borrow().clone();
+        let histograms = histograms.borrow().clone();
         WorkerResult {
             counters: engine.counters.clone(),
             things: engine.things(),
-            latency,
+            histograms,
+            rss_end_bytes,
         }
     })
     .map_err(|e| anyhow::anyhow!("cannot start {workers} timely workers: {e}"))?;
 
     let mut report = RunReport::default();
-    let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut histograms = RunHistograms::new();
     for result in guards.join() {
         let r = result.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
         add_counters(&mut report.counters, &r.counters);
         report.things += r.things;
-        latency.add(&r.latency)?;
+        histograms.add(&r.histograms);
+        report.rss_end_bytes = report.rss_end_bytes.or(r.rss_end_bytes);
     }
+    let latency = &histograms.ingest_to_scored;
     if let Some(e) = sink_error.lock().expect("sink error lock").take() {
         return Err(e);
     }
@@ -368,6 +489,7 @@ pub fn run(
             max_us: latency.max() as f64 / 1e3,
         });
     }
+    report.histograms = Some(histograms);
     Ok(report)
 }
 
@@ -491,6 +613,7 @@ struct LinesFeed<'a> {
     started: Instant,
     stop: &'a AtomicBool,
     file_stop: &'a Mutex<FileStop>,
+    flow: &'a FlowCounters,
 }
 
 fn feed_lines(
@@ -558,6 +681,9 @@ fn feed_lines(
         }
         drop(span);
         if mine {
+            ctx.flow
+                .read
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             input.send_batch(&mut batch);
             batch.clear();
             let waited_for = chunk.saturating_sub(MAX_EPOCHS_IN_FLIGHT * peers as u64);
@@ -620,18 +746,76 @@ impl LiveRx {
     }
 }
 
+/// What one worker's source has handed to the dataflow and not yet seen through the sink, per epoch:
+/// the count [`RunOptions::max_in_flight`] bounds.
+struct InFlight {
+    epochs: VecDeque<(u64, usize)>,
+    records: usize,
+    limit: usize,
+}
+
+impl InFlight {
+    fn new(limit: usize) -> Self {
+        InFlight {
+            epochs: VecDeque::new(),
+            records: 0,
+            limit: limit.max(1),
+        }
+    }
+
+    /// `n` records were sent at `epoch`.
+    fn sent(&mut self, epoch: u64, n: usize) {
+        if n == 0 {
+            return;
+        }
+        match self.epochs.back_mut() {
+            Some((e, count)) if *e == epoch => *count += n,
+            _ => self.epochs.push_back((epoch, n)),
+        }
+        self.records += n;
+    }
+
+    /// Forgets the epochs the sink has finished (the probe has passed them).
+    fn release(&mut self, probe: &ProbeHandle<u64>) {
+        while let Some(&(epoch, n)) = self.epochs.front() {
+            if probe.less_equal(&epoch) {
+                break;
+            }
+            self.epochs.pop_front();
+            self.records -= n;
+        }
+    }
+
+    /// How many more records may be read now.
+    fn room(&self) -> usize {
+        self.limit.saturating_sub(self.records)
+    }
+}
+
+/// Records a live source hands over per step at most.
+const LIVE_BATCH: usize = 4096;
+
+/// What [`feed_live`] needs besides the worker.
+struct LiveFeed<'a> {
+    stop: &'a AtomicBool,
+    decode: &'a crate::config::DecodeConfig,
+    flow: &'a FlowCounters,
+    max_in_flight: usize,
+}
+
 fn feed_live(
     worker: &mut timely::worker::Worker,
     input: &mut InputHandleVec<u64, Record>,
     probe: &ProbeHandle<u64>,
     rx: Option<LiveRx>,
-    stop: &AtomicBool,
-    decode: &crate::config::DecodeConfig,
+    ctx: LiveFeed<'_>,
 ) {
+    let stop = ctx.stop;
     let start = Instant::now();
     let mut seq: u64 = 0;
     let mut batch: Vec<Record> = Vec::new();
-    let mut decoder = Decoder::new(decode);
+    let mut decoder = Decoder::new(ctx.decode);
+    let mut in_flight = InFlight::new(ctx.max_in_flight);
     loop {
         let epoch = start.elapsed().as_millis() as u64;
         if epoch > *input.time() {
@@ -640,14 +824,15 @@ fn feed_live(
         let mut disconnected = false;
         if let Some(rx) = &rx {
             let _span = tracing::debug_span!("decode", worker = 0).entered();
-            loop {
+            // Backpressure: read only while the records in flight leave room; the source's bounded
+            // channel then fills and blocks (or drops, for a source that cannot wait) its producer.
+            in_flight.release(probe);
+            let room = in_flight.room().min(LIVE_BATCH);
+            while batch.len() < room {
                 match rx.try_next(seq + 1, &mut decoder) {
                     Ok(Some(record)) => {
                         seq += 1;
                         batch.push(record);
-                        if batch.len() >= 4096 {
-                            break;
-                        }
                     }
                     Ok(None) => break,
                     Err(()) => {
@@ -657,6 +842,10 @@ fn feed_live(
                 }
             }
             if !batch.is_empty() {
+                ctx.flow
+                    .read
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                in_flight.sent(*input.time(), batch.len());
                 input.send_batch(&mut batch);
                 batch.clear();
             }
@@ -666,13 +855,17 @@ fn feed_live(
         }
         if stop.load(Ordering::SeqCst) {
             // What the source already handed over is processed too (an MQTT message in the channel
-            // has been acknowledged to the broker): take it without waiting for more.
+            // has been acknowledged to the broker): take it without waiting for more. The channel is
+            // bounded, so this is too.
             if let (Some(rx), false) = (&rx, disconnected) {
                 let _span = tracing::debug_span!("decode", worker = 0).entered();
                 while let Ok(Some(record)) = rx.try_next(seq + 1, &mut decoder) {
                     seq += 1;
                     batch.push(record);
                 }
+                ctx.flow
+                    .read
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 input.send_batch(&mut batch);
                 tracing::info!(records = seq, "live source stopped");
             }
@@ -699,6 +892,8 @@ struct KafkaFeed<'a> {
     stop: &'a AtomicBool,
     /// All workers pass it once their consumer exists, before the first poll.
     start: &'a std::sync::Barrier,
+    flow: &'a FlowCounters,
+    max_in_flight: usize,
 }
 
 /// One worker's Kafka consumer: epoch = milliseconds since the run started, shared by all workers so
@@ -720,19 +915,32 @@ fn feed_kafka(
     let mut decoder = Decoder::new(ctx.decode);
     let mut batch: Vec<Record> = Vec::new();
     let idle_ms = ctx.cfg.stop_after_idle_s.map(|s| (s * 1e3) as u64);
+    let mut in_flight = InFlight::new(ctx.max_in_flight);
     loop {
         let epoch = ctx.started.elapsed().as_millis() as u64;
         if epoch > *input.time() {
             input.advance_to(epoch);
         }
-        let n = {
+        // Backpressure: poll only while the records in flight leave room (librdkafka's own
+        // prefetch queue is bounded by `queued.max.messages.kbytes`).
+        in_flight.release(probe);
+        let room = in_flight.room().min(4096);
+        let n = if room == 0 {
+            // Held back by the sink, not idle.
+            ctx.last_message_ms.fetch_max(epoch + 1, Ordering::SeqCst);
+            0
+        } else {
             let _span = tracing::debug_span!("decode", worker = index).entered();
-            reader.poll_into(&mut decoder, &mut batch, 4096, Duration::ZERO)
+            reader.poll_into(&mut decoder, &mut batch, room, Duration::ZERO)
         };
         if n > 0 {
             // +1: zero means "no message yet", and the idle clock only starts with the first one
             // (joining the group can take a session timeout after a crash).
             ctx.last_message_ms.fetch_max(epoch + 1, Ordering::SeqCst);
+            ctx.flow
+                .read
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            in_flight.sent(*input.time(), batch.len());
             input.send_batch(&mut batch);
             batch.clear();
             reader.seal(*input.time());

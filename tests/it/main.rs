@@ -1,6 +1,8 @@
 //! Integration tests, linked into one binary (one link instead of one per file).
 
 mod accuracy;
+mod backpressure;
+mod bench;
 mod cli;
 mod common;
 mod demo;

@@ -338,7 +338,14 @@ impl Regimes {
     /// Moves the thing to `a`'s regime; when `learn` (and settled), the regime learns the model
     /// vector `x` and the standardised `by` values `z`. `t2_smoothed` is the regime model's smoothed
     /// T^2 of this reading, if it scored it.
-    pub fn observe(&mut self, a: &Assignment, z: &[f64], x: &[f64], learn: bool, t2_smoothed: Option<f64>) {
+    pub fn observe(
+        &mut self,
+        a: &Assignment,
+        z: &[f64],
+        x: &[f64],
+        learn: bool,
+        t2_smoothed: Option<f64>,
+    ) {
         self.current = Some(a.regime);
         self.since = a.since;
         self.unsettled = a.unsettled;
@@ -365,7 +372,7 @@ pub fn fit(
     cfg: &RegimeConfig,
     model: &ModelConfig,
 ) -> Result<Regimes, NoRegimes> {
-    let n = if d == 0 { 0 } else { by_rows.len() / d };
+    let n = by_rows.len().checked_div(d).unwrap_or(0);
     if cfg.k == Some(1) {
         return Err(NoRegimes::OneRegime);
     }

@@ -723,7 +723,11 @@ mod regimes {
         // Each regime model learned its own readings (settled ones only): ~200 each, minus settling.
         for reg in &r.regimes {
             assert!(reg.model.warm());
-            assert!((150..=200).contains(&reg.model.count()), "{}", reg.model.count());
+            assert!(
+                (150..=200).contains(&reg.model.count()),
+                "{}",
+                reg.model.count()
+            );
         }
         // A reading at a regime centre is in that regime and close; one between regimes is far.
         let mut z = Vec::new();
@@ -778,7 +782,15 @@ mod regimes {
 
     #[test]
     fn silhouette_of_well_separated_clusters_is_near_one_and_of_a_bad_split_is_low() {
-        let z: Vec<f64> = (0..40).map(|i| if i < 20 { i as f64 * 0.01 } else { 10.0 + i as f64 * 0.01 }).collect();
+        let z: Vec<f64> = (0..40)
+            .map(|i| {
+                if i < 20 {
+                    i as f64 * 0.01
+                } else {
+                    10.0 + i as f64 * 0.01
+                }
+            })
+            .collect();
         let good: Vec<usize> = (0..40).map(|i| usize::from(i >= 20)).collect();
         assert!(silhouette(&z, 1, &good, 2) > 0.95);
         let bad: Vec<usize> = (0..40).map(|i| i % 2).collect();

@@ -778,7 +778,16 @@ impl Engine {
             z: &self.scratch.regime_z,
             t2_smoothed: self.scratch.regime_t2_smoothed.take(),
         };
-        learn(t, &cfg, t2_smoothed, regime, complete, anomalous, in_order, p.ts);
+        learn(
+            t,
+            &cfg,
+            t2_smoothed,
+            regime,
+            complete,
+            anomalous,
+            in_order,
+            p.ts,
+        );
 
         // Remaining useful life: in-order readings only (its features are sequences of cycles). The
         // maintenance alert joins the candidates so the same policy (dedup, rate limit) applies.
@@ -949,7 +958,11 @@ fn learn(
                         let fitted = regimes::fit(by, d, x, t.model_x.len(), rc, m);
                         *phase = match fitted {
                             Ok(r) => {
-                                tracing::info!(regimes = r.len(), silhouette = r.silhouette, "operating regimes fitted");
+                                tracing::info!(
+                                    regimes = r.len(),
+                                    silhouette = r.silhouette,
+                                    "operating regimes fitted"
+                                );
                                 RegimePhase::Fitted(Box::new(r))
                             }
                             Err(why) => {

@@ -31,7 +31,7 @@ const FIRST_FAULT: usize = 800;
 /// phase's values and see the change too, as the default ensemble needs).
 fn oven_lines(thing: &str, seed: u64, faults: bool) -> Vec<String> {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut g = move |rng: &mut SmallRng| -> f64 { StandardNormal.sample(rng) };
+    let g = |rng: &mut SmallRng| -> f64 { StandardNormal.sample(rng) };
     let mut lines = Vec::with_capacity(READINGS);
     let (mut current, mut temp) = (PHASES[0].1, PHASES[0].2);
     let mut phase = 0;
@@ -146,7 +146,9 @@ fn run(input: &Path, out: &Path, config: &Path) -> Outcome {
         .map(|e| {
             labels
                 .iter()
-                .filter(|(t, ts, ..)| t == e.thing_id.as_str() && (e.start_ts..=e.end_ts).contains(ts))
+                .filter(|(t, ts, ..)| {
+                    t == e.thing_id.as_str() && (e.start_ts..=e.end_ts).contains(ts)
+                })
                 .map(|x| x.3)
                 .fold(0.0, f64::max)
         })
@@ -168,7 +170,11 @@ fn run(input: &Path, out: &Path, config: &Path) -> Outcome {
 fn a_reading_normal_for_another_phase_is_alerted_within_its_regime_and_missed_without() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_plant(dir.path(), true);
-    let plain = run(&input, &dir.path().join("plain"), &dataflow(dir.path(), "plain", None));
+    let plain = run(
+        &input,
+        &dir.path().join("plain"),
+        &dataflow(dir.path(), "plain", None),
+    );
     let by_speed = run(
         &input,
         &dir.path().join("speed"),
@@ -240,7 +246,11 @@ fn a_reading_normal_for_another_phase_is_alerted_within_its_regime_and_missed_wi
 fn clean_multi_phase_data_raises_no_more_alerts_with_regimes() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_plant(dir.path(), false);
-    let plain = run(&input, &dir.path().join("plain"), &dataflow(dir.path(), "plain", None));
+    let plain = run(
+        &input,
+        &dir.path().join("plain"),
+        &dataflow(dir.path(), "plain", None),
+    );
     let by_speed = run(
         &input,
         &dir.path().join("speed"),
@@ -280,7 +290,10 @@ fn a_bad_regimes_section_fails_naming_file_line_and_field() {
     };
     let (file, e) = load("detectors:\n  regimes:\n    k: 0\n");
     assert!(e.starts_with(&format!("{file}:3:")), "{e}");
-    assert!(e.contains("detectors.regimes.k") && e.contains("auto"), "{e}");
+    assert!(
+        e.contains("detectors.regimes.k") && e.contains("auto"),
+        "{e}"
+    );
     // A value's own check is placed at its mapping's first line (what serde_norway reports).
     let (file, e) = load("detectors:\n  regimes:\n    by: [speed]\n    max_k: 40\n");
     assert!(e.starts_with(&format!("{file}:3:")), "{e}");
@@ -289,10 +302,17 @@ fn a_bad_regimes_section_fails_naming_file_line_and_field() {
     assert!(e.starts_with(&format!("{file}:3:")), "{e}");
     assert!(e.contains("bye"), "{e}");
     let (_, e) = load("detectors:\n  regimes: {k: 3, warmup: 20}\n");
-    assert!(e.contains("`detectors.regimes.warmup` must be at least 60"), "{e}");
+    assert!(
+        e.contains("`detectors.regimes.warmup` must be at least 60"),
+        "{e}"
+    );
     // `auto` and a number both parse.
     let path = dir.path().join("ok.yaml");
-    std::fs::write(&path, "detectors:\n  regimes: {by: [speed_rpm], k: auto, settle: 0}\n").unwrap();
+    std::fs::write(
+        &path,
+        "detectors:\n  regimes: {by: [speed_rpm], k: auto, settle: 0}\n",
+    )
+    .unwrap();
     let cfg = egizml::config::DataflowConfig::load(&path).unwrap();
     assert_eq!(cfg.detectors.regimes.unwrap().k, None);
 }

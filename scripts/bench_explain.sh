@@ -63,7 +63,7 @@ echo "registry: $registry"
 for class in oven mixer conveyor; do
   "$EGIZML" train --equipment-type "$class" --simulator --sim-things "$TRAIN_THINGS" \
     --sim-points "$TRAIN_POINTS" --registry "$registry" --activate > "$tmp/train-$class.out"
-  echo "trained $(tail -n 1 "$tmp/train-$class.out" | jq -r '.model_id // .id // "?"' 2>/dev/null || echo "$class")"
+  echo "trained $(tail -n 1 "$tmp/train-$class.out" | jq -r '"\(.model.id) (\(.model.samples) rows, \(.activation))"' 2>/dev/null || echo "$class")"
 done
 
 flow() { # policy explain

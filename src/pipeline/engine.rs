@@ -8,9 +8,12 @@ use crate::config::DataflowConfig;
 use crate::decode::{DeadLetter, MalformedReason};
 use crate::detectors::mahalanobis::{wilson_hilferty_z, ModelScore, OnlineMahalanobis};
 use crate::detectors::normalise;
+use crate::detectors::regimes::{self, Assignment, Regimes};
 use crate::detectors::sensor_faults::{FaultEvent, SensorFaultDetector};
 use crate::detectors::stats::{FeatureScores, FeatureStats};
-use crate::event::{alert_id, Alert, DetectorAttribution, Name, Point, ScoreLine, Severity};
+use crate::event::{
+    alert_id, Alert, DetectorAttribution, Name, Point, RegimeAttribution, ScoreLine, Severity,
+};
 use crate::explain::{alert_type_for, explain, round4, top_contributions, Explanation};
 use crate::features::DerivedPlan;
 use crate::policy::{PolicyState, PolicyWindows, Suppressed};
@@ -117,6 +120,16 @@ struct Scratch {
     /// The registry model's input row of the reading being scored, and its raw score.
     registry_row: Vec<f64>,
     registry_score: f64,
+    /// The reading's operating regime (things with fitted regimes), its standardised regime features
+    /// and the terms of its distance from the regime.
+    regime: Option<Assignment>,
+    regime_by: Vec<f64>,
+    regime_z: Vec<f64>,
+    regime_terms: Vec<f64>,
+    /// The regime model's smoothed T^2 of the reading, and (within, distance) scores, when a regime
+    /// scored it.
+    regime_t2_smoothed: Option<f64>,
+    regime_scores: Option<(f64, f64)>,
 }
 
 impl Default for Scratch {
@@ -134,6 +147,12 @@ impl Default for Scratch {
             fault_events: Vec::new(),
             registry_row: Vec::new(),
             registry_score: f64::NAN,
+            regime: None,
+            regime_by: Vec::new(),
+            regime_z: Vec::new(),
+            regime_terms: Vec::new(),
+            regime_t2_smoothed: None,
+            regime_scores: None,
         }
     }
 }
@@ -175,6 +194,24 @@ struct ThingState {
     policy: PolicyState,
     /// The registry model that scores this thing, if the dataflow has a `models` section.
     registry: RegistryBinding,
+    /// Operating regimes (`detectors.regimes`; None when off).
+    regimes: Option<RegimePhase>,
+    /// Slots (indices into `values`) of the regime features.
+    regime_slots: Vec<usize>,
+}
+
+/// Where a thing is with its operating regimes.
+enum RegimePhase {
+    /// Keeping its learnable readings (regime features, then model features, row-major) until
+    /// `detectors.regimes.warmup` readings have been seen.
+    Learning {
+        by: Vec<f64>,
+        x: Vec<f64>,
+        seen: usize,
+    },
+    /// No regimes (a regime feature missing, or no distinct phases): plain scoring.
+    Plain,
+    Fitted(Box<Regimes>),
 }
 
 /// A thing's registry model and where its features sit among the thing's slots, resolved against one
@@ -268,6 +305,8 @@ impl ThingState {
             consecutive_anomalous: 0,
             policy: PolicyState::default(),
             registry: RegistryBinding::default(),
+            regimes: None,
+            regime_slots: Vec::new(),
         };
         t.set_layout(raw, cfg);
         t
@@ -325,6 +364,32 @@ impl ThingState {
         }
         self.model_x = vec![f64::NAN; self.model_slots.len()];
         self.model = OnlineMahalanobis::new(self.model_slots.len(), &d.model);
+        if let Some(rc) = &d.regimes {
+            // The regimes restart with the model: their models have its dimensions.
+            let slots: Option<Vec<usize>> = if rc.by.is_empty() {
+                Some(self.model_slots.clone())
+            } else {
+                rc.by
+                    .iter()
+                    .map(|b| names.iter().position(|n| n == b.as_str()))
+                    .collect()
+            };
+            self.regimes = Some(match slots {
+                Some(slots) if !slots.is_empty() => {
+                    self.regime_slots = slots;
+                    RegimePhase::Learning {
+                        by: Vec::new(),
+                        x: Vec::new(),
+                        seen: 0,
+                    }
+                }
+                _ => {
+                    tracing::warn!(by = ?rc.by, "the thing lacks a regime feature; scored without regimes");
+                    self.regime_slots.clear();
+                    RegimePhase::Plain
+                }
+            });
+        }
         self.t2_smooth = None;
         self.warm_buffer = Vec::new();
         self.t2_threshold = None;
@@ -447,31 +512,16 @@ impl ThingState {
     fn calibrate(&mut self, q: f64, smoothing: f64) {
         let buf = std::mem::take(&mut self.warm_buffer);
         let dim = self.model.dim();
-        if dim == 0 || !self.model.warm() {
+        if dim == 0 {
             return;
         }
-        let mut scratch = Vec::new();
-        let mut out = ModelScore::default();
-        let mut smooth: Option<f64> = None;
-        let mut seen = Vec::with_capacity(buf.len() / dim);
-        for x in buf.chunks_exact(dim) {
-            if self.model.score_into(x, &mut scratch, &mut out) {
-                let v = smooth.map_or(out.t2, |p| smoothing * out.t2 + (1.0 - smoothing) * p);
-                smooth = Some(v);
-                seen.push(v);
-            }
+        if let Some((thr, last)) =
+            self.model
+                .calibrated_threshold(buf.chunks_exact(dim), q, smoothing)
+        {
+            self.t2_threshold = Some(thr);
+            self.t2_smooth = Some(last);
         }
-        if seen.is_empty() {
-            return;
-        }
-        seen.sort_unstable_by(f64::total_cmp);
-        let h = (seen.len() - 1) as f64 * q.clamp(0.0, 1.0);
-        let lo = h.floor() as usize;
-        let hi = (lo + 1).min(seen.len() - 1);
-        let thr = seen[lo] + (h - lo as f64) * (seen[hi] - seen[lo]);
-        // A zero threshold (a perfectly constant warm-up) would flag every reading; floor it.
-        self.t2_threshold = Some(thr.max(1e-9));
-        self.t2_smooth = smooth;
     }
 }
 
@@ -650,6 +700,15 @@ impl Engine {
                 t.bind_registry(&p.thing_id, &active.current(), sql_hash.as_deref());
             }
         }
+        self.scratch.regime = None;
+        if let (Some(RegimePhase::Fitted(r)), true) = (t.regimes.as_ref(), complete) {
+            let s = &mut self.scratch;
+            s.regime_by.clear();
+            s.regime_by
+                .extend(t.regime_slots.iter().map(|&i| t.values[i]));
+            r.scale_into(&s.regime_by, &mut s.regime_z);
+            s.regime = Some(r.assign(&s.regime_z, &mut s.regime_terms));
+        }
         self.scratch.fault_events.clear();
         if let (Some(faults), true) = (t.faults.as_mut(), in_order) {
             faults.observe_into(p.ts, &p.values, &mut self.scratch.fault_events);
@@ -714,7 +773,21 @@ impl Engine {
         }
 
         let t2_smoothed = self.scratch.t2_smoothed.take();
-        learn(t, &cfg, t2_smoothed, complete, anomalous, in_order, p.ts);
+        let regime = RegimeStep {
+            assignment: self.scratch.regime,
+            z: &self.scratch.regime_z,
+            t2_smoothed: self.scratch.regime_t2_smoothed.take(),
+        };
+        learn(
+            t,
+            &cfg,
+            t2_smoothed,
+            regime,
+            complete,
+            anomalous,
+            in_order,
+            p.ts,
+        );
 
         // Remaining useful life: in-order readings only (its features are sequences of cycles). The
         // maintenance alert joins the candidates so the same policy (dedup, rate limit) applies.
@@ -833,11 +906,22 @@ impl Engine {
     }
 }
 
+/// The reading's operating regime, for [`learn`].
+struct RegimeStep<'a> {
+    assignment: Option<Assignment>,
+    /// The standardised regime features (valid with `assignment`).
+    z: &'a [f64],
+    /// The regime model's smoothed T^2, when a regime scored the reading.
+    t2_smoothed: Option<f64>,
+}
+
 /// Learns the loaded reading of `t` (after it has been scored and explained).
+#[allow(clippy::too_many_arguments)]
 fn learn(
     t: &mut ThingState,
     cfg: &DataflowConfig,
     t2_smoothed: Option<f64>,
+    regime: RegimeStep<'_>,
     complete: bool,
     anomalous: bool,
     in_order: bool,
@@ -856,10 +940,45 @@ fn learn(
         };
         let m = &cfg.detectors.model;
         let in_warmup = t.learned < cfg.warmup as u64;
-        if (in_warmup || m.learn_after_warmup)
-            && (!anomalous || t.consecutive_anomalous > MAX_FROZEN_READINGS)
-        {
+        let learnable = (in_warmup || m.learn_after_warmup)
+            && (!anomalous || t.consecutive_anomalous > MAX_FROZEN_READINGS);
+        if learnable {
             t.model.update(&t.model_x);
+        }
+        if let (Some(phase), Some(rc)) = (t.regimes.as_mut(), cfg.detectors.regimes.as_ref()) {
+            match phase {
+                RegimePhase::Learning { by, x, seen } => {
+                    *seen += 1;
+                    if learnable {
+                        by.extend(t.regime_slots.iter().map(|&i| t.values[i]));
+                        x.extend_from_slice(&t.model_x);
+                    }
+                    if *seen >= rc.warmup {
+                        let d = t.regime_slots.len();
+                        let fitted = regimes::fit(by, d, x, t.model_x.len(), rc, m);
+                        *phase = match fitted {
+                            Ok(r) => {
+                                tracing::info!(
+                                    regimes = r.len(),
+                                    silhouette = r.silhouette,
+                                    "operating regimes fitted"
+                                );
+                                RegimePhase::Fitted(Box::new(r))
+                            }
+                            Err(why) => {
+                                tracing::info!(reason = %why, "no operating regimes; plain scoring");
+                                RegimePhase::Plain
+                            }
+                        };
+                    }
+                }
+                RegimePhase::Fitted(r) => {
+                    if let Some(a) = regime.assignment {
+                        r.observe(&a, regime.z, &t.model_x, learnable, regime.t2_smoothed);
+                    }
+                }
+                RegimePhase::Plain => {}
+            }
         }
         if let Some(v) = t2_smoothed {
             t.t2_smooth = Some(v);
@@ -896,6 +1015,8 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) -> S
     let d = &cfg.detectors;
     let e = &cfg.ensemble;
     s.t2_smoothed = None;
+    s.regime_t2_smoothed = None;
+    s.regime_scores = None;
     let registry = t
         .registry
         .model
@@ -905,6 +1026,8 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) -> S
     let model = if let Some(m) = registry {
         s.registry_score = m.model.score(&s.registry_row);
         Some(normalise(m.model.threshold_ratio(s.registry_score), 1.0))
+    } else if let Some(m) = regime_score(t, cfg, s) {
+        Some(m)
     } else if t
         .model
         .score_into(&t.model_x, &mut s.model, &mut s.model_score)
@@ -913,15 +1036,13 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) -> S
         let t2 = s.model_score.t2;
         let smoothed = t2_smooth_step(t.t2_smooth, t2, m.smoothing);
         s.t2_smoothed = Some(smoothed);
-        Some(match t.t2_threshold {
-            // The calibrated T^2 maps to 0.8, like every detector's threshold.
-            Some(thr) => normalise((smoothed / thr).sqrt(), 1.0),
-            None if m.smoothing >= 1.0 => normalise(s.model_score.z, m.threshold),
-            None => normalise(
-                wilson_hilferty_z(smoothed / t.model.small_sample_factor(), t.model.dim()),
-                m.threshold,
-            ),
-        })
+        Some(model_normalised(
+            &t.model,
+            t.t2_threshold,
+            smoothed,
+            s.model_score.z,
+            m,
+        ))
     } else {
         None
     };
@@ -965,6 +1086,52 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) -> S
         by_registry,
         anomalous: ensemble >= e.threshold,
     }
+}
+
+/// The online model's normalised score of a reading: its smoothed T^2 against the calibrated threshold
+/// when there is one (which maps to 0.8, like every detector's threshold), else its normal-equivalent z
+/// against `detectors.model.threshold`.
+fn model_normalised(
+    model: &OnlineMahalanobis,
+    threshold: Option<f64>,
+    smoothed: f64,
+    z: f64,
+    m: &crate::config::ModelConfig,
+) -> f64 {
+    match threshold {
+        Some(thr) => normalise((smoothed / thr).sqrt(), 1.0),
+        None if m.smoothing >= 1.0 => normalise(z, m.threshold),
+        None => normalise(
+            wilson_hilferty_z(smoothed / model.small_sample_factor(), model.dim()),
+            m.threshold,
+        ),
+    }
+}
+
+/// Scores the loaded reading within its operating regime: the larger of the regime model's score and
+/// the reading's distance from the regime. None (the thing's all-regime model scores) when the thing
+/// has no fitted regimes, the reading has not settled in its regime, or the regime cannot score yet.
+fn regime_score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch) -> Option<f64> {
+    let a = s.regime.filter(|a| a.settled)?;
+    let Some(RegimePhase::Fitted(r)) = t.regimes.as_ref() else {
+        return None;
+    };
+    let reg = &r.regimes[a.regime];
+    if !reg
+        .model
+        .score_into(&t.model_x, &mut s.model, &mut s.model_score)
+    {
+        return None;
+    }
+    let m = &cfg.detectors.model;
+    // A regime just entered starts its smoothing afresh.
+    let prev = if a.since == 0 { None } else { r.t2_smooth };
+    let smoothed = t2_smooth_step(prev, s.model_score.t2, m.smoothing);
+    s.regime_t2_smoothed = Some(smoothed);
+    let within = model_normalised(&reg.model, reg.threshold, smoothed, s.model_score.z, m);
+    let distance = normalise(r.distance_z(&a), m.threshold);
+    s.regime_scores = Some((within, distance));
+    Some(within.max(distance))
 }
 
 /// One EWMA step of the model's T^2 (`alpha` = 1: no smoothing).
@@ -1063,9 +1230,19 @@ fn ensemble_alert(
                 model_detector = Some((m.model.kind(), m.id.clone(), explain_model));
             }
             None => {
-                for (slot, pos) in t.model_pos.iter().enumerate() {
-                    if let Some(k) = pos {
-                        model_by_slot[slot] = sc.model_score.contributions[*k];
+                match sc.regime_scores {
+                    // Far from every regime: the distance's terms are the model's attribution.
+                    Some((within, distance)) if distance > within => {
+                        for (&slot, v) in t.regime_slots.iter().zip(&sc.regime_terms) {
+                            model_by_slot[slot] += v;
+                        }
+                    }
+                    _ => {
+                        for (slot, pos) in t.model_pos.iter().enumerate() {
+                            if let Some(k) = pos {
+                                model_by_slot[slot] = sc.model_score.contributions[*k];
+                            }
+                        }
                     }
                 }
                 model_detector = Some((
@@ -1076,6 +1253,7 @@ fn ensemble_alert(
             }
         }
     }
+    let regime = regime_attribution(t, s, sc);
     let stats_total: f64 = sc.per_feature.iter().sum();
     let model_total: f64 = model_by_slot.iter().map(|c| c.abs()).sum();
     let contributions: Vec<f64> = (0..n)
@@ -1107,6 +1285,7 @@ fn ensemble_alert(
                 .zip(&sc.feature_scores)
                 .map(|(name, fs)| (name, fs.z)),
         ),
+        regime: None,
     }];
     let mut model_version = format!("{}/online_mahalanobis/1", t.equipment_type);
     if let (Some((kind, id, explained)), Some(score)) = (model_detector, s.model) {
@@ -1120,6 +1299,7 @@ fn ensemble_alert(
             } else {
                 Vec::new()
             },
+            regime: regime.clone(),
         });
     }
     let lead = ex
@@ -1160,6 +1340,28 @@ fn ensemble_alert(
         }
         None => format!("multivariate anomaly, score {:.2}", s.ensemble),
     };
+    let sentence = match &regime {
+        Some(r) => {
+            let centre: Vec<String> = r
+                .centre
+                .iter()
+                .take(3)
+                .map(|(f, v)| format!("{f} {v:.4}"))
+                .collect();
+            let where_ = if r.distance_score > r.within_score {
+                "far from every learned operating regime; nearest"
+            } else {
+                "in operating"
+            };
+            format!(
+                "{sentence}; {where_} regime {} of {} ({})",
+                r.id,
+                r.count,
+                centre.join(", ")
+            )
+        }
+        None => sentence,
+    };
     let mut alert = make_alert(
         p,
         t,
@@ -1175,6 +1377,27 @@ fn ensemble_alert(
     );
     alert.detectors = detectors;
     alert
+}
+
+/// The operating regime the online model scored the reading in, if it did.
+fn regime_attribution(t: &ThingState, s: &Scored, sc: &Scratch) -> Option<RegimeAttribution> {
+    let (within, distance) = sc.regime_scores.filter(|_| !s.by_registry)?;
+    let a = sc.regime?;
+    let Some(RegimePhase::Fitted(r)) = t.regimes.as_ref() else {
+        return None;
+    };
+    Some(RegimeAttribution {
+        id: a.regime + 1,
+        count: r.len(),
+        centre: t
+            .regime_slots
+            .iter()
+            .zip(r.centre_of(a.regime))
+            .map(|(&slot, v)| (t.names[slot].to_string(), round4(v)))
+            .collect(),
+        distance_score: round4(distance),
+        within_score: round4(within),
+    })
 }
 
 fn sensor_alert(p: &Point, t: &ThingState, ev: &FaultEvent) -> Alert {

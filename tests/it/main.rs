@@ -15,6 +15,7 @@ mod loadgen;
 mod mlflow;
 mod models;
 mod mqtt;
+mod regimes;
 mod replay;
 mod rul;
 mod service;

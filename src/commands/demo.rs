@@ -152,6 +152,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         // Per-reading scores feed the device summaries (score mean and p95), aggregated per flush.
         emit_scores: true,
         stop: Arc::new(AtomicBool::new(false)),
+        checkpoint: None,
     };
     let report = pipeline::run(cfg, rules, Input::Live(rx), Box::new(sink), opts)?;
     let _ = producer.join();

@@ -1,6 +1,7 @@
 //! Integration tests, linked into one binary (one link instead of one per file).
 
 mod accuracy;
+mod checkpoint;
 mod cli;
 mod common;
 mod demo;

@@ -246,8 +246,8 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-fn bincode_io(e: bincode::Error) -> std::io::Error {
-    match *e {
+fn bincode_io(e: bincode::ErrorKind) -> std::io::Error {
+    match e {
         bincode::ErrorKind::Io(e) => e,
         other => std::io::Error::other(other.to_string()),
     }
@@ -274,9 +274,9 @@ pub fn write_worker_file(
     let write = |w: &mut Hashing<BufWriter<std::fs::File>>| -> std::io::Result<()> {
         w.write_all(MAGIC)?;
         w.write_all(&FORMAT_VERSION.to_le_bytes())?;
-        bincode::serialize_into(&mut *w, &header).map_err(bincode_io)?;
+        bincode::serialize_into(&mut *w, &header).map_err(|e| bincode_io(*e))?;
         engine.for_each_snapshot(|id, s| {
-            bincode::serialize_into(&mut *w, &(id, s)).map_err(bincode_io)
+            bincode::serialize_into(&mut *w, &(id, s)).map_err(|e| bincode_io(*e))
         })?;
         let digest = w.hash.digest();
         w.inner.write_all(&digest.to_le_bytes())?;

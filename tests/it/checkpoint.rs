@@ -2,7 +2,6 @@
 //! (SIGTERM, SIGKILL) and restarted from its checkpoint: the restarted run does not re-learn, and the
 //! two runs together alert exactly as a replay of the whole stream that never stopped.
 
-use crate::common::*;
 use crate::kafka::{
     consume_all, detected, parse_alerts, produce, producer, service_config, spawn_service,
     wait_exit, workload,

@@ -209,3 +209,45 @@ fn sigkill_after_a_periodic_checkpoint_restores_it_and_rereads_for_state_only() 
         detected(&w.replay_alerts, &w.episodes)
     );
 }
+
+#[test]
+fn a_bad_checkpoint_section_fails_naming_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("svc.yaml");
+    let run = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(crate::common::bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let sinks = "sinks:\n  jsonl:\n    alerts: out.jsonl\n";
+    let e = run(&format!(
+        "source:\n  simulator: {{things: 2}}\n{sinks}checkpoint:\n  dir: ck\n  interval_s: 0\n"
+    ));
+    assert!(e.contains("svc.yaml:8:"), "{e}");
+    assert!(
+        e.contains("checkpoint.interval_s") && e.contains("> 0"),
+        "{e}"
+    );
+    let e = run(&format!(
+        "source:\n  simulator: {{things: 2}}\n{sinks}checkpoint:\n  dir: ck\n  on_mismatch: ignore\n"
+    ));
+    assert!(
+        e.contains("svc.yaml:8:") && e.contains("on_mismatch"),
+        "{e}"
+    );
+    // A file is replayed from its start on every run: a checkpoint makes no sense there.
+    let e = run(&format!(
+        "source:\n  file: {{path: t.jsonl}}\n{sinks}checkpoint:\n  dir: ck\n"
+    ));
+    assert!(e.contains("svc.yaml:6:"), "{e}");
+    assert!(
+        e.contains("`checkpoint`") && e.contains("live source"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+}

@@ -228,7 +228,8 @@ fn a_bad_checkpoint_section_fails_naming_file_line_and_field() {
     let e = run(&format!(
         "source:\n  simulator: {{things: 2}}\n{sinks}checkpoint:\n  dir: ck\n  interval_s: 0\n"
     ));
-    assert!(e.contains("svc.yaml:8:"), "{e}");
+    // A value's own check is placed at the first line of its mapping (serde_norway), the field named.
+    assert!(e.contains("svc.yaml:7:"), "{e}");
     assert!(
         e.contains("checkpoint.interval_s") && e.contains("> 0"),
         "{e}"

@@ -53,6 +53,10 @@ pub struct ServiceConfig {
     /// and `api.train_history`; its jobs share the API's one training worker.
     #[serde(default)]
     pub retrain: Option<crate::training::schedule::RetrainConfig>,
+    /// Per-thing state checkpoints, restored on start (live and Kafka sources; unset: none), see
+    /// docs/CHECKPOINTS.md.
+    #[serde(default)]
+    pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
 }
 
 /// Exactly one of these is set.
@@ -219,6 +223,18 @@ impl ServiceConfig {
         if let Some(d) = cfg.dataflow.as_mut() {
             resolve(d);
         }
+        if let Some(c) = cfg.checkpoint.as_mut() {
+            if cfg.source.file.is_some() {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                return Err(crate::config::field_error(
+                    &file,
+                    &text,
+                    &["checkpoint"],
+                    "field `checkpoint`: state checkpoints need a live source (kafka, mqtt, egizcore, simulator); a file is replayed from its start on every run".into(),
+                ));
+            }
+            resolve(&mut c.dir);
+        }
         if let Some(f) = cfg.source.file.as_mut() {
             resolve(&mut f.path);
         }
@@ -367,10 +383,17 @@ pub fn run_service(
     crate::metrics::global().register_workers(workers);
     let mut sink = build_sinks(&cfg.sinks)?;
     let service = super::serve::attach(cfg, &rules, &stop, &mut sink)?;
+    let checkpoint = match &cfg.checkpoint {
+        Some(c) => Some(Arc::new(crate::checkpoint::Checkpointing::open(
+            c, &dataflow, workers,
+        )?)),
+        None => None,
+    };
     let opts = RunOptions {
         workers,
         emit_scores: cfg.scores || service.as_ref().is_some_and(|s| s.wants_scores()),
         stop: Arc::clone(&stop),
+        checkpoint,
         ..RunOptions::default()
     };
     let mut producer = None;
@@ -450,6 +473,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
     });
     if cfg.sinks.egizcore.is_some() {
         summary["egizcore"] = crate::sinks::egizcore::summary();
+    }
+    if let Some(c) = &report.checkpoint {
+        summary["checkpoint"] = serde_json::to_value(c)?;
     }
     Ok(summary)
 }

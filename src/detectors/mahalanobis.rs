@@ -58,7 +58,7 @@ pub fn wilson_hilferty_z(t2: f64, k: usize) -> f64 {
     z.max(0.0)
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct OnlineMahalanobis {
     dim: usize,
     alpha: f64,
@@ -103,6 +103,21 @@ impl OnlineMahalanobis {
 
     pub fn dim(&self) -> usize {
         self.dim
+    }
+
+    /// Checks that a deserialised model (a state checkpoint) has consistent dimensions.
+    pub fn check(&self) -> Result<(), String> {
+        let d = self.dim;
+        if self.mean.len() != d
+            || self.cov.len() != d * d
+            || self.chol.len() != d * d
+            || self.dev.len() != d
+        {
+            return Err(format!(
+                "online model of dimension {d} with inconsistent matrices"
+            ));
+        }
+        Ok(())
     }
 
     /// Samples learned so far.

@@ -185,7 +185,7 @@ impl std::fmt::Display for NoRegimes {
 }
 
 /// A regime's centre and spread in standardised `by` units, exponentially weighted like the model.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Spread {
     count: u64,
     mean: Vec<f64>,
@@ -215,7 +215,7 @@ impl Spread {
 }
 
 /// One regime of a thing.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Regime {
     /// The online model of the readings in this regime (the thing's model features).
     pub model: OnlineMahalanobis,
@@ -240,7 +240,7 @@ pub struct Assignment {
 }
 
 /// A thing's fitted regimes and where it currently is.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Regimes {
     /// Warm-up mean and (floored) standard deviation of each `by` feature.
     centre: Vec<f64>,

@@ -201,6 +201,7 @@ struct ThingState {
 }
 
 /// Where a thing is with its operating regimes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 enum RegimePhase {
     /// Keeping its learnable readings (regime features, then model features, row-major) until
     /// `detectors.regimes.warmup` readings have been seen.
@@ -355,13 +356,7 @@ impl ThingState {
             }
         }
         self.present = vec![false; names.len()];
-        self.model_slots = (0..names.len())
-            .filter(|&i| !d.model.exclude.iter().any(|x| names[i] == x.as_str()))
-            .collect();
-        self.model_pos = vec![None; names.len()];
-        for (k, &i) in self.model_slots.iter().enumerate() {
-            self.model_pos[i] = Some(k);
-        }
+        (self.model_slots, self.model_pos) = model_slots(&names, cfg);
         self.model_x = vec![f64::NAN; self.model_slots.len()];
         self.model = OnlineMahalanobis::new(self.model_slots.len(), &d.model);
         if let Some(rc) = &d.regimes {
@@ -620,6 +615,44 @@ impl Engine {
 
     pub fn things(&self) -> usize {
         self.things.len()
+    }
+
+    /// A fingerprint of the rules in force (their text): a checkpoint's rule counters are restored
+    /// only under the same rules.
+    pub fn rules_hash(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(self.rule_set.text.as_bytes())
+    }
+
+    /// Calls `f` with every thing's state, in thing-id order (so a checkpoint's bytes depend on the
+    /// state only), one snapshot at a time.
+    pub fn for_each_snapshot<E>(
+        &self,
+        mut f: impl FnMut(&Name, &ThingSnapshot) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut ids: Vec<&Name> = self.things.keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            f(id, &self.things[id.as_str()].snapshot())?;
+        }
+        Ok(())
+    }
+
+    /// Restores things from a checkpoint (replacing any state they have). `rules_hash` is the
+    /// [`Engine::rules_hash`] the snapshots were taken under: the rules' `for:` counters continue
+    /// when it is the current one and restart otherwise. Errors name the thing.
+    pub fn restore(
+        &mut self,
+        things: impl IntoIterator<Item = (Name, ThingSnapshot)>,
+        rules_hash: u64,
+    ) -> Result<(), String> {
+        let same_rules = rules_hash == self.rules_hash();
+        let (set, cfg) = (Arc::clone(&self.rule_set), Arc::clone(&self.cfg));
+        let rules = same_rules.then_some(set.as_ref());
+        for (id, s) in things {
+            let t = ThingState::restore(s, &cfg, rules).map_err(|e| format!("thing {id}: {e}"))?;
+            self.things.insert(id, t);
+        }
+        Ok(())
     }
 
     /// Processes one record, appending what it causes to `out` as (seq, output).
@@ -913,6 +946,235 @@ struct RegimeStep<'a> {
     z: &'a [f64],
     /// The regime model's smoothed T^2, when a regime scored the reading.
     t2_smoothed: Option<f64>,
+}
+
+/// The slots of the model's features (every feature but `detectors.model.exclude`), and each slot's
+/// position in the model.
+fn model_slots(names: &[Name], cfg: &DataflowConfig) -> (Vec<usize>, Vec<Option<usize>>) {
+    let exclude = &cfg.detectors.model.exclude;
+    let slots: Vec<usize> = (0..names.len())
+        .filter(|&i| !exclude.iter().any(|x| names[i] == x.as_str()))
+        .collect();
+    let mut pos = vec![None; names.len()];
+    for (k, &i) in slots.iter().enumerate() {
+        pos[i] = Some(k);
+    }
+    (slots, pos)
+}
+
+/// One thing's state as a checkpoint stores it (docs/CHECKPOINTS.md): everything the thing has
+/// learned. What follows from the configuration (the derived-feature plan, the SQL evaluator, the
+/// model's slots) is resolved again on restore, and the registry model is bound again on the
+/// thing's next reading. Serialised positionally (bincode): any change here changes the checkpoint
+/// format, so bump `checkpoint::FORMAT_VERSION` with it (a test guards this).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ThingSnapshot {
+    equipment_type: Name,
+    names: Vec<Name>,
+    n_raw: usize,
+    sql_windows: Option<ThingWindows>,
+    values: Vec<f64>,
+    present: Vec<bool>,
+    prev_values: Vec<f64>,
+    prev_ts: Option<i64>,
+    stats: Vec<FeatureStats>,
+    model: OnlineMahalanobis,
+    model_x: Vec<f64>,
+    t2_smooth: Option<f64>,
+    warm_buffer: Vec<f64>,
+    t2_threshold: Option<f64>,
+    /// The rules' `for:` counters (kept only when the rules are the same on restore).
+    rule_counts: Vec<u32>,
+    faults: Option<SensorFaultDetector>,
+    learned: u64,
+    last_ts: i64,
+    consecutive_anomalous: u32,
+    policy: PolicyState,
+    /// Operating regimes (`detectors.regimes`): the warm-up readings kept, or the fitted regimes.
+    regimes: Option<RegimePhase>,
+    regime_slots: Vec<usize>,
+}
+
+impl ThingSnapshot {
+    /// Readings learned so far (the warm-up counter).
+    pub fn learned(&self) -> u64 {
+        self.learned
+    }
+}
+
+impl ThingState {
+    fn snapshot(&self) -> ThingSnapshot {
+        ThingSnapshot {
+            equipment_type: self.equipment_type.clone(),
+            names: self.names.clone(),
+            n_raw: self.n_raw,
+            sql_windows: self.sql.as_ref().map(|s| s.windows.clone()),
+            values: self.values.clone(),
+            present: self.present.clone(),
+            prev_values: self.prev_values.clone(),
+            prev_ts: self.prev_ts,
+            stats: self.stats.clone(),
+            model: self.model.clone(),
+            model_x: self.model_x.clone(),
+            t2_smooth: self.t2_smooth,
+            warm_buffer: self.warm_buffer.clone(),
+            t2_threshold: self.t2_threshold,
+            rule_counts: self.rule_state.counts().to_vec(),
+            faults: self.faults.clone(),
+            learned: self.learned,
+            last_ts: self.last_ts,
+            consecutive_anomalous: self.consecutive_anomalous,
+            policy: self.policy.clone(),
+            regimes: self.regimes.clone(),
+            regime_slots: self.regime_slots.clone(),
+        }
+    }
+
+    /// Rebuilds a thing from its snapshot under `cfg`; `rules` is the rule set the snapshot's rule
+    /// counters belong to (None: they restart). Refuses a snapshot that does not fit `cfg`.
+    fn restore(
+        s: ThingSnapshot,
+        cfg: &DataflowConfig,
+        rules: Option<&RuleSet>,
+    ) -> Result<ThingState, String> {
+        let n = s.names.len();
+        if s.n_raw > n
+            || s.values.len() != n
+            || s.present.len() != n
+            || s.prev_values.len() != n
+            || s.stats.len() != n
+        {
+            return Err(format!(
+                "{n} features but {} values, {} statistics",
+                s.values.len(),
+                s.stats.len()
+            ));
+        }
+        let raw = &s.names[..s.n_raw];
+        let (plan, derived, sql) = match cfg.features.sql_set.as_ref() {
+            Some(set) => {
+                let mut sql = SqlFeatures::new(set.evaluator());
+                let windows = s
+                    .sql_windows
+                    .ok_or("no SQL window state, but the dataflow has a SQL feature set")?;
+                sql.eval.check_thing(&windows)?;
+                sql.windows = windows;
+                sql.input_slots = sql
+                    .eval
+                    .inputs()
+                    .iter()
+                    .map(|i| raw.iter().position(|n| n.as_str() == i.as_str()))
+                    .collect();
+                let names: Vec<Name> = sql
+                    .eval
+                    .outputs()
+                    .iter()
+                    .map(|o| Name::from(o.as_str()))
+                    .collect();
+                (DerivedPlan::default(), names, Some(sql))
+            }
+            None => {
+                let (plan, names) = DerivedPlan::new(raw, &cfg.features);
+                (plan, names, None)
+            }
+        };
+        if s.names[s.n_raw..] != derived[..] {
+            return Err(format!(
+                "derived features {:?}, the dataflow derives {derived:?}",
+                &s.names[s.n_raw..]
+            ));
+        }
+        let (model_slots, model_pos) = model_slots(&s.names, cfg);
+        s.model.check()?;
+        if s.model.dim() != model_slots.len() || s.model_x.len() != model_slots.len() {
+            return Err(format!(
+                "online model of dimension {} for {} model features",
+                s.model.dim(),
+                model_slots.len()
+            ));
+        }
+        for st in &s.stats {
+            st.check()?;
+        }
+        let faults = match (cfg.sensor_faults.enabled, s.faults) {
+            (false, _) => None,
+            (true, Some(f)) => {
+                f.check()?;
+                Some(f)
+            }
+            (true, None) => Some(SensorFaultDetector::new(cfg.sensor_faults.clone())),
+        };
+        let rule_state = match rules {
+            Some(set) => RuleState::restored(set, &s.equipment_type, s.rule_counts),
+            None => RuleState::default(),
+        };
+        // The regimes follow the dataflow's setting (the fingerprint check compared it); their
+        // slots and models must fit this thing's features.
+        let regimes = match (&cfg.detectors.regimes, s.regimes) {
+            (None, _) | (Some(_), None) => None,
+            (Some(_), Some(phase)) => {
+                if s.regime_slots.iter().any(|&i| i >= n) {
+                    return Err(format!(
+                        "regime feature slots {:?} for {n} features",
+                        s.regime_slots
+                    ));
+                }
+                if let RegimePhase::Fitted(r) = &phase {
+                    for regime in &r.regimes {
+                        regime.model.check()?;
+                        if regime.model.dim() != model_slots.len() {
+                            return Err(format!(
+                                "regime model of dimension {} for {} model features",
+                                regime.model.dim(),
+                                model_slots.len()
+                            ));
+                        }
+                    }
+                    if r.dims() != s.regime_slots.len() {
+                        return Err(format!(
+                            "regimes over {} features but {} regime slots",
+                            r.dims(),
+                            s.regime_slots.len()
+                        ));
+                    }
+                }
+                Some(phase)
+            }
+        };
+        Ok(ThingState {
+            equipment_type: s.equipment_type,
+            names: s.names,
+            layout_id: NEXT_LAYOUT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            n_raw: s.n_raw,
+            plan,
+            sql,
+            values: s.values,
+            present: s.present,
+            prev_values: s.prev_values,
+            prev_ts: s.prev_ts,
+            stats: s.stats,
+            model: s.model,
+            model_slots,
+            model_pos,
+            model_x: s.model_x,
+            t2_smooth: s.t2_smooth,
+            warm_buffer: s.warm_buffer,
+            t2_threshold: s.t2_threshold,
+            rule_state,
+            faults,
+            learned: s.learned,
+            last_ts: s.last_ts,
+            consecutive_anomalous: s.consecutive_anomalous,
+            policy: s.policy,
+            registry: RegistryBinding::default(),
+            regime_slots: if regimes.is_some() {
+                s.regime_slots
+            } else {
+                Vec::new()
+            },
+            regimes,
+        })
+    }
 }
 
 /// Learns the loaded reading of `t` (after it has been scored and explained).

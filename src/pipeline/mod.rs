@@ -82,6 +82,9 @@ pub struct RunOptions {
     pub max_in_flight: usize,
     /// Live counters of the run (load tests, backpressure tests).
     pub flow: Arc<FlowCounters>,
+    /// State checkpoints (live and Kafka sources): the state to start from and where new checkpoints
+    /// go (see [`crate::checkpoint`]).
+    pub checkpoint: Option<Arc<crate::checkpoint::Checkpointing>>,
 }
 
 impl Default for RunOptions {
@@ -92,6 +95,7 @@ impl Default for RunOptions {
             stop: Arc::new(AtomicBool::new(false)),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             flow: Arc::new(FlowCounters::default()),
+            checkpoint: None,
         }
     }
 }
@@ -167,6 +171,8 @@ pub struct RunReport {
     /// `VmRSS` once every record has been processed, with every worker still holding its per-thing
     /// state (Linux), bytes.
     pub rss_end_bytes: Option<u64>,
+    /// What state checkpointing did (when configured).
+    pub checkpoint: Option<crate::checkpoint::Summary>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -207,6 +213,7 @@ pub fn run(
     // Every epoch below this has had all its outputs written and flushed by the sink (worker 0):
     // what at-least-once sources may acknowledge upstream.
     let acked = Arc::new(AtomicU64::new(0));
+    let acked_at_end = Arc::clone(&acked);
     let kafka_resume = Arc::new(crate::sources::kafka::ResumePoints::default());
     let mut pace = None;
     let (lines, live, kafka) = match input {
@@ -228,6 +235,44 @@ pub fn run(
         sink
     };
     let sink = Arc::new(Mutex::new(Some(sink)));
+    let ckpt = opts.checkpoint.clone();
+    if ckpt.is_some() && lines.is_some() {
+        anyhow::bail!(
+            "state checkpoints need a live source (kafka, mqtt, egizcore, simulator), not a file"
+        );
+    }
+    let restored = ckpt.as_ref().and_then(|c| c.take_restored());
+    // Where each Kafka partition's state ends in the restored checkpoint: the consumers start there.
+    let start_positions = restored
+        .as_ref()
+        .map(|r| r.manifest.offset_map())
+        .unwrap_or_default();
+    // Engines are built (and given their restored things, by the same routing as the exchange, so
+    // any worker count can restore any checkpoint) before the workers start: a checkpoint that does
+    // not fit fails the run before anything is read.
+    let mut engines: Vec<Option<Engine>> = (0..workers)
+        .map(|_| {
+            Some(Engine::new(
+                Arc::clone(&cfg),
+                rules.clone(),
+                opts.emit_scores,
+            ))
+        })
+        .collect();
+    if let Some(r) = restored {
+        let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+        for (id, s) in r.things {
+            per_worker[(thing_route(&id) % workers as u64) as usize].push((id, s));
+        }
+        for (engine, things) in engines.iter_mut().zip(per_worker) {
+            if let Some(engine) = engine.as_mut() {
+                engine
+                    .restore(things, r.rules_hash)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", r.path.display()))?;
+            }
+        }
+    }
+    let engines = Arc::new(Mutex::new(engines));
     let kafka_idle = Arc::new(AtomicU64::new(0));
     // Every worker's consumer joins the group at the same moment, so the group forms in one rebalance
     // instead of the first consumer taking all partitions and losing half of them (after reading them)
@@ -244,11 +289,14 @@ pub fn run(
         let index = worker.index();
         let mut input = InputHandleVec::<u64, Record>::new();
         let probe = ProbeHandle::new();
-        let engine = Rc::new(RefCell::new(Engine::new(
-            Arc::clone(&cfg),
-            rules.clone(),
-            opts.emit_scores,
-        )));
+        let engine = engines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(index)
+            .and_then(Option::take)
+            .unwrap_or_else(|| Engine::new(Arc::clone(&cfg), rules.clone(), opts.emit_scores));
+        let engine = Rc::new(RefCell::new(engine));
+        let ckpt = ckpt.clone();
         let histograms = Rc::new(RefCell::new(RunHistograms::new()));
         let my_sink = if index == 0 {
             sink.lock().expect("sink lock").take()
@@ -266,6 +314,7 @@ pub fn run(
             let flow = Arc::clone(&opts.flow);
             let alert_ingest_stage = Arc::clone(&alert_ingest);
             let alert_ingest_sink = Arc::clone(&alert_ingest);
+            let ckpt = ckpt.clone();
             let scored = scope
                 .input_from(&mut input)
                 .unary_frontier(
@@ -276,6 +325,19 @@ pub fn run(
                         let mut flushed = MetricsFlush::default();
                         let mut stash: BTreeMap<u64, (Capability<u64>, Vec<Record>)> = BTreeMap::new();
                         let mut out = Vec::new();
+                        // The next checkpoint boundary this worker's state has not been written for.
+                        let mut ckpt_next = ckpt.as_ref().map(|c| c.writer.interval_ms());
+                        // Writes the state for the newest boundary at or below `t` once `t` reaches
+                        // the next one: every epoch below it is processed and none from it on.
+                        let mut checkpoint = move |t: u64, engine: &Engine| {
+                            if let (Some(c), Some(next)) = (ckpt.as_ref(), ckpt_next.as_mut()) {
+                                if t >= *next {
+                                    let boundary = c.writer.boundary_at_or_below(t);
+                                    c.writer.write_engine(boundary, index, engine);
+                                    *next = boundary + c.writer.interval_ms();
+                                }
+                            }
+                        };
                         move |(input, frontier), output| {
                             input.for_each_stamp(|cap, data| {
                                 let Some(&time) = cap.least() else { return };
@@ -293,6 +355,7 @@ pub fn run(
                                 if frontier.less_equal(first.key()) {
                                     break;
                                 }
+                                checkpoint(*first.key(), &engine.borrow());
                                 let (cap, mut records) = first.remove();
                                 // Grouped by thing, in input order within each thing: a thing's state is
                                 // then touched once per epoch instead of once per reading (thousands of
@@ -331,6 +394,9 @@ pub fn run(
                                 inference.flush();
                                 flushed.flush(&mut engine, index);
                                 output.session(&cap).give_iterator(out.drain(..));
+                            }
+                            if let Some(&f) = frontier.frontier().iter().min() {
+                                checkpoint(f, &engine.borrow());
                             }
                         }
                     },
@@ -419,6 +485,8 @@ pub fn run(
             }
             (None, Some(kcfg)) => {
                 let ctx = KafkaFeed {
+                    checkpoint: ckpt.as_deref().map(|c| &c.writer),
+                    start_positions: &start_positions,
                     cfg: kcfg,
                     decode: &cfg.decode,
                     acked: &acked,
@@ -441,13 +509,19 @@ pub fn run(
                 } else {
                     None
                 };
+                let writer = ckpt.as_deref().map(|c| &c.writer);
                 let ctx = LiveFeed {
                     stop: &opts.stop,
                     decode: &cfg.decode,
                     flow: &opts.flow,
                     max_in_flight: opts.max_in_flight,
+                    checkpoint: writer,
+                    acked: &acked,
                 };
                 feed_live(worker, &mut input, &probe, rx, ctx);
+                if let Some(w) = writer {
+                    w.feed_reached(crate::checkpoint::FINAL, index, &BTreeMap::new());
+                }
             }
         }
         drop(input);
@@ -458,6 +532,12 @@ pub fn run(
         let rss_end_bytes = if index == 0 { rss_bytes() } else { None };
         finished.wait();
         let engine = engine.borrow();
+        // The shutdown checkpoint: everything read is processed (it completes only if the sinks
+        // acknowledged everything and every source stopped cleanly).
+        if let Some(c) = ckpt.as_deref() {
+            c.writer
+                .write_engine(crate::checkpoint::FINAL, index, &engine);
+        }
         let histograms = histograms.borrow().clone();
         WorkerResult {
             counters: engine.counters.clone(),
@@ -480,6 +560,10 @@ pub fn run(
     let latency = &histograms.ingest_to_scored;
     if let Some(e) = sink_error.lock().expect("sink error lock").take() {
         return Err(e);
+    }
+    if let Some(c) = opts.checkpoint.as_deref() {
+        c.writer.complete(acked_at_end.load(Ordering::SeqCst));
+        report.checkpoint = Some(c.writer.summary());
     }
     report.elapsed_s = started.elapsed().as_secs_f64();
     if !latency.is_empty() {
@@ -569,10 +653,15 @@ fn add_counters(total: &mut Counters, c: &Counters) {
     total.rul_skipped += c.rul_skipped;
 }
 
+/// The hash that places a thing on a worker (`hash % workers`, as timely's exchange does).
+pub fn thing_route(thing_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(thing_id.as_bytes())
+}
+
 /// Routes a record to the worker owning its thing (dead letters spread by position).
 fn route(r: &Record) -> u64 {
     match r {
-        Record::Point(p, _) => xxhash_rust::xxh3::xxh3_64(p.thing_id.as_bytes()),
+        Record::Point(p, _) => thing_route(&p.thing_id),
         Record::Dead(d) => d.seq,
     }
 }
@@ -801,6 +890,9 @@ struct LiveFeed<'a> {
     decode: &'a crate::config::DecodeConfig,
     flow: &'a FlowCounters,
     max_in_flight: usize,
+    checkpoint: Option<&'a crate::checkpoint::Checkpointer>,
+    /// The sink's acknowledged watermark (a checkpoint completes once it passes its boundary).
+    acked: &'a AtomicU64,
 }
 
 fn feed_live(
@@ -810,16 +902,30 @@ fn feed_live(
     rx: Option<LiveRx>,
     ctx: LiveFeed<'_>,
 ) {
-    let stop = ctx.stop;
+    let LiveFeed {
+        stop,
+        decode,
+        flow,
+        max_in_flight,
+        checkpoint,
+        acked,
+    } = ctx;
     let start = Instant::now();
+    let no_offsets = BTreeMap::new();
     let mut seq: u64 = 0;
     let mut batch: Vec<Record> = Vec::new();
-    let mut decoder = Decoder::new(ctx.decode);
-    let mut in_flight = InFlight::new(ctx.max_in_flight);
+    let mut decoder = Decoder::new(decode);
+    let mut in_flight = InFlight::new(max_in_flight);
     loop {
         let epoch = start.elapsed().as_millis() as u64;
         if epoch > *input.time() {
+            if let Some(c) = checkpoint {
+                c.feed_advanced(*input.time(), epoch, worker.index(), &no_offsets);
+            }
             input.advance_to(epoch);
+        }
+        if let Some(c) = checkpoint {
+            c.complete(acked.load(Ordering::SeqCst));
         }
         let mut disconnected = false;
         if let Some(rx) = &rx {
@@ -842,9 +948,7 @@ fn feed_live(
                 }
             }
             if !batch.is_empty() {
-                ctx.flow
-                    .read
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                flow.read.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 in_flight.sent(*input.time(), batch.len());
                 input.send_batch(&mut batch);
                 batch.clear();
@@ -863,9 +967,7 @@ fn feed_live(
                     seq += 1;
                     batch.push(record);
                 }
-                ctx.flow
-                    .read
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                flow.read.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 input.send_batch(&mut batch);
                 tracing::info!(records = seq, "live source stopped");
             }
@@ -894,6 +996,10 @@ struct KafkaFeed<'a> {
     start: &'a std::sync::Barrier,
     flow: &'a FlowCounters,
     max_in_flight: usize,
+    /// Where new checkpoints are assembled.
+    checkpoint: Option<&'a crate::checkpoint::Checkpointer>,
+    /// Per partition, where the restored checkpoint's state ends: the consumer starts there.
+    start_positions: &'a BTreeMap<(String, i32), i64>,
 }
 
 /// One worker's Kafka consumer: epoch = milliseconds since the run started, shared by all workers so
@@ -907,8 +1013,13 @@ fn feed_kafka(
 ) -> anyhow::Result<()> {
     let index = worker.index();
     let peers = worker.peers();
-    let reader =
-        crate::sources::kafka::KafkaReader::new(ctx.cfg, index, peers, Arc::clone(ctx.resume));
+    let reader = crate::sources::kafka::KafkaReader::new(
+        ctx.cfg,
+        index,
+        peers,
+        Arc::clone(ctx.resume),
+        ctx.start_positions,
+    );
     // Waited on even when creating the consumer failed, so the other workers are not left waiting.
     ctx.start.wait();
     let mut reader = reader?;
@@ -919,6 +1030,9 @@ fn feed_kafka(
     loop {
         let epoch = ctx.started.elapsed().as_millis() as u64;
         if epoch > *input.time() {
+            if let Some(c) = ctx.checkpoint {
+                c.feed_advanced(*input.time(), epoch, index, reader.positions());
+            }
             input.advance_to(epoch);
         }
         // Backpressure: poll only while the records in flight leave room (librdkafka's own
@@ -947,6 +1061,9 @@ fn feed_kafka(
         }
         reader.acknowledge(ctx.acked.load(Ordering::SeqCst));
         reader.commit(false);
+        if let Some(c) = ctx.checkpoint {
+            c.complete(ctx.acked.load(Ordering::SeqCst));
+        }
         let last = ctx.last_message_ms.load(Ordering::SeqCst);
         let idle = idle_ms.is_some_and(|ms| last > 0 && epoch.saturating_sub(last) > ms);
         if idle || ctx.stop.load(Ordering::SeqCst) {
@@ -966,13 +1083,24 @@ fn feed_kafka(
     // Drain: let the sink acknowledge what was read, then commit it synchronously. Bounded, so a
     // stuck sink cannot hang shutdown (uncommitted offsets are simply re-read next time).
     let end = *input.time() + 1;
+    if let Some(c) = ctx.checkpoint {
+        c.feed_advanced(*input.time(), end, index, reader.positions());
+    }
     input.advance_to(end);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !reader.all_acknowledged() && Instant::now() < deadline {
         worker.step_or_park(Some(Duration::from_millis(1)));
         reader.acknowledge(ctx.acked.load(Ordering::SeqCst));
+        if let Some(c) = ctx.checkpoint {
+            c.complete(ctx.acked.load(Ordering::SeqCst));
+        }
     }
     reader.commit(true);
+    if let Some(c) = ctx.checkpoint {
+        if reader.all_acknowledged() {
+            c.feed_reached(crate::checkpoint::FINAL, index, reader.positions());
+        }
+    }
     tracing::info!(
         worker = index,
         received = reader.received,

@@ -3,6 +3,7 @@
 mod accuracy;
 mod backpressure;
 mod bench;
+mod checkpoint;
 mod cli;
 mod common;
 mod demo;

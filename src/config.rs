@@ -396,6 +396,10 @@ pub struct DetectorConfig {
     #[serde(deserialize_with = "positive_f64")]
     pub iqr_k: f64,
     pub model: ModelConfig,
+    /// Operating-regime aware scoring of the online model (off when absent): each thing's production
+    /// phases are clustered from its warm-up readings and every reading is scored within its phase;
+    /// see `detectors::regimes` and docs/ACCURACY.md.
+    pub regimes: Option<crate::detectors::regimes::RegimeConfig>,
 }
 
 impl Default for DetectorConfig {
@@ -407,6 +411,7 @@ impl Default for DetectorConfig {
             ewma_threshold: 4.0,
             iqr_k: 3.0,
             model: ModelConfig::default(),
+            regimes: None,
         }
     }
 }
@@ -607,6 +612,9 @@ impl DataflowConfig {
                     "field `detectors.model.calibration_quantile` must be within [0, 1], got {q}"
                 )));
             }
+        }
+        if let Some(r) = &self.detectors.regimes {
+            r.validate().map_err(bad)?;
         }
         if self.allowed_lateness_ms < 0 {
             return Err(bad("field `allowed_lateness_ms` must be >= 0".into()));

@@ -218,6 +218,26 @@ pub struct DetectorAttribution {
     /// Forest, squared standardised reconstruction errors for an autoencoder, per-feature terms of T^2
     /// for the online model. Empty when the model's explanation is off (`models.explain: false`).
     pub top_features: Vec<FeatureContribution>,
+    /// The operating regime the online model scored the reading in (dataflows with
+    /// `detectors.regimes`, once the thing's regimes are fitted and the reading has settled in one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regime: Option<RegimeAttribution>,
+}
+
+/// The operating regime (production phase) behind an online model's score.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegimeAttribution {
+    /// The regime, 1..=`count`; regimes are numbered by their centre (first `by` feature ascending).
+    pub id: usize,
+    /// The thing's number of regimes.
+    pub count: usize,
+    /// The regime's centre: the current mean of each regime feature (`detectors.regimes.by`).
+    pub centre: std::collections::BTreeMap<String, f64>,
+    /// The reading's distance from the regime, normalised like a detector score (0.8 at the model's
+    /// threshold): high when the reading is far from every learned regime.
+    pub distance_score: f64,
+    /// The reading's score within the regime (the regime's own model), normalised.
+    pub within_score: f64,
 }
 
 /// Per-point score line (`replay --scores`).

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod decode;

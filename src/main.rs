@@ -85,10 +85,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => {
             let s = bench::bench(&args)?;
-            println!(
-                "{} readings on {} workers in {:.3} s: {:.0} readings/s, per-reading latency p50 {:.1} us, p99 {:.1} us, {} alerts",
-                s.points, s.workers, s.elapsed_s, s.points_per_sec, s.p50_us, s.p99_us, s.alerts
-            );
+            for line in bench::describe(&s) {
+                println!("{line}");
+            }
             println!("{}", serde_json::to_string(&s)?);
         }
         Command::BenchTrain(args) => {

@@ -6,8 +6,8 @@
 
 use crate::decode::MalformedReason;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use std::sync::OnceLock;
 
@@ -82,6 +82,10 @@ pub struct Metrics {
     pub egizcore_dropped: IntCounterVec,
     /// Alerts waiting in the EgizCore sink's queue.
     pub egizcore_queue_depth: IntGauge,
+    /// Scheduled retraining jobs, by `scope` and `outcome` (`submitted` | `refused`).
+    pub retrain_jobs: IntCounterVec,
+    /// When each scheduled scope is next due for retraining, Unix seconds.
+    pub retrain_next_due: GaugeVec,
 }
 
 /// Model load time, seconds: 1 ms .. 60 s.
@@ -263,6 +267,22 @@ impl Metrics {
         .expect("valid metric definition");
         r.register(Box::new(egizcore_queue_depth.clone()))
             .expect("metric registered once");
+        let retrain_jobs = counter_vec(
+            &r,
+            "egizml_retrain_jobs_total",
+            "Scheduled retraining jobs, by scope and outcome (submitted, refused).",
+            &["scope", "outcome"],
+        );
+        let retrain_next_due = GaugeVec::new(
+            Opts::new(
+                "egizml_retrain_next_due_timestamp_seconds",
+                "When each scheduled scope is next due for retraining, Unix seconds.",
+            ),
+            &["scope"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(retrain_next_due.clone()))
+            .expect("metric registered once");
 
         // Known label values are created up front so dashboards and alerts see 0 rather than no series.
         for reason in MalformedReason::ALL {
@@ -298,6 +318,8 @@ impl Metrics {
             egizcore_publish_failures,
             egizcore_dropped,
             egizcore_queue_depth,
+            retrain_jobs,
+            retrain_next_due,
         };
         for sink in KNOWN_SINKS {
             m.register_sink(sink);

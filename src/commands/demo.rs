@@ -101,6 +101,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
             },
         )),
         fleet: true,
+        retrain: None,
         mode: "demo",
     };
     let (service, sink) = serve::start(opts, rules.clone(), Arc::clone(&stop))?;
@@ -153,6 +154,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<DemoSummary> {
         emit_scores: true,
         stop: Arc::new(AtomicBool::new(false)),
         cluster: None,
+        ..RunOptions::default()
     };
     let report = pipeline::run(cfg, rules, Input::Live(rx), Box::new(sink), opts)?;
     let _ = producer.join();

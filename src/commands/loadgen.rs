@@ -4,7 +4,7 @@
 
 use crate::event::Point;
 use crate::sources::mqtt::publish::MqttPublisher;
-use crate::sources::simulator::{Simulator, SimulatorConfig};
+use crate::sources::simulator::{FaultKind, Simulator, SimulatorConfig};
 use anyhow::Context;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
@@ -58,6 +58,10 @@ pub struct LoadgenArgs {
     pub faults: f64,
     #[arg(long, value_enum, default_value_t = Format::Flat)]
     pub format: Format,
+    /// Fault mix: the kinds injected, comma-separated (default: every kind), e.g.
+    /// `voltage_spike,phase_imbalance`.
+    #[arg(long, value_delimiter = ',')]
+    pub fault_kinds: Vec<FaultKind>,
     /// Random seed (the same seed gives the same readings).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -159,44 +163,111 @@ impl Client {
 
 /// One reading as a message.
 pub fn encode(p: &Point, format: Format) -> Vec<u8> {
-    let values: serde_json::Map<String, serde_json::Value> = p
-        .values
-        .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
-        .collect();
-    let v = match format {
-        Format::Flat => serde_json::json!({
-            "thing_id": p.thing_id, "equipment_type": p.equipment_type, "ts": p.ts,
-            "values": values, "label": p.label,
-        }),
-        Format::Egizcore => {
-            // Leaf names are the flat names, so the default mapping decodes them unchanged.
-            let mut features = serde_json::Map::new();
-            for (k, v) in values {
-                let family = if k.starts_with("voltage")
-                    || k.starts_with("current")
-                    || k == "power_factor"
-                {
-                    "electrical"
-                } else if k.starts_with("temp") {
-                    "thermal"
-                } else {
-                    "process"
-                };
-                features
-                    .entry(family)
-                    .or_insert_with(|| serde_json::json!({"properties": {}}))["properties"]
-                    .as_object_mut()
-                    .expect("properties object")
-                    .insert(k, v);
+    let mut out = Vec::with_capacity(384);
+    encode_into(p, format, &mut out);
+    out
+}
+
+/// Flat-format message, borrowing the reading (no intermediate JSON tree: the generator must keep up
+/// with hundreds of thousands of readings per second).
+#[derive(Serialize)]
+struct FlatMessage<'a> {
+    thing_id: &'a str,
+    equipment_type: &'a str,
+    ts: i64,
+    values: Values<'a>,
+    label: Option<u8>,
+}
+
+/// Values as a JSON object, in the reading's order.
+struct Values<'a>(&'a [(crate::event::Name, f64)], Option<&'static str>);
+
+impl Serialize for Values<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        for (k, v) in self.0 {
+            if self.1.is_none_or(|family| family_of(k) == family) {
+                m.serialize_entry(k.as_str(), v)?;
             }
-            serde_json::json!({
-                "event": "StateChanged", "thing_id": p.thing_id, "equipment_type": p.equipment_type,
-                "timestamp": p.ts, "features": features,
-            })
         }
+        m.end()
+    }
+}
+
+/// The EgizCore feature family of a flat value name.
+fn family_of(name: &str) -> &'static str {
+    if name.starts_with("voltage") || name.starts_with("current") || name == "power_factor" {
+        "electrical"
+    } else if name.starts_with("temp") {
+        "thermal"
+    } else {
+        "process"
+    }
+}
+
+/// EgizCore `StateChanged`: the values under `features.<family>.properties`, with the flat names as
+/// leaf names so the default mapping decodes them unchanged.
+#[derive(Serialize)]
+struct StateChanged<'a> {
+    event: &'static str,
+    thing_id: &'a str,
+    equipment_type: &'a str,
+    timestamp: i64,
+    features: Families<'a>,
+}
+
+struct Families<'a>(&'a [(crate::event::Name, f64)]);
+
+#[derive(Serialize)]
+struct Properties<'a> {
+    properties: Values<'a>,
+}
+
+impl Serialize for Families<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        for family in ["electrical", "thermal", "process"] {
+            if self.0.iter().any(|(k, _)| family_of(k) == family) {
+                m.serialize_entry(
+                    family,
+                    &Properties {
+                        properties: Values(self.0, Some(family)),
+                    },
+                )?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// Appends one reading as a message to `out`.
+pub fn encode_into(p: &Point, format: Format, out: &mut Vec<u8>) {
+    let written = match format {
+        Format::Flat => serde_json::to_writer(
+            &mut *out,
+            &FlatMessage {
+                thing_id: &p.thing_id,
+                equipment_type: &p.equipment_type,
+                ts: p.ts,
+                values: Values(&p.values, None),
+                label: p.label,
+            },
+        ),
+        Format::Egizcore => serde_json::to_writer(
+            &mut *out,
+            &StateChanged {
+                event: "StateChanged",
+                thing_id: &p.thing_id,
+                equipment_type: &p.equipment_type,
+                timestamp: p.ts,
+                features: Families(&p.values),
+            },
+        ),
     };
-    serde_json::to_vec(&v).expect("JSON of plain values")
+    // Plain strings and finite numbers (the simulator's values) always serialise.
+    written.expect("JSON of plain values");
 }
 
 /// Runs the load until `duration` has passed or `stop` is set.
@@ -231,6 +302,7 @@ pub fn loadgen(args: &LoadgenArgs, stop: Arc<AtomicBool>) -> anyhow::Result<Load
         things: args.things,
         seed: args.seed,
         faults_per_1000: args.faults,
+        fault_kinds: args.fault_kinds.clone(),
         start_ts: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis() as i64,
@@ -241,11 +313,14 @@ pub fn loadgen(args: &LoadgenArgs, stop: Arc<AtomicBool>) -> anyhow::Result<Load
     let mut sent: u64 = 0;
     let mut last_progress = Instant::now();
     let mut stderr = std::io::stderr();
+    let mut buf = Vec::with_capacity(512);
     while sent < total && !stop.load(Ordering::SeqCst) {
         let due = ((t0.elapsed().as_secs_f64() * args.rate) as u64).min(total);
         while sent < due {
             let p = sim.next_point();
-            client.send(&args.topic, &p.thing_id, &encode(&p, args.format))?;
+            buf.clear();
+            encode_into(&p, args.format, &mut buf);
+            client.send(&args.topic, &p.thing_id, &buf)?;
             sent += 1;
         }
         if last_progress.elapsed() >= Duration::from_secs(1) {

@@ -73,6 +73,14 @@ pub struct ServiceConfig {
     /// The REST API and `/metrics` (unset: not served), see [`super::serve::ApiConfig`].
     #[serde(default)]
     pub api: Option<super::serve::ApiConfig>,
+    /// Scheduled retraining (unset: none), see [`crate::training::schedule`]. Needs `api.registry`
+    /// and `api.train_history`; its jobs share the API's one training worker.
+    #[serde(default)]
+    pub retrain: Option<crate::training::schedule::RetrainConfig>,
+    /// Per-thing state checkpoints, restored on start (live and Kafka sources; unset: none), see
+    /// docs/CHECKPOINTS.md.
+    #[serde(default)]
+    pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
 }
 
 /// Exactly one of these is set.
@@ -239,6 +247,18 @@ impl ServiceConfig {
         if let Some(d) = cfg.dataflow.as_mut() {
             resolve(d);
         }
+        if let Some(c) = cfg.checkpoint.as_mut() {
+            if cfg.source.file.is_some() {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                return Err(crate::config::field_error(
+                    &file,
+                    &text,
+                    &["checkpoint"],
+                    "field `checkpoint`: state checkpoints need a live source (kafka, mqtt, egizcore, simulator); a file is replayed from its start on every run".into(),
+                ));
+            }
+            resolve(&mut c.dir);
+        }
         if let Some(f) = cfg.source.file.as_mut() {
             resolve(&mut f.path);
         }
@@ -254,6 +274,16 @@ impl ServiceConfig {
         if let Some(api) = cfg.api.as_mut() {
             let sqlite = cfg.sinks.sqlite.as_ref().map(|s| s.path.as_path());
             super::serve::check_config(api, path, sqlite)?;
+        }
+        if let Some(r) = &cfg.retrain {
+            r.check().map_err(semantic)?;
+            let api = cfg.api.as_ref();
+            if api.is_none_or(|a| a.registry.is_none() || a.train_history.is_none()) {
+                return Err(semantic(
+                    "retrain: needs api.registry (where versions go) and api.train_history (what they learn from)"
+                        .into(),
+                ));
+            }
         }
         Ok(cfg)
     }
@@ -395,11 +425,24 @@ pub fn run_service(
     } else {
         None
     };
+    if multi && cfg.checkpoint.is_some() {
+        anyhow::bail!(
+            "checkpoint: not supported in a cluster run (--processes > 1) yet; remove the checkpoint section or run one process"
+        );
+    }
+    let checkpoint = match &cfg.checkpoint {
+        Some(c) => Some(Arc::new(crate::checkpoint::Checkpointing::open(
+            c, &dataflow, workers,
+        )?)),
+        None => None,
+    };
     let opts = RunOptions {
         workers,
         emit_scores: cfg.scores || service.as_ref().is_some_and(|s| s.wants_scores()),
         stop: Arc::clone(&stop),
         cluster,
+        checkpoint,
+        ..RunOptions::default()
     };
     let mut producer = None;
     let input = if let Some(m) = &cfg.source.mqtt {
@@ -480,5 +523,46 @@ pub fn run(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
     if cfg.sinks.egizcore.is_some() {
         summary["egizcore"] = crate::sinks::egizcore::summary();
     }
+    if let Some(c) = &report.checkpoint {
+        summary["checkpoint"] = serde_json::to_value(c)?;
+    }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<ServiceConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.yaml");
+        std::fs::write(&path, text).unwrap();
+        ServiceConfig::load(&path).map_err(|e| e.to_string())
+    }
+
+    const BASE: &str = "source:\n  simulator: {}\nsinks:\n  jsonl:\n    alerts: a.jsonl\n";
+
+    #[test]
+    fn retrain_needs_the_apis_registry_and_history() {
+        let e = load(&format!("{BASE}retrain:\n  scopes: [oven]\n")).unwrap_err();
+        assert!(
+            e.contains("svc.yaml") && e.contains("retrain: needs api.registry"),
+            "{e}"
+        );
+        let e = load(&format!(
+            "{BASE}api:\n  registry: {{path: m}}\nretrain:\n  scopes: [oven]\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("api.train_history"), "{e}");
+        let ok = load(&format!(
+            "{BASE}api:\n  registry: {{path: m}}\n  train_history: {{file: h.jsonl}}\nretrain:\n  every: 1d\n  scopes: [oven]\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.retrain.unwrap().every, Duration::from_secs(86_400));
+        let e = load(&format!(
+            "{BASE}api:\n  registry: {{path: m}}\n  train_history: {{file: h.jsonl}}\nretrain:\n  scopes: [oven]\n  params: {{max_samples: 0}}\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("retrain.params"), "{e}");
+    }
 }

@@ -15,6 +15,7 @@ use crate::sinks::jsonl::LineWriter;
 use crate::sinks::retention::{Purger, RetentionConfig};
 use crate::sinks::sqlite::{open_store, AlertStore};
 use crate::training::jobs::TrainJobs;
+use crate::training::schedule::Retrainer;
 use crate::training::HistorySpec;
 use anyhow::Context;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -240,6 +241,8 @@ pub struct ServeOptions {
     pub registry: Option<RegistryConfig>,
     pub train_history: Option<HistorySpec>,
     pub fleet: bool,
+    /// Scheduled retraining (needs `registry` and `train_history`).
+    pub retrain: Option<crate::training::schedule::RetrainConfig>,
     /// `details.mode` of `/health` (`demo`, `run`).
     pub mode: &'static str,
 }
@@ -263,6 +266,7 @@ impl ServeOptions {
             // Checked when the config was loaded.
             train_history: api.train_history.as_ref().and_then(|h| h.spec().ok()),
             fleet: api.fleet,
+            retrain: None,
             mode: "run",
         }
     }
@@ -274,6 +278,7 @@ pub struct Service {
     server: ApiServer,
     purger: Option<Purger>,
     fleet: Option<Fleet>,
+    retrainer: Option<Retrainer>,
     drained: Arc<AtomicBool>,
 }
 
@@ -304,6 +309,9 @@ impl Service {
         }
         if let Some(p) = self.purger {
             p.stop();
+        }
+        if let Some(r) = self.retrainer {
+            r.stop();
         }
         self.server.shutdown()
     }
@@ -358,15 +366,26 @@ pub fn start(
     if let Some(f) = &fleet {
         state = state.with_fleet(f.clone());
     }
+    let mut retrainer = None;
     if let Some(rc) = &opts.registry {
         let registry = rc.open().context("opening the model registry")?;
         if let Some(history) = opts.train_history.clone() {
             let jobs = TrainJobs::start(Arc::clone(&registry), history, TRAIN_QUEUE)
                 .context("starting the training worker")?;
+            if let Some(schedule) = opts.retrain.clone() {
+                retrainer = Some(
+                    Retrainer::spawn(schedule, jobs.clone(), Arc::clone(&registry))
+                        .context("starting the retraining schedule")?,
+                );
+            }
             state = state.with_training(jobs);
         }
         state = state.with_registry(registry);
     }
+    anyhow::ensure!(
+        opts.retrain.is_none() || retrainer.is_some(),
+        "retrain: needs a registry and a training history"
+    );
     let server = api::spawn(opts.listen, state)?;
     let purger = match reader {
         Some(r) => Some(Purger::spawn(r, opts.retention).context("starting the retention purge")?),
@@ -393,6 +412,7 @@ pub fn start(
             server,
             purger,
             fleet,
+            retrainer,
             drained,
         },
         sink,
@@ -534,7 +554,8 @@ pub fn attach(
         return Ok(None);
     };
     let sqlite = cfg.sinks.sqlite.as_ref().map(|s| s.path.as_path());
-    let opts = ServeOptions::from_config(api, sqlite);
+    let mut opts = ServeOptions::from_config(api, sqlite);
+    opts.retrain = cfg.retrain.clone();
     let (service, sink) = start(opts, rules.clone(), Arc::clone(stop))?;
     if service.wants_scores() && !cfg.scores {
         let configured = std::mem::take(&mut sinks.sinks);

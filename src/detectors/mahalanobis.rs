@@ -58,7 +58,7 @@ pub fn wilson_hilferty_z(t2: f64, k: usize) -> f64 {
     z.max(0.0)
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct OnlineMahalanobis {
     dim: usize,
     alpha: f64,
@@ -103,6 +103,21 @@ impl OnlineMahalanobis {
 
     pub fn dim(&self) -> usize {
         self.dim
+    }
+
+    /// Checks that a deserialised model (a state checkpoint) has consistent dimensions.
+    pub fn check(&self) -> Result<(), String> {
+        let d = self.dim;
+        if self.mean.len() != d
+            || self.cov.len() != d * d
+            || self.chol.len() != d * d
+            || self.dev.len() != d
+        {
+            return Err(format!(
+                "online model of dimension {d} with inconsistent matrices"
+            ));
+        }
+        Ok(())
     }
 
     /// Samples learned so far.
@@ -197,6 +212,38 @@ impl OnlineMahalanobis {
         } else {
             1.0
         }
+    }
+
+    /// The `q`-quantile of the T^2 (EWMA-smoothed with `smoothing`, in the order given) of `rows` under
+    /// this model, floored at 1e-9 (a perfectly constant warm-up would otherwise flag every reading),
+    /// and the last smoothed value. None when the model cannot score yet or no row is scorable.
+    pub fn calibrated_threshold<'a>(
+        &self,
+        rows: impl Iterator<Item = &'a [f64]>,
+        q: f64,
+        smoothing: f64,
+    ) -> Option<(f64, f64)> {
+        if self.dim == 0 || !self.warm() {
+            return None;
+        }
+        let mut scratch = Vec::new();
+        let mut out = ModelScore::default();
+        let mut smooth: Option<f64> = None;
+        let mut seen = Vec::new();
+        for x in rows {
+            if self.score_into(x, &mut scratch, &mut out) {
+                let v = smooth.map_or(out.t2, |p| smoothing * out.t2 + (1.0 - smoothing) * p);
+                smooth = Some(v);
+                seen.push(v);
+            }
+        }
+        let last = smooth?;
+        seen.sort_unstable_by(f64::total_cmp);
+        let h = (seen.len() - 1) as f64 * q.clamp(0.0, 1.0);
+        let lo = h.floor() as usize;
+        let hi = (lo + 1).min(seen.len() - 1);
+        let thr = seen[lo] + (h - lo as f64) * (seen[hi] - seen[lo]);
+        Some((thr.max(1e-9), last))
     }
 
     /// Learns `x`. Ignored when `x` has the wrong length or a non-finite entry (one NaN would otherwise

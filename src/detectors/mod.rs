@@ -7,6 +7,7 @@
 //! then `update` with it. Neither allocates per reading (use `score_into` for the model).
 
 pub mod mahalanobis;
+pub mod regimes;
 pub mod sensor_faults;
 pub mod stats;
 pub mod window;

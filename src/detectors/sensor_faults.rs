@@ -104,7 +104,7 @@ pub struct FaultEvent {
 }
 
 /// Welford mean/variance (the learned baseline).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Moments {
     n: u64,
     mean: f64,
@@ -130,7 +130,7 @@ impl Moments {
 /// Spread of the last `capacity` readings in O(1) per reading: sums of `x - shift` (`shift` = the
 /// learned mean, so the sums stay small for a signal near its normal level), recomputed exactly every
 /// `capacity` readings so the add/subtract drift cannot build up.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct RecentSpread {
     values: std::collections::VecDeque<f64>,
     shift: f64,
@@ -175,7 +175,7 @@ impl RecentSpread {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct FeatureState {
     last: Option<f64>,
     repeats: usize,
@@ -192,7 +192,7 @@ struct FeatureState {
 }
 
 /// Sensor-fault state of one thing.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SensorFaultDetector {
     cfg: SensorFaultConfig,
     /// Feature names in first-seen order, parallel to `features` (a thing's readings list their
@@ -208,6 +208,18 @@ impl SensorFaultDetector {
             names: Vec::new(),
             features: Vec::new(),
         }
+    }
+
+    /// Checks that a deserialised detector (a state checkpoint) is consistent.
+    pub fn check(&self) -> Result<(), String> {
+        if self.names.len() != self.features.len() {
+            return Err(format!(
+                "sensor-fault state with {} names for {} features",
+                self.names.len(),
+                self.features.len()
+            ));
+        }
+        Ok(())
     }
 
     /// Faults currently active, as (feature, kind), by feature name.

@@ -43,7 +43,7 @@ pub fn floored_scale(scale: f64, centre: f64) -> f64 {
 }
 
 /// Rolling window + EWMA state of one feature of one thing.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct FeatureStats {
     pub window: RollingWindow,
     alpha: f64,
@@ -68,6 +68,11 @@ impl FeatureStats {
             ewma: None,
             ewma_sd_factor: (alpha / (2.0 - alpha)).sqrt(),
         }
+    }
+
+    /// Checks that deserialised statistics (a state checkpoint) are consistent.
+    pub fn check(&self) -> Result<(), String> {
+        self.window.check()
     }
 
     /// The effective EWMA smoothing factor.

@@ -680,3 +680,120 @@ fn small_sample_factor_deflates_t2_of_a_young_model_only() {
     let f = m.small_sample_factor();
     assert!(f > 1.0 && f < 1.02, "{f}");
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Operating regimes
+// ---------------------------------------------------------------------------------------------------
+
+mod regimes {
+    use super::super::regimes::{fit, silhouette, NoRegimes, RegimeConfig};
+    use crate::config::ModelConfig;
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, StandardNormal};
+
+    /// `n` readings cycling through `centres` (runs of `run` readings) with unit noise: by rows (the
+    /// centre's coordinates + noise) and model rows (by + one noise feature).
+    fn phased(centres: &[[f64; 2]], n: usize, run: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut by = Vec::new();
+        let mut x = Vec::new();
+        for i in 0..n {
+            let c = centres[(i / run) % centres.len()];
+            let r: [f64; 3] = std::array::from_fn(|_| StandardNormal.sample(&mut rng));
+            by.extend([c[0] + r[0], c[1] + r[1]]);
+            x.extend([c[0] + r[0], c[1] + r[1], 10.0 + r[2]]);
+        }
+        (by, x)
+    }
+
+    #[test]
+    fn auto_finds_the_phases_orders_them_and_fits_a_model_per_regime() {
+        let centres = [[100.0, 0.0], [0.0, 0.0], [50.0, 40.0]];
+        let (by, x) = phased(&centres, 600, 50, 1);
+        let cfg = RegimeConfig::default();
+        let r = fit(&by, 2, &x, 3, &cfg, &ModelConfig::default()).unwrap();
+        assert_eq!(r.len(), 3);
+        assert!(r.silhouette > 0.8, "{}", r.silhouette);
+        // Ordered by the first feature: 0, 50, 100.
+        let firsts: Vec<f64> = (0..3).map(|k| r.centre_of(k).next().unwrap()).collect();
+        for (got, want) in firsts.iter().zip([0.0, 50.0, 100.0]) {
+            assert!((got - want).abs() < 1.0, "{firsts:?}");
+        }
+        // Each regime model learned its own readings (settled ones only): ~200 each, minus settling.
+        for reg in &r.regimes {
+            assert!(reg.model.warm());
+            assert!(
+                (150..=200).contains(&reg.model.count()),
+                "{}",
+                reg.model.count()
+            );
+        }
+        // A reading at a regime centre is in that regime and close; one between regimes is far.
+        let mut z = Vec::new();
+        let mut terms = Vec::new();
+        r.scale_into(&[50.0, 40.0], &mut z);
+        let a = r.assign(&z, &mut terms);
+        assert_eq!(a.regime, 1);
+        assert!(r.distance_z(&a) < 2.0, "{a:?}");
+        r.scale_into(&[25.0, 20.0], &mut z);
+        let a = r.assign(&z, &mut terms);
+        assert!(r.distance_z(&a) > 10.0, "{a:?}");
+        assert_eq!(terms.len(), 2);
+        assert!((terms.iter().sum::<f64>() - a.distance_t2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn no_distinct_phases_or_no_variation_means_no_regimes() {
+        let (by, x) = phased(&[[5.0, 5.0]], 600, 50, 2);
+        let cfg = RegimeConfig::default();
+        match fit(&by, 2, &x, 3, &cfg, &ModelConfig::default()) {
+            Err(NoRegimes::NoDistinctPhases { silhouette, .. }) => assert!(silhouette < 0.5),
+            other => panic!("{other:?}"),
+        }
+        let flat = vec![3.0; 1200];
+        assert_eq!(
+            fit(&flat, 2, &x, 3, &cfg, &ModelConfig::default()).unwrap_err(),
+            NoRegimes::Constant
+        );
+        let one = RegimeConfig {
+            k: Some(1),
+            ..RegimeConfig::default()
+        };
+        assert_eq!(
+            fit(&by, 2, &x, 3, &one, &ModelConfig::default()).unwrap_err(),
+            NoRegimes::OneRegime
+        );
+        assert_eq!(
+            fit(&by[..8], 2, &x[..12], 3, &cfg, &ModelConfig::default()).unwrap_err(),
+            NoRegimes::TooFewReadings(4)
+        );
+        // Two distinct values only: at most two regimes, even when four are asked for.
+        let two: Vec<f64> = (0..600).flat_map(|i| [(i % 2) as f64, 0.0]).collect();
+        let four = RegimeConfig {
+            k: Some(4),
+            ..RegimeConfig::default()
+        };
+        assert!(matches!(
+            fit(&two, 2, &x, 3, &four, &ModelConfig::default()),
+            Err(NoRegimes::FewDistinct(2))
+        ));
+    }
+
+    #[test]
+    fn silhouette_of_well_separated_clusters_is_near_one_and_of_a_bad_split_is_low() {
+        let z: Vec<f64> = (0..40)
+            .map(|i| {
+                if i < 20 {
+                    i as f64 * 0.01
+                } else {
+                    10.0 + i as f64 * 0.01
+                }
+            })
+            .collect();
+        let good: Vec<usize> = (0..40).map(|i| usize::from(i >= 20)).collect();
+        assert!(silhouette(&z, 1, &good, 2) > 0.95);
+        let bad: Vec<usize> = (0..40).map(|i| i % 2).collect();
+        assert!(silhouette(&z, 1, &bad, 2) < 0.05);
+    }
+}

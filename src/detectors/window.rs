@@ -20,7 +20,7 @@
 use std::cmp::Ordering;
 
 /// Rolling window over the last `capacity` samples of one feature.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RollingWindow {
     capacity: usize,
     /// Samples in arrival order; slot `head` holds the oldest once the buffer is full.
@@ -57,6 +57,32 @@ impl RollingWindow {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Checks that a deserialised window (a state checkpoint) is internally consistent, so a damaged
+    /// one is refused with a reason instead of panicking later.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.ring.len();
+        if self.capacity == 0
+            || n > self.capacity
+            || self.sorted.len() != n
+            || (n == self.capacity && self.head >= self.capacity)
+            || (n < self.capacity && self.head != 0)
+        {
+            return Err(format!(
+                "rolling window of capacity {} with {} samples ({} sorted, head {})",
+                self.capacity,
+                n,
+                self.sorted.len(),
+                self.head
+            ));
+        }
+        if !self.ring.iter().chain(&self.sorted).all(|v| v.is_finite())
+            || !self.sorted.is_sorted_by(|a, b| a.total_cmp(b).is_le())
+        {
+            return Err("rolling window with a non-finite or unsorted sample".into());
+        }
+        Ok(())
     }
 
     /// Adds a sample, evicting the oldest when full. Non-finite samples are ignored.

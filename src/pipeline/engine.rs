@@ -8,9 +8,12 @@ use crate::config::DataflowConfig;
 use crate::decode::{DeadLetter, MalformedReason};
 use crate::detectors::mahalanobis::{wilson_hilferty_z, ModelScore, OnlineMahalanobis};
 use crate::detectors::normalise;
+use crate::detectors::regimes::{self, Assignment, Regimes};
 use crate::detectors::sensor_faults::{FaultEvent, SensorFaultDetector};
 use crate::detectors::stats::{FeatureScores, FeatureStats};
-use crate::event::{alert_id, Alert, DetectorAttribution, Name, Point, ScoreLine, Severity};
+use crate::event::{
+    alert_id, Alert, DetectorAttribution, Name, Point, RegimeAttribution, ScoreLine, Severity,
+};
 use crate::explain::{alert_type_for, explain, round4, top_contributions, Explanation};
 use crate::features::DerivedPlan;
 use crate::policy::{PolicyState, PolicyWindows, Suppressed};
@@ -19,6 +22,7 @@ use crate::rul::predict::{Prediction, RulTracker};
 use crate::rules::{evaluate, Readings, RuleHit, RuleSet, RuleState, RulesHandle};
 use crate::sql_features::{StreamEvaluator, ThingWindows};
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// A record entering the per-thing stage: a decoded reading (with its ingest instant, nanoseconds on
@@ -118,6 +122,16 @@ struct Scratch {
     /// The registry model's input row of the reading being scored, and its raw score.
     registry_row: Vec<f64>,
     registry_score: f64,
+    /// The reading's operating regime (things with fitted regimes), its standardised regime features
+    /// and the terms of its distance from the regime.
+    regime: Option<Assignment>,
+    regime_by: Vec<f64>,
+    regime_z: Vec<f64>,
+    regime_terms: Vec<f64>,
+    /// The regime model's smoothed T^2 of the reading, and (within, distance) scores, when a regime
+    /// scored it.
+    regime_t2_smoothed: Option<f64>,
+    regime_scores: Option<(f64, f64)>,
 }
 
 impl Default for Scratch {
@@ -135,6 +149,12 @@ impl Default for Scratch {
             fault_events: Vec::new(),
             registry_row: Vec::new(),
             registry_score: f64::NAN,
+            regime: None,
+            regime_by: Vec::new(),
+            regime_z: Vec::new(),
+            regime_terms: Vec::new(),
+            regime_t2_smoothed: None,
+            regime_scores: None,
         }
     }
 }
@@ -176,6 +196,25 @@ struct ThingState {
     policy: PolicyState,
     /// The registry model that scores this thing, if the dataflow has a `models` section.
     registry: RegistryBinding,
+    /// Operating regimes (`detectors.regimes`; None when off).
+    regimes: Option<RegimePhase>,
+    /// Slots (indices into `values`) of the regime features.
+    regime_slots: Vec<usize>,
+}
+
+/// Where a thing is with its operating regimes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum RegimePhase {
+    /// Keeping its learnable readings (regime features, then model features, row-major) until
+    /// `detectors.regimes.warmup` readings have been seen.
+    Learning {
+        by: Vec<f64>,
+        x: Vec<f64>,
+        seen: usize,
+    },
+    /// No regimes (a regime feature missing, or no distinct phases): plain scoring.
+    Plain,
+    Fitted(Box<Regimes>),
 }
 
 /// A thing's registry model and where its features sit among the thing's slots, resolved against one
@@ -269,6 +308,8 @@ impl ThingState {
             consecutive_anomalous: 0,
             policy: PolicyState::default(),
             registry: RegistryBinding::default(),
+            regimes: None,
+            regime_slots: Vec::new(),
         };
         t.set_layout(raw, cfg);
         t
@@ -317,15 +358,35 @@ impl ThingState {
             }
         }
         self.present = vec![false; names.len()];
-        self.model_slots = (0..names.len())
-            .filter(|&i| !d.model.exclude.iter().any(|x| names[i] == x.as_str()))
-            .collect();
-        self.model_pos = vec![None; names.len()];
-        for (k, &i) in self.model_slots.iter().enumerate() {
-            self.model_pos[i] = Some(k);
-        }
+        (self.model_slots, self.model_pos) = model_slots(&names, cfg);
         self.model_x = vec![f64::NAN; self.model_slots.len()];
         self.model = OnlineMahalanobis::new(self.model_slots.len(), &d.model);
+        if let Some(rc) = &d.regimes {
+            // The regimes restart with the model: their models have its dimensions.
+            let slots: Option<Vec<usize>> = if rc.by.is_empty() {
+                Some(self.model_slots.clone())
+            } else {
+                rc.by
+                    .iter()
+                    .map(|b| names.iter().position(|n| n == b.as_str()))
+                    .collect()
+            };
+            self.regimes = Some(match slots {
+                Some(slots) if !slots.is_empty() => {
+                    self.regime_slots = slots;
+                    RegimePhase::Learning {
+                        by: Vec::new(),
+                        x: Vec::new(),
+                        seen: 0,
+                    }
+                }
+                _ => {
+                    tracing::warn!(by = ?rc.by, "the thing lacks a regime feature; scored without regimes");
+                    self.regime_slots.clear();
+                    RegimePhase::Plain
+                }
+            });
+        }
         self.t2_smooth = None;
         self.warm_buffer = Vec::new();
         self.t2_threshold = None;
@@ -448,31 +509,16 @@ impl ThingState {
     fn calibrate(&mut self, q: f64, smoothing: f64) {
         let buf = std::mem::take(&mut self.warm_buffer);
         let dim = self.model.dim();
-        if dim == 0 || !self.model.warm() {
+        if dim == 0 {
             return;
         }
-        let mut scratch = Vec::new();
-        let mut out = ModelScore::default();
-        let mut smooth: Option<f64> = None;
-        let mut seen = Vec::with_capacity(buf.len() / dim);
-        for x in buf.chunks_exact(dim) {
-            if self.model.score_into(x, &mut scratch, &mut out) {
-                let v = smooth.map_or(out.t2, |p| smoothing * out.t2 + (1.0 - smoothing) * p);
-                smooth = Some(v);
-                seen.push(v);
-            }
+        if let Some((thr, last)) =
+            self.model
+                .calibrated_threshold(buf.chunks_exact(dim), q, smoothing)
+        {
+            self.t2_threshold = Some(thr);
+            self.t2_smooth = Some(last);
         }
-        if seen.is_empty() {
-            return;
-        }
-        seen.sort_unstable_by(f64::total_cmp);
-        let h = (seen.len() - 1) as f64 * q.clamp(0.0, 1.0);
-        let lo = h.floor() as usize;
-        let hi = (lo + 1).min(seen.len() - 1);
-        let thr = seen[lo] + (h - lo as f64) * (seen[hi] - seen[lo]);
-        // A zero threshold (a perfectly constant warm-up) would flag every reading; floor it.
-        self.t2_threshold = Some(thr.max(1e-9));
-        self.t2_smooth = smooth;
     }
 }
 
@@ -573,6 +619,44 @@ impl Engine {
         self.things.len()
     }
 
+    /// A fingerprint of the rules in force (their text): a checkpoint's rule counters are restored
+    /// only under the same rules.
+    pub fn rules_hash(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(self.rule_set.text.as_bytes())
+    }
+
+    /// Calls `f` with every thing's state, in thing-id order (so a checkpoint's bytes depend on the
+    /// state only), one snapshot at a time.
+    pub fn for_each_snapshot<E>(
+        &self,
+        mut f: impl FnMut(&Name, &ThingSnapshot) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut ids: Vec<&Name> = self.things.keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            f(id, &self.things[id.as_str()].snapshot())?;
+        }
+        Ok(())
+    }
+
+    /// Restores things from a checkpoint (replacing any state they have). `rules_hash` is the
+    /// [`Engine::rules_hash`] the snapshots were taken under: the rules' `for:` counters continue
+    /// when it is the current one and restart otherwise. Errors name the thing.
+    pub fn restore(
+        &mut self,
+        things: impl IntoIterator<Item = (Name, ThingSnapshot)>,
+        rules_hash: u64,
+    ) -> Result<(), String> {
+        let same_rules = rules_hash == self.rules_hash();
+        let (set, cfg) = (Arc::clone(&self.rule_set), Arc::clone(&self.cfg));
+        let rules = same_rules.then_some(set.as_ref());
+        for (id, s) in things {
+            let t = ThingState::restore(s, &cfg, rules).map_err(|e| format!("thing {id}: {e}"))?;
+            self.things.insert(id, t);
+        }
+        Ok(())
+    }
+
     /// Processes one record, appending what it causes to `out` as (seq, output).
     pub fn process(&mut self, record: Record, now_ns: u64, out: &mut Vec<(u64, Output)>) {
         match record {
@@ -651,6 +735,15 @@ impl Engine {
                 t.bind_registry(&p.thing_id, &active.current(), sql_hash.as_deref());
             }
         }
+        self.scratch.regime = None;
+        if let (Some(RegimePhase::Fitted(r)), true) = (t.regimes.as_ref(), complete) {
+            let s = &mut self.scratch;
+            s.regime_by.clear();
+            s.regime_by
+                .extend(t.regime_slots.iter().map(|&i| t.values[i]));
+            r.scale_into(&s.regime_by, &mut s.regime_z);
+            s.regime = Some(r.assign(&s.regime_z, &mut s.regime_terms));
+        }
         self.scratch.fault_events.clear();
         if let (Some(faults), true) = (t.faults.as_mut(), in_order) {
             faults.observe_into(p.ts, &p.values, &mut self.scratch.fault_events);
@@ -715,7 +808,21 @@ impl Engine {
         }
 
         let t2_smoothed = self.scratch.t2_smoothed.take();
-        learn(t, &cfg, t2_smoothed, complete, anomalous, in_order, p.ts);
+        let regime = RegimeStep {
+            assignment: self.scratch.regime,
+            z: &self.scratch.regime_z,
+            t2_smoothed: self.scratch.regime_t2_smoothed.take(),
+        };
+        learn(
+            t,
+            &cfg,
+            t2_smoothed,
+            regime,
+            complete,
+            anomalous,
+            in_order,
+            p.ts,
+        );
 
         // Remaining useful life: in-order readings only (its features are sequences of cycles). The
         // maintenance alert joins the candidates so the same policy (dedup, rate limit) applies.
@@ -834,11 +941,251 @@ impl Engine {
     }
 }
 
+/// The reading's operating regime, for [`learn`].
+struct RegimeStep<'a> {
+    assignment: Option<Assignment>,
+    /// The standardised regime features (valid with `assignment`).
+    z: &'a [f64],
+    /// The regime model's smoothed T^2, when a regime scored the reading.
+    t2_smoothed: Option<f64>,
+}
+
+/// The slots of the model's features (every feature but `detectors.model.exclude`), and each slot's
+/// position in the model.
+fn model_slots(names: &[Name], cfg: &DataflowConfig) -> (Vec<usize>, Vec<Option<usize>>) {
+    let exclude = &cfg.detectors.model.exclude;
+    let slots: Vec<usize> = (0..names.len())
+        .filter(|&i| !exclude.iter().any(|x| names[i] == x.as_str()))
+        .collect();
+    let mut pos = vec![None; names.len()];
+    for (k, &i) in slots.iter().enumerate() {
+        pos[i] = Some(k);
+    }
+    (slots, pos)
+}
+
+/// One thing's state as a checkpoint stores it (docs/CHECKPOINTS.md): everything the thing has
+/// learned. What follows from the configuration (the derived-feature plan, the SQL evaluator, the
+/// model's slots) is resolved again on restore, and the registry model is bound again on the
+/// thing's next reading. Serialised positionally (bincode): any change here changes the checkpoint
+/// format, so bump `checkpoint::FORMAT_VERSION` with it (a test guards this).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ThingSnapshot {
+    equipment_type: Name,
+    names: Vec<Name>,
+    n_raw: usize,
+    sql_windows: Option<ThingWindows>,
+    values: Vec<f64>,
+    present: Vec<bool>,
+    prev_values: Vec<f64>,
+    prev_ts: Option<i64>,
+    stats: Vec<FeatureStats>,
+    model: OnlineMahalanobis,
+    model_x: Vec<f64>,
+    t2_smooth: Option<f64>,
+    warm_buffer: Vec<f64>,
+    t2_threshold: Option<f64>,
+    /// The rules' `for:` counters (kept only when the rules are the same on restore).
+    rule_counts: Vec<u32>,
+    faults: Option<SensorFaultDetector>,
+    learned: u64,
+    last_ts: i64,
+    consecutive_anomalous: u32,
+    policy: PolicyState,
+    /// Operating regimes (`detectors.regimes`): the warm-up readings kept, or the fitted regimes.
+    regimes: Option<RegimePhase>,
+    regime_slots: Vec<usize>,
+}
+
+impl ThingSnapshot {
+    /// Readings learned so far (the warm-up counter).
+    pub fn learned(&self) -> u64 {
+        self.learned
+    }
+}
+
+impl ThingState {
+    fn snapshot(&self) -> ThingSnapshot {
+        ThingSnapshot {
+            equipment_type: self.equipment_type.clone(),
+            names: self.names.clone(),
+            n_raw: self.n_raw,
+            sql_windows: self.sql.as_ref().map(|s| s.windows.clone()),
+            values: self.values.clone(),
+            present: self.present.clone(),
+            prev_values: self.prev_values.clone(),
+            prev_ts: self.prev_ts,
+            stats: self.stats.clone(),
+            model: self.model.clone(),
+            model_x: self.model_x.clone(),
+            t2_smooth: self.t2_smooth,
+            warm_buffer: self.warm_buffer.clone(),
+            t2_threshold: self.t2_threshold,
+            rule_counts: self.rule_state.counts().to_vec(),
+            faults: self.faults.clone(),
+            learned: self.learned,
+            last_ts: self.last_ts,
+            consecutive_anomalous: self.consecutive_anomalous,
+            policy: self.policy.clone(),
+            regimes: self.regimes.clone(),
+            regime_slots: self.regime_slots.clone(),
+        }
+    }
+
+    /// Rebuilds a thing from its snapshot under `cfg`; `rules` is the rule set the snapshot's rule
+    /// counters belong to (None: they restart). Refuses a snapshot that does not fit `cfg`.
+    fn restore(
+        s: ThingSnapshot,
+        cfg: &DataflowConfig,
+        rules: Option<&RuleSet>,
+    ) -> Result<ThingState, String> {
+        let n = s.names.len();
+        if s.n_raw > n
+            || s.values.len() != n
+            || s.present.len() != n
+            || s.prev_values.len() != n
+            || s.stats.len() != n
+        {
+            return Err(format!(
+                "{n} features but {} values, {} statistics",
+                s.values.len(),
+                s.stats.len()
+            ));
+        }
+        let raw = &s.names[..s.n_raw];
+        let (plan, derived, sql) = match cfg.features.sql_set.as_ref() {
+            Some(set) => {
+                let mut sql = SqlFeatures::new(set.evaluator());
+                let windows = s
+                    .sql_windows
+                    .ok_or("no SQL window state, but the dataflow has a SQL feature set")?;
+                sql.eval.check_thing(&windows)?;
+                sql.windows = windows;
+                sql.input_slots = sql
+                    .eval
+                    .inputs()
+                    .iter()
+                    .map(|i| raw.iter().position(|n| n.as_str() == i.as_str()))
+                    .collect();
+                let names: Vec<Name> = sql
+                    .eval
+                    .outputs()
+                    .iter()
+                    .map(|o| Name::from(o.as_str()))
+                    .collect();
+                (DerivedPlan::default(), names, Some(sql))
+            }
+            None => {
+                let (plan, names) = DerivedPlan::new(raw, &cfg.features);
+                (plan, names, None)
+            }
+        };
+        if s.names[s.n_raw..] != derived[..] {
+            return Err(format!(
+                "derived features {:?}, the dataflow derives {derived:?}",
+                &s.names[s.n_raw..]
+            ));
+        }
+        let (model_slots, model_pos) = model_slots(&s.names, cfg);
+        s.model.check()?;
+        if s.model.dim() != model_slots.len() || s.model_x.len() != model_slots.len() {
+            return Err(format!(
+                "online model of dimension {} for {} model features",
+                s.model.dim(),
+                model_slots.len()
+            ));
+        }
+        for st in &s.stats {
+            st.check()?;
+        }
+        let faults = match (cfg.sensor_faults.enabled, s.faults) {
+            (false, _) => None,
+            (true, Some(f)) => {
+                f.check()?;
+                Some(f)
+            }
+            (true, None) => Some(SensorFaultDetector::new(cfg.sensor_faults.clone())),
+        };
+        let rule_state = match rules {
+            Some(set) => RuleState::restored(set, &s.equipment_type, s.rule_counts),
+            None => RuleState::default(),
+        };
+        // The regimes follow the dataflow's setting (the fingerprint check compared it); their
+        // slots and models must fit this thing's features.
+        let regimes = match (&cfg.detectors.regimes, s.regimes) {
+            (None, _) | (Some(_), None) => None,
+            (Some(_), Some(phase)) => {
+                if s.regime_slots.iter().any(|&i| i >= n) {
+                    return Err(format!(
+                        "regime feature slots {:?} for {n} features",
+                        s.regime_slots
+                    ));
+                }
+                if let RegimePhase::Fitted(r) = &phase {
+                    for regime in &r.regimes {
+                        regime.model.check()?;
+                        if regime.model.dim() != model_slots.len() {
+                            return Err(format!(
+                                "regime model of dimension {} for {} model features",
+                                regime.model.dim(),
+                                model_slots.len()
+                            ));
+                        }
+                    }
+                    if r.dims() != s.regime_slots.len() {
+                        return Err(format!(
+                            "regimes over {} features but {} regime slots",
+                            r.dims(),
+                            s.regime_slots.len()
+                        ));
+                    }
+                }
+                Some(phase)
+            }
+        };
+        Ok(ThingState {
+            equipment_type: s.equipment_type,
+            names: s.names,
+            layout_id: NEXT_LAYOUT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            n_raw: s.n_raw,
+            plan,
+            sql,
+            values: s.values,
+            present: s.present,
+            prev_values: s.prev_values,
+            prev_ts: s.prev_ts,
+            stats: s.stats,
+            model: s.model,
+            model_slots,
+            model_pos,
+            model_x: s.model_x,
+            t2_smooth: s.t2_smooth,
+            warm_buffer: s.warm_buffer,
+            t2_threshold: s.t2_threshold,
+            rule_state,
+            faults,
+            learned: s.learned,
+            last_ts: s.last_ts,
+            consecutive_anomalous: s.consecutive_anomalous,
+            policy: s.policy,
+            registry: RegistryBinding::default(),
+            regime_slots: if regimes.is_some() {
+                s.regime_slots
+            } else {
+                Vec::new()
+            },
+            regimes,
+        })
+    }
+}
+
 /// Learns the loaded reading of `t` (after it has been scored and explained).
+#[allow(clippy::too_many_arguments)]
 fn learn(
     t: &mut ThingState,
     cfg: &DataflowConfig,
     t2_smoothed: Option<f64>,
+    regime: RegimeStep<'_>,
     complete: bool,
     anomalous: bool,
     in_order: bool,
@@ -857,10 +1204,45 @@ fn learn(
         };
         let m = &cfg.detectors.model;
         let in_warmup = t.learned < cfg.warmup as u64;
-        if (in_warmup || m.learn_after_warmup)
-            && (!anomalous || t.consecutive_anomalous > MAX_FROZEN_READINGS)
-        {
+        let learnable = (in_warmup || m.learn_after_warmup)
+            && (!anomalous || t.consecutive_anomalous > MAX_FROZEN_READINGS);
+        if learnable {
             t.model.update(&t.model_x);
+        }
+        if let (Some(phase), Some(rc)) = (t.regimes.as_mut(), cfg.detectors.regimes.as_ref()) {
+            match phase {
+                RegimePhase::Learning { by, x, seen } => {
+                    *seen += 1;
+                    if learnable {
+                        by.extend(t.regime_slots.iter().map(|&i| t.values[i]));
+                        x.extend_from_slice(&t.model_x);
+                    }
+                    if *seen >= rc.warmup {
+                        let d = t.regime_slots.len();
+                        let fitted = regimes::fit(by, d, x, t.model_x.len(), rc, m);
+                        *phase = match fitted {
+                            Ok(r) => {
+                                tracing::info!(
+                                    regimes = r.len(),
+                                    silhouette = r.silhouette,
+                                    "operating regimes fitted"
+                                );
+                                RegimePhase::Fitted(Box::new(r))
+                            }
+                            Err(why) => {
+                                tracing::info!(reason = %why, "no operating regimes; plain scoring");
+                                RegimePhase::Plain
+                            }
+                        };
+                    }
+                }
+                RegimePhase::Fitted(r) => {
+                    if let Some(a) = regime.assignment {
+                        r.observe(&a, regime.z, &t.model_x, learnable, regime.t2_smoothed);
+                    }
+                }
+                RegimePhase::Plain => {}
+            }
         }
         if let Some(v) = t2_smoothed {
             t.t2_smooth = Some(v);
@@ -897,6 +1279,8 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) -> S
     let d = &cfg.detectors;
     let e = &cfg.ensemble;
     s.t2_smoothed = None;
+    s.regime_t2_smoothed = None;
+    s.regime_scores = None;
     let registry = t
         .registry
         .model
@@ -906,6 +1290,8 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) -> S
     let model = if let Some(m) = registry {
         s.registry_score = m.model.score(&s.registry_row);
         Some(normalise(m.model.threshold_ratio(s.registry_score), 1.0))
+    } else if let Some(m) = regime_score(t, cfg, s) {
+        Some(m)
     } else if t
         .model
         .score_into(&t.model_x, &mut s.model, &mut s.model_score)
@@ -914,15 +1300,13 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) -> S
         let t2 = s.model_score.t2;
         let smoothed = t2_smooth_step(t.t2_smooth, t2, m.smoothing);
         s.t2_smoothed = Some(smoothed);
-        Some(match t.t2_threshold {
-            // The calibrated T^2 maps to 0.8, like every detector's threshold.
-            Some(thr) => normalise((smoothed / thr).sqrt(), 1.0),
-            None if m.smoothing >= 1.0 => normalise(s.model_score.z, m.threshold),
-            None => normalise(
-                wilson_hilferty_z(smoothed / t.model.small_sample_factor(), t.model.dim()),
-                m.threshold,
-            ),
-        })
+        Some(model_normalised(
+            &t.model,
+            t.t2_threshold,
+            smoothed,
+            s.model_score.z,
+            m,
+        ))
     } else {
         None
     };
@@ -966,6 +1350,52 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) -> S
         by_registry,
         anomalous: ensemble >= e.threshold,
     }
+}
+
+/// The online model's normalised score of a reading: its smoothed T^2 against the calibrated threshold
+/// when there is one (which maps to 0.8, like every detector's threshold), else its normal-equivalent z
+/// against `detectors.model.threshold`.
+fn model_normalised(
+    model: &OnlineMahalanobis,
+    threshold: Option<f64>,
+    smoothed: f64,
+    z: f64,
+    m: &crate::config::ModelConfig,
+) -> f64 {
+    match threshold {
+        Some(thr) => normalise((smoothed / thr).sqrt(), 1.0),
+        None if m.smoothing >= 1.0 => normalise(z, m.threshold),
+        None => normalise(
+            wilson_hilferty_z(smoothed / model.small_sample_factor(), model.dim()),
+            m.threshold,
+        ),
+    }
+}
+
+/// Scores the loaded reading within its operating regime: the larger of the regime model's score and
+/// the reading's distance from the regime. None (the thing's all-regime model scores) when the thing
+/// has no fitted regimes, the reading has not settled in its regime, or the regime cannot score yet.
+fn regime_score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch) -> Option<f64> {
+    let a = s.regime.filter(|a| a.settled)?;
+    let Some(RegimePhase::Fitted(r)) = t.regimes.as_ref() else {
+        return None;
+    };
+    let reg = &r.regimes[a.regime];
+    if !reg
+        .model
+        .score_into(&t.model_x, &mut s.model, &mut s.model_score)
+    {
+        return None;
+    }
+    let m = &cfg.detectors.model;
+    // A regime just entered starts its smoothing afresh.
+    let prev = if a.since == 0 { None } else { r.t2_smooth };
+    let smoothed = t2_smooth_step(prev, s.model_score.t2, m.smoothing);
+    s.regime_t2_smoothed = Some(smoothed);
+    let within = model_normalised(&reg.model, reg.threshold, smoothed, s.model_score.z, m);
+    let distance = normalise(r.distance_z(&a), m.threshold);
+    s.regime_scores = Some((within, distance));
+    Some(within.max(distance))
 }
 
 /// One EWMA step of the model's T^2 (`alpha` = 1: no smoothing).
@@ -1064,9 +1494,19 @@ fn ensemble_alert(
                 model_detector = Some((m.model.kind(), m.id.clone(), explain_model));
             }
             None => {
-                for (slot, pos) in t.model_pos.iter().enumerate() {
-                    if let Some(k) = pos {
-                        model_by_slot[slot] = sc.model_score.contributions[*k];
+                match sc.regime_scores {
+                    // Far from every regime: the distance's terms are the model's attribution.
+                    Some((within, distance)) if distance > within => {
+                        for (&slot, v) in t.regime_slots.iter().zip(&sc.regime_terms) {
+                            model_by_slot[slot] += v;
+                        }
+                    }
+                    _ => {
+                        for (slot, pos) in t.model_pos.iter().enumerate() {
+                            if let Some(k) = pos {
+                                model_by_slot[slot] = sc.model_score.contributions[*k];
+                            }
+                        }
                     }
                 }
                 model_detector = Some((
@@ -1077,6 +1517,7 @@ fn ensemble_alert(
             }
         }
     }
+    let regime = regime_attribution(t, s, sc);
     let stats_total: f64 = sc.per_feature.iter().sum();
     let model_total: f64 = model_by_slot.iter().map(|c| c.abs()).sum();
     let contributions: Vec<f64> = (0..n)
@@ -1108,6 +1549,7 @@ fn ensemble_alert(
                 .zip(&sc.feature_scores)
                 .map(|(name, fs)| (name, fs.z)),
         ),
+        regime: None,
     }];
     let mut model_version = format!("{}/online_mahalanobis/1", t.equipment_type);
     if let (Some((kind, id, explained)), Some(score)) = (model_detector, s.model) {
@@ -1121,6 +1563,7 @@ fn ensemble_alert(
             } else {
                 Vec::new()
             },
+            regime: regime.clone(),
         });
     }
     let lead = ex
@@ -1161,6 +1604,28 @@ fn ensemble_alert(
         }
         None => format!("multivariate anomaly, score {:.2}", s.ensemble),
     };
+    let sentence = match &regime {
+        Some(r) => {
+            let centre: Vec<String> = r
+                .centre
+                .iter()
+                .take(3)
+                .map(|(f, v)| format!("{f} {v:.4}"))
+                .collect();
+            let where_ = if r.distance_score > r.within_score {
+                "far from every learned operating regime; nearest"
+            } else {
+                "in operating"
+            };
+            format!(
+                "{sentence}; {where_} regime {} of {} ({})",
+                r.id,
+                r.count,
+                centre.join(", ")
+            )
+        }
+        None => sentence,
+    };
     let mut alert = make_alert(
         p,
         t,
@@ -1176,6 +1641,27 @@ fn ensemble_alert(
     );
     alert.detectors = detectors;
     alert
+}
+
+/// The operating regime the online model scored the reading in, if it did.
+fn regime_attribution(t: &ThingState, s: &Scored, sc: &Scratch) -> Option<RegimeAttribution> {
+    let (within, distance) = sc.regime_scores.filter(|_| !s.by_registry)?;
+    let a = sc.regime?;
+    let Some(RegimePhase::Fitted(r)) = t.regimes.as_ref() else {
+        return None;
+    };
+    Some(RegimeAttribution {
+        id: a.regime + 1,
+        count: r.len(),
+        centre: t
+            .regime_slots
+            .iter()
+            .zip(r.centre_of(a.regime))
+            .map(|(&slot, v)| (t.names[slot].to_string(), round4(v)))
+            .collect(),
+        distance_score: round4(distance),
+        within_score: round4(within),
+    })
 }
 
 fn sensor_alert(p: &Point, t: &ThingState, ev: &FaultEvent) -> Alert {

@@ -17,8 +17,7 @@ use crate::event::{Origin, Point};
 use crate::rules::RulesHandle;
 pub use engine::{Counters, Engine, Output, Record};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -67,6 +66,10 @@ pub trait OutputSink: Send {
     fn flush(&mut self) -> anyhow::Result<()>;
 }
 
+/// Records a live source or a process's Kafka consumer may have in the dataflow by default (see
+/// [`RunOptions::max_in_flight`]).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 65_536;
+
 /// How to run.
 #[derive(Clone)]
 pub struct RunOptions {
@@ -78,6 +81,17 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// Run as one process of a timely cluster (unset: a single process). See docs/CLUSTER.md.
     pub cluster: Option<ClusterConfig>,
+    /// Backpressure: records (readings and dead letters) a live source (on worker 0) or a process's
+    /// Kafka consumer (on its first worker) may have in the dataflow, read but not yet acknowledged
+    /// by the sink, before it stops reading. A slow sink then
+    /// slows the source to its own rate and memory stays bounded. A file source is bounded by epochs
+    /// instead ([`MAX_EPOCHS_IN_FLIGHT`] chunks of [`CHUNK_LINES`] lines per worker).
+    pub max_in_flight: usize,
+    /// Live counters of the run (load tests, backpressure tests).
+    pub flow: Arc<FlowCounters>,
+    /// State checkpoints (live and Kafka sources): the state to start from and where new checkpoints
+    /// go (see [`crate::checkpoint`]).
+    pub checkpoint: Option<Arc<crate::checkpoint::Checkpointing>>,
 }
 
 impl Default for RunOptions {
@@ -87,6 +101,9 @@ impl Default for RunOptions {
             emit_scores: false,
             stop: Arc::new(AtomicBool::new(false)),
             cluster: None,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            flow: Arc::new(FlowCounters::default()),
+            checkpoint: None,
         }
     }
 }
@@ -145,6 +162,64 @@ impl ClusterConfig {
     }
 }
 
+/// Counters a run updates while it runs, readable from other threads.
+#[derive(Debug, Default)]
+pub struct FlowCounters {
+    /// Records (readings and dead letters) the sources have handed to the dataflow.
+    pub read: AtomicU64,
+    /// Records the per-thing stage has processed (updated once per epoch and worker).
+    pub processed: AtomicU64,
+}
+
+/// Latency histograms of a run, nanoseconds (HDR, 3 significant digits).
+#[derive(Clone, Debug)]
+pub struct RunHistograms {
+    /// Per reading: ingest (decoded from a file line or Kafka message, or taken from a live
+    /// source's channel) to scored by the per-thing stage. Includes waiting for the epoch to close.
+    pub ingest_to_scored: hdrhistogram::Histogram<u64>,
+    /// Per record: the per-thing stage's own processing time (detectors, policy, explanation).
+    pub processing: hdrhistogram::Histogram<u64>,
+    /// Per alert: ingest of the reading that caused it to the sink's flush returning (the alert
+    /// acknowledged by every sink).
+    pub ingest_to_alert: hdrhistogram::Histogram<u64>,
+}
+
+impl RunHistograms {
+    fn new() -> Self {
+        RunHistograms {
+            ingest_to_scored: new_histogram(),
+            processing: new_histogram(),
+            ingest_to_alert: new_histogram(),
+        }
+    }
+
+    fn add(&mut self, other: &RunHistograms) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.ingest_to_scored.add(&other.ingest_to_scored);
+        let _ = self.processing.add(&other.processing);
+        let _ = self.ingest_to_alert.add(&other.ingest_to_alert);
+    }
+}
+
+/// 1 ns to 60 s, 3 significant digits.
+pub fn new_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
+}
+
+/// The process's resident set size (`VmRSS` of /proc/self/status), bytes; `None` where unavailable.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// What a run did.
 #[derive(Clone, Debug, Default)]
 pub struct RunReport {
@@ -153,6 +228,13 @@ pub struct RunReport {
     pub things: usize,
     /// Per-reading ingest-to-scored latency, microseconds.
     pub latency_us: Option<LatencySummary>,
+    /// The latency histograms behind `latency_us`, and more.
+    pub histograms: Option<RunHistograms>,
+    /// `VmRSS` once every record has been processed, with every worker still holding its per-thing
+    /// state (Linux), bytes.
+    pub rss_end_bytes: Option<u64>,
+    /// What state checkpointing did (when configured).
+    pub checkpoint: Option<crate::checkpoint::Summary>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -165,7 +247,8 @@ pub struct LatencySummary {
 struct WorkerResult {
     counters: Counters,
     things: usize,
-    latency: hdrhistogram::Histogram<u64>,
+    histograms: RunHistograms,
+    rss_end_bytes: Option<u64>,
 }
 
 /// Runs the dataflow to completion (end of file, or end of a live input).
@@ -189,6 +272,9 @@ pub fn run(
     }
     let workers = opts.workers.max(1);
     let sink_error: Arc<Mutex<Option<anyhow::Error>>> = Arc::new(Mutex::new(None));
+    // Set by the sink (worker 0) once its input has ended with every epoch written and flushed: the
+    // shutdown checkpoint may then complete.
+    let acked_at_end = Arc::new(AtomicU64::new(0));
     let kafka_resume = Arc::new(crate::sources::kafka::ResumePoints::default());
     let mut pace = None;
     let (lines, live, kafka) = match input {
@@ -210,12 +296,60 @@ pub fn run(
         sink
     };
     let sink = Arc::new(Mutex::new(Some(sink)));
+    let ckpt = opts.checkpoint.clone();
+    if ckpt.is_some() && lines.is_some() {
+        anyhow::bail!(
+            "state checkpoints need a live source (kafka, mqtt, egizcore, simulator), not a file"
+        );
+    }
+    if ckpt.is_some() && opts.cluster.as_ref().is_some_and(|c| c.processes > 1) {
+        anyhow::bail!("state checkpoints are not supported in a cluster run (--processes > 1)");
+    }
+    let epoch_origin = if ckpt.is_some() { wall_ms() } else { 0 };
+    let restored = ckpt.as_ref().and_then(|c| c.take_restored());
+    // Where each Kafka partition's state ends in the restored checkpoint: the consumers start there.
+    let start_positions = restored
+        .as_ref()
+        .map(|r| r.manifest.offset_map())
+        .unwrap_or_default();
+    // Engines are built (and given their restored things, by the same routing as the exchange, so
+    // any worker count can restore any checkpoint) before the workers start: a checkpoint that does
+    // not fit fails the run before anything is read.
+    let mut engines: Vec<Option<Engine>> = (0..workers)
+        .map(|_| {
+            Some(Engine::new(
+                Arc::clone(&cfg),
+                rules.clone(),
+                opts.emit_scores,
+            ))
+        })
+        .collect();
+    if let Some(r) = restored {
+        let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+        for (id, s) in r.things {
+            per_worker[(thing_route(&id) % workers as u64) as usize].push((id, s));
+        }
+        for (engine, things) in engines.iter_mut().zip(per_worker) {
+            if let Some(engine) = engine.as_mut() {
+                engine
+                    .restore(things, r.rules_hash)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", r.path.display()))?;
+            }
+        }
+    }
+    let engines = Arc::new(Mutex::new(engines));
     let kafka_idle = Arc::new(AtomicU64::new(0));
     // Shared by this process's workers only; in a cluster every process has its own (see
     // docs/CLUSTER.md): a live source runs in process 0, a file is read by every process.
     let live = Arc::new(Mutex::new(live));
     let file_stop = Arc::new(Mutex::new(FileStop::default()));
     let sink_error2 = Arc::clone(&sink_error);
+    // Ingest instant of every reading that caused an alert not yet flushed by the sink, by `seq`.
+    let alert_ingest: Arc<Mutex<rustc_hash::FxHashMap<u64, u64>>> = Arc::default();
+    // Every worker of this process (not of the cluster) has processed everything; the end-of-run
+    // memory sample is taken between the two waits.
+    let finished = Arc::new(std::sync::Barrier::new(workers));
+    let acked_end_sink = Arc::clone(&acked_at_end);
     let timely_config = match &opts.cluster {
         Some(c) if c.processes > 1 => {
             anyhow::ensure!(
@@ -244,14 +378,15 @@ pub fn run(
         // every worker of every process.
         let probe = ProbeHandle::new();
         let acked = ProbeHandle::new();
-        let engine = Rc::new(RefCell::new(Engine::new(
-            Arc::clone(&cfg),
-            rules.clone(),
-            opts.emit_scores,
-        )));
-        let latency = Rc::new(RefCell::new(
-            hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds"),
-        ));
+        let engine = engines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(index % workers)
+            .and_then(Option::take)
+            .unwrap_or_else(|| Engine::new(Arc::clone(&cfg), rules.clone(), opts.emit_scores));
+        let engine = Rc::new(RefCell::new(engine));
+        let ckpt = ckpt.clone();
+        let histograms = Rc::new(RefCell::new(RunHistograms::new()));
         let my_sink = if index == 0 {
             sink.lock().expect("sink lock").take()
         } else {
@@ -262,7 +397,13 @@ pub fn run(
 
         worker.dataflow::<u64, _, _>(|scope| {
             let engine = Rc::clone(&engine);
-            let latency = Rc::clone(&latency);
+            let latency = Rc::clone(&histograms);
+            let sink_histograms = Rc::clone(&histograms);
+            let flow = Arc::clone(&opts.flow);
+            let acked_end = Arc::clone(&acked_end_sink);
+            let alert_ingest_stage = Arc::clone(&alert_ingest);
+            let alert_ingest_sink = Arc::clone(&alert_ingest);
+            let ckpt = ckpt.clone();
             let scored = scope
                 .input_from(&mut input)
                 .unary_frontier(
@@ -274,6 +415,19 @@ pub fn run(
                         let mut stash: BTreeMap<u64, (Capability<u64>, Vec<Record>)> = BTreeMap::new();
                         let mut out = Vec::new();
                         let mut seen = KafkaSeen::default();
+                        // The next checkpoint boundary this worker's state has not been written for.
+                        let mut ckpt_next = ckpt.as_ref().map(|c| c.writer.interval_ms());
+                        // Writes the state for the newest boundary at or below `t` once `t` reaches
+                        // the next one: every epoch below it is processed and none from it on.
+                        let mut checkpoint = move |t: u64, engine: &Engine| {
+                            if let (Some(c), Some(next)) = (ckpt.as_ref(), ckpt_next.as_mut()) {
+                                if t >= *next {
+                                    let boundary = c.writer.boundary_at_or_below(t);
+                                    c.writer.write_engine(boundary, index, engine);
+                                    *next = boundary + c.writer.interval_ms();
+                                }
+                            }
+                        };
                         move |(input, frontier), output| {
                             input.for_each_stamp(|cap, data| {
                                 let Some(&time) = cap.least() else { return };
@@ -293,6 +447,7 @@ pub fn run(
                                 if frontier.less_equal(first.key()) {
                                     break;
                                 }
+                                checkpoint(*first.key(), &engine.borrow());
                                 let (cap, mut records) = first.remove();
                                 // Grouped by thing, in input order within each thing: a thing's state is
                                 // then touched once per epoch instead of once per reading (thousands of
@@ -307,28 +462,41 @@ pub fn run(
                                 // One clock read per record: each record's processing ends where the
                                 // next one's begins.
                                 let mut now = clock_ns();
+                                let n_records = records.len() as u64;
                                 for record in records {
                                     let ingest = match &record {
                                         Record::Point(_, ns) => Some(*ns),
                                         Record::Dead(_) => None,
                                     };
+                                    let seq = record.seq();
+                                    let before = out.len();
                                     engine.process(record, now, &mut out);
                                     let done = clock_ns();
                                     if let Some(ns) = ingest {
                                         inference.observe((done - now) as f64 * 1e-9);
-                                        latency.saturating_record(done.saturating_sub(ns).max(1));
+                                        latency.ingest_to_scored.saturating_record(done.saturating_sub(ns).max(1));
+                                        latency.processing.saturating_record((done - now).max(1));
+                                        if out[before..].iter().any(|(_, o)| matches!(o, Output::Alert(_))) {
+                                            alert_ingest_stage.lock().unwrap_or_else(|e| e.into_inner()).insert(seq, ns);
+                                        }
                                     }
                                     now = done;
                                 }
+                                flow.processed.fetch_add(n_records, Ordering::Relaxed);
                                 inference.flush();
                                 flushed.flush(&mut engine, index);
                                 output.session(&cap).give_iterator(out.drain(..));
+                            }
+                            if let Some(&f) = frontier.frontier().iter().min() {
+                                checkpoint(f, &engine.borrow());
                             }
                         }
                     },
                 );
             let mut my_sink = my_sink;
             let mut sink_healthy = true;
+            // Readings (`seq`) whose alerts were written since the last flush.
+            let mut unflushed_alerts: Vec<u64> = Vec::new();
             scored
                 .probe_with(&probe)
                 .unary_frontier(Exchange::new(|_: &(u64, Output)| 0), "sink", move |_cap, _info| {
@@ -370,6 +538,7 @@ pub fn run(
                                     sink_healthy = false;
                                     record_sink_error(&sink_error, e);
                                 }
+                                unflushed_alerts.extend(outputs.iter().filter(|(_, o)| matches!(o, Output::Alert(_))).map(|(seq, _)| *seq));
                             }
                             written.push(cap);
                         }
@@ -378,6 +547,18 @@ pub fn run(
                                 if let Err(e) = sink.flush() {
                                     sink_healthy = false;
                                     record_sink_error(&sink_error, e);
+                                }
+                                if !unflushed_alerts.is_empty() {
+                                    let now = clock_ns();
+                                    let mut ingest = alert_ingest_sink.lock().unwrap_or_else(|e| e.into_inner());
+                                    let mut h = sink_histograms.borrow_mut();
+                                    for seq in unflushed_alerts.drain(..) {
+                                        if let Some(ns) = ingest.remove(&seq) {
+                                            if sink_healthy {
+                                                h.ingest_to_alert.saturating_record(now.saturating_sub(ns).max(1));
+                                            }
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -388,6 +569,10 @@ pub fn run(
                         written.clear();
                         if frontier.is_empty() {
                             failed = None;
+                            // Everything was written and flushed: the shutdown checkpoint may complete.
+                            if my_sink.is_some() && sink_healthy {
+                                acked_end.store(u64::MAX, Ordering::SeqCst);
+                            }
                         }
                     }
                 })
@@ -403,6 +588,7 @@ pub fn run(
                     started,
                     stop: &opts.stop,
                     file_stop: &file_stop,
+                    flow: &opts.flow,
                 };
                 feed_lines(worker, &mut input, &probe, ctx)
             }
@@ -411,6 +597,8 @@ pub fn run(
                 // take partitions from each other in a rebalance, and each process joins once.
                 if index % workers == 0 {
                     let ctx = KafkaFeed {
+                        checkpoint: ckpt.as_deref().map(|c| &c.writer),
+                        start_positions: &start_positions,
                         cfg: kcfg,
                         decode: &cfg.decode,
                         acked: &acked,
@@ -419,6 +607,10 @@ pub fn run(
                         member: index / workers,
                         members: worker.peers() / workers,
                         stop: &opts.stop,
+                        flow: &opts.flow,
+                        max_in_flight: opts.max_in_flight,
+                        workers,
+                        epoch_origin,
                     };
                     if let Err(e) = feed_kafka(worker, &mut input, &probe, ctx) {
                         record_sink_error(&feed_error, e.context("kafka source"));
@@ -432,33 +624,65 @@ pub fn run(
                 } else {
                     None
                 };
-                feed_live(worker, &mut input, &probe, rx, &opts.stop, &cfg.decode);
+                let writer = ckpt.as_deref().map(|c| &c.writer);
+                let ctx = LiveFeed {
+                    stop: &opts.stop,
+                    decode: &cfg.decode,
+                    flow: &opts.flow,
+                    max_in_flight: opts.max_in_flight,
+                    checkpoint: writer,
+                    acked: &acked,
+                };
+                feed_live(worker, &mut input, &probe, rx, ctx);
+                if let Some(w) = writer {
+                    w.feed_reached(crate::checkpoint::FINAL, index, &BTreeMap::new());
+                }
             }
         }
         drop(input);
         while !acked.done() {
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
+        finished.wait();
+        let rss_end_bytes = if index % workers == 0 {
+            rss_bytes()
+        } else {
+            None
+        };
+        finished.wait();
         let engine = engine.borrow();
-        let latency = latency.borrow().clone();
+        // The shutdown checkpoint: everything read is processed (it completes only if the sinks
+        // acknowledged everything and every source stopped cleanly).
+        if let Some(c) = ckpt.as_deref() {
+            c.writer
+                .write_engine(crate::checkpoint::FINAL, index, &engine);
+        }
+        let histograms = histograms.borrow().clone();
         WorkerResult {
             counters: engine.counters.clone(),
             things: engine.things(),
-            latency,
+            histograms,
+            rss_end_bytes,
         }
     })
     .map_err(|e| anyhow::anyhow!("cannot start {workers} timely workers: {e}"))?;
 
     let mut report = RunReport::default();
-    let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut histograms = RunHistograms::new();
     for result in guards.join() {
         let r = result.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
         add_counters(&mut report.counters, &r.counters);
         report.things += r.things;
-        latency.add(&r.latency)?;
+        histograms.add(&r.histograms);
+        report.rss_end_bytes = report.rss_end_bytes.or(r.rss_end_bytes);
     }
+    let latency = &histograms.ingest_to_scored;
     if let Some(e) = sink_error.lock().expect("sink error lock").take() {
         return Err(e);
+    }
+    if let Some(c) = opts.checkpoint.as_deref() {
+        c.writer.complete(acked_at_end.load(Ordering::SeqCst));
+        report.checkpoint = Some(c.writer.summary());
     }
     report.elapsed_s = started.elapsed().as_secs_f64();
     if !latency.is_empty() {
@@ -468,6 +692,7 @@ pub fn run(
             max_us: latency.max() as f64 / 1e3,
         });
     }
+    report.histograms = Some(histograms);
     Ok(report)
 }
 
@@ -547,10 +772,15 @@ fn add_counters(total: &mut Counters, c: &Counters) {
     total.rul_skipped += c.rul_skipped;
 }
 
+/// The hash that places a thing on a worker (`hash % workers`, as timely's exchange does).
+pub fn thing_route(thing_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(thing_id.as_bytes())
+}
+
 /// Routes a record to the worker owning its thing (dead letters spread by position).
 fn route(r: &Record) -> u64 {
     match r {
-        Record::Point(p, _) => xxhash_rust::xxh3::xxh3_64(p.thing_id.as_bytes()),
+        Record::Point(p, _) => thing_route(&p.thing_id),
         Record::Dead(d) => d.seq,
     }
 }
@@ -591,6 +821,7 @@ struct LinesFeed<'a> {
     started: Instant,
     stop: &'a AtomicBool,
     file_stop: &'a Mutex<FileStop>,
+    flow: &'a FlowCounters,
 }
 
 fn feed_lines(
@@ -658,6 +889,9 @@ fn feed_lines(
         }
         drop(span);
         if mine {
+            ctx.flow
+                .read
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             input.send_batch(&mut batch);
             batch.clear();
             let waited_for = chunk.saturating_sub(MAX_EPOCHS_IN_FLIGHT * peers as u64);
@@ -720,34 +954,110 @@ impl LiveRx {
     }
 }
 
+/// What one worker's source has handed to the dataflow and not yet seen through the sink, per epoch:
+/// the count [`RunOptions::max_in_flight`] bounds.
+struct InFlight {
+    epochs: VecDeque<(u64, usize)>,
+    records: usize,
+    limit: usize,
+}
+
+impl InFlight {
+    fn new(limit: usize) -> Self {
+        InFlight {
+            epochs: VecDeque::new(),
+            records: 0,
+            limit: limit.max(1),
+        }
+    }
+
+    /// `n` records were sent at `epoch`.
+    fn sent(&mut self, epoch: u64, n: usize) {
+        if n == 0 {
+            return;
+        }
+        match self.epochs.back_mut() {
+            Some((e, count)) if *e == epoch => *count += n,
+            _ => self.epochs.push_back((epoch, n)),
+        }
+        self.records += n;
+    }
+
+    /// Forgets the epochs the sink has finished (the probe has passed them).
+    fn release(&mut self, probe: &ProbeHandle<u64>) {
+        while let Some(&(epoch, n)) = self.epochs.front() {
+            if probe.less_equal(&epoch) {
+                break;
+            }
+            self.epochs.pop_front();
+            self.records -= n;
+        }
+    }
+
+    /// How many more records may be read now.
+    fn room(&self) -> usize {
+        self.limit.saturating_sub(self.records)
+    }
+}
+
+/// Records a live source hands over per step at most.
+const LIVE_BATCH: usize = 4096;
+
+/// What [`feed_live`] needs besides the worker.
+struct LiveFeed<'a> {
+    stop: &'a AtomicBool,
+    decode: &'a crate::config::DecodeConfig,
+    flow: &'a FlowCounters,
+    max_in_flight: usize,
+    checkpoint: Option<&'a crate::checkpoint::Checkpointer>,
+    /// The sink's output frontier: a checkpoint completes once it passes its boundary.
+    acked: &'a ProbeHandle<u64>,
+}
+
 fn feed_live(
     worker: &mut timely::worker::Worker,
     input: &mut InputHandleVec<u64, Record>,
     probe: &ProbeHandle<u64>,
     rx: Option<LiveRx>,
-    stop: &AtomicBool,
-    decode: &crate::config::DecodeConfig,
+    ctx: LiveFeed<'_>,
 ) {
+    let LiveFeed {
+        stop,
+        decode,
+        flow,
+        max_in_flight,
+        checkpoint,
+        acked,
+    } = ctx;
     let start = Instant::now();
+    let no_offsets = BTreeMap::new();
     let mut seq: u64 = 0;
     let mut batch: Vec<Record> = Vec::new();
     let mut decoder = Decoder::new(decode);
+    let mut in_flight = InFlight::new(max_in_flight);
     loop {
         let epoch = start.elapsed().as_millis() as u64;
         if epoch > *input.time() {
+            if let Some(c) = checkpoint {
+                c.feed_advanced(*input.time(), epoch, worker.index(), &no_offsets);
+            }
             input.advance_to(epoch);
+        }
+        if let Some(c) = checkpoint {
+            c.complete(watermark(acked));
         }
         let mut disconnected = false;
         if let Some(rx) = &rx {
             let _span = tracing::debug_span!("decode", worker = 0).entered();
-            loop {
+            // Backpressure: read only while the records in flight leave room; the source's bounded
+            // channel then fills and blocks (or drops, for a source that cannot wait) its producer.
+            in_flight.release(acked);
+            let room = in_flight.room().min(LIVE_BATCH);
+            while batch.len() < room {
                 match rx.try_next(seq + 1, &mut decoder) {
                     Ok(Some(record)) => {
                         seq += 1;
                         batch.push(record);
-                        if batch.len() >= 4096 {
-                            break;
-                        }
                     }
                     Ok(None) => break,
                     Err(()) => {
@@ -757,6 +1067,8 @@ fn feed_live(
                 }
             }
             if !batch.is_empty() {
+                flow.read.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                in_flight.sent(*input.time(), batch.len());
                 input.send_batch(&mut batch);
                 batch.clear();
             }
@@ -766,13 +1078,15 @@ fn feed_live(
         }
         if stop.load(Ordering::SeqCst) {
             // What the source already handed over is processed too (an MQTT message in the channel
-            // has been acknowledged to the broker): take it without waiting for more.
+            // has been acknowledged to the broker): take it without waiting for more. The channel is
+            // bounded, so this is too.
             if let (Some(rx), false) = (&rx, disconnected) {
                 let _span = tracing::debug_span!("decode", worker = 0).entered();
                 while let Ok(Some(record)) = rx.try_next(seq + 1, &mut decoder) {
                     seq += 1;
                     batch.push(record);
                 }
+                flow.read.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 input.send_batch(&mut batch);
                 tracing::info!(records = seq, "live source stopped");
             }
@@ -800,6 +1114,19 @@ struct KafkaFeed<'a> {
     member: usize,
     members: usize,
     stop: &'a AtomicBool,
+    flow: &'a FlowCounters,
+    max_in_flight: usize,
+    /// Where new checkpoints are assembled (single process: the consumer reports the source
+    /// positions of all `workers` workers, which read nothing themselves).
+    checkpoint: Option<&'a crate::checkpoint::Checkpointer>,
+    /// Per partition, where the restored checkpoint's state ends: the consumer starts there.
+    start_positions: &'a BTreeMap<(String, i32), i64>,
+    /// Workers per process.
+    workers: usize,
+    /// Subtracted from the wall clock to give epochs: 0 (wall-clock epochs, the same on every
+    /// process of a cluster), or the run's start with checkpoints (single process), whose
+    /// boundaries are then counted from the start as for live sources.
+    epoch_origin: u64,
 }
 
 /// Milliseconds since the Unix epoch: the Kafka epoch clock, the same on every process of a
@@ -809,6 +1136,20 @@ fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Records the process's one Kafka consumer as the source of each of its `workers` workers (they
+/// read nothing themselves) for every checkpoint boundary crossed from epoch `from` to `to`.
+fn feeds_advanced(
+    c: &crate::checkpoint::Checkpointer,
+    from: u64,
+    to: u64,
+    workers: usize,
+    offsets: &BTreeMap<(String, i32), i64>,
+) {
+    for w in 0..workers {
+        c.feed_advanced(from, to, w, offsets);
+    }
 }
 
 /// The least epoch not yet acknowledged (`u64::MAX` once everything is).
@@ -830,30 +1171,54 @@ fn feed_kafka(
         ctx.member,
         ctx.members,
         Arc::clone(ctx.resume),
+        ctx.start_positions,
     )?;
     let mut decoder = Decoder::new(ctx.decode);
     let mut batch: Vec<Record> = Vec::new();
     let idle_ms = ctx.cfg.stop_after_idle_s.map(|s| (s * 1e3) as u64);
     let mut next_assignment_check = 0;
+    let mut in_flight = InFlight::new(ctx.max_in_flight);
+    // Start at the current epoch (nothing was sent below it; with wall-clock epochs, a checkpoint
+    // must not count every boundary since 1970 as crossed).
+    let now = || wall_ms().saturating_sub(ctx.epoch_origin);
+    input.advance_to(now());
     loop {
-        let epoch = wall_ms();
+        let epoch = now();
         if epoch > *input.time() {
+            if let Some(c) = ctx.checkpoint {
+                feeds_advanced(c, *input.time(), epoch, ctx.workers, reader.positions());
+            }
             input.advance_to(epoch);
         }
-        let n = {
+        // Backpressure: poll only while the records in flight leave room (librdkafka's own
+        // prefetch queue is bounded by `queued.max.messages.kbytes`).
+        in_flight.release(ctx.acked);
+        let room = in_flight.room().min(4096);
+        let n = if room == 0 {
+            // Held back by the sink, not idle.
+            ctx.last_message_ms.fetch_max(epoch + 1, Ordering::SeqCst);
+            0
+        } else {
             let _span = tracing::debug_span!("decode", worker = index).entered();
-            reader.poll_into(&mut decoder, &mut batch, 4096, Duration::ZERO)
+            reader.poll_into(&mut decoder, &mut batch, room, Duration::ZERO)
         };
         if n > 0 {
             // The idle clock only starts with the first message (joining the group can take a
             // session timeout after a crash).
             ctx.last_message_ms.fetch_max(epoch, Ordering::SeqCst);
+            ctx.flow
+                .read
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            in_flight.sent(*input.time(), batch.len());
             input.send_batch(&mut batch);
             batch.clear();
             reader.seal(*input.time());
         }
         reader.acknowledge(watermark(ctx.acked));
         reader.commit(false);
+        if let Some(c) = ctx.checkpoint {
+            c.complete(watermark(ctx.acked));
+        }
         let mut last = ctx.last_message_ms.load(Ordering::SeqCst);
         // Idle also counts from the first assignment: in a cluster, partitions another member
         // already processed can come to this one with nothing left to read.
@@ -881,14 +1246,27 @@ fn feed_kafka(
     }
     // Drain: let the sink acknowledge what was read, then commit it synchronously. Bounded, so a
     // stuck sink cannot hang shutdown (uncommitted offsets are simply re-read next time).
-    let end = (*input.time()).max(wall_ms()) + 1;
+    let end = (*input.time()).max(now()) + 1;
+    if let Some(c) = ctx.checkpoint {
+        feeds_advanced(c, *input.time(), end, ctx.workers, reader.positions());
+    }
     input.advance_to(end);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !reader.all_acknowledged() && Instant::now() < deadline {
         worker.step_or_park(Some(Duration::from_millis(1)));
         reader.acknowledge(watermark(ctx.acked));
+        if let Some(c) = ctx.checkpoint {
+            c.complete(watermark(ctx.acked));
+        }
     }
     reader.commit(true);
+    if let Some(c) = ctx.checkpoint {
+        if reader.all_acknowledged() {
+            for w in 0..ctx.workers {
+                c.feed_reached(crate::checkpoint::FINAL, w, reader.positions());
+            }
+        }
+    }
     tracing::info!(
         worker = index,
         received = reader.received,

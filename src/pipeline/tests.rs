@@ -21,3 +21,91 @@ fn a_stop_before_any_chunk_reads_nothing() {
     assert!(!s.admit(0, true));
     assert!(!s.admit(1, false));
 }
+
+/// A sink that takes `delay` per write and checks, at every write, how far the source is ahead:
+/// readings the producer has handed to the source's channel minus score lines written.
+struct SlowSink {
+    delay: std::time::Duration,
+    produced: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    max_ahead: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl super::OutputSink for SlowSink {
+    fn write(&mut self, outputs: &[(u64, super::Output)]) -> anyhow::Result<()> {
+        use std::sync::atomic::Ordering;
+        let ahead = self
+            .produced
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.written.load(Ordering::SeqCst));
+        self.max_ahead.fetch_max(ahead, Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        let scores = outputs
+            .iter()
+            .filter(|(_, o)| matches!(o, super::Output::Score(_)))
+            .count();
+        self.written.fetch_add(scores as u64, Ordering::SeqCst);
+        Ok(())
+    }
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_slow_sink_slows_a_live_source_and_bounds_what_is_in_flight() {
+    use crate::sources::simulator::{Simulator, SimulatorConfig};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    const POINTS: u64 = 12_000;
+    const CHANNEL: usize = 100;
+    const IN_FLIGHT: usize = 400;
+    let produced = Arc::new(AtomicU64::new(0));
+    let written = Arc::new(AtomicU64::new(0));
+    let max_ahead = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL);
+    let counter = Arc::clone(&produced);
+    // As fast as the channel lets it: only backpressure can hold this producer back.
+    let producer = std::thread::spawn(move || {
+        let mut sim = Simulator::new(SimulatorConfig {
+            things: 50,
+            ..SimulatorConfig::default()
+        });
+        for _ in 0..POINTS {
+            tx.send(sim.next_point()).expect("pipeline receives");
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let sink = SlowSink {
+        delay: std::time::Duration::from_millis(3),
+        produced: Arc::clone(&produced),
+        written: Arc::clone(&written),
+        max_ahead: Arc::clone(&max_ahead),
+    };
+    let opts = super::RunOptions {
+        workers: 2,
+        emit_scores: true,
+        max_in_flight: IN_FLIGHT,
+        ..super::RunOptions::default()
+    };
+    let flow = Arc::clone(&opts.flow);
+    let cfg = Arc::new(crate::config::DataflowConfig::default());
+    let rules = crate::rules::RulesHandle::fixed(crate::rules::RuleSet::empty());
+    let report = super::run(cfg, rules, super::Input::Live(rx), Box::new(sink), opts).unwrap();
+    producer.join().unwrap();
+    // Nothing lost: every reading reached the sink.
+    assert_eq!(report.counters.points, POINTS);
+    assert_eq!(written.load(Ordering::SeqCst), POINTS);
+    assert_eq!(flow.read.load(Ordering::SeqCst), POINTS);
+    assert_eq!(flow.processed.load(Ordering::SeqCst), POINTS);
+    // At every write the source was at most the in-flight bound (plus the channel, which the
+    // producer fills before it blocks) ahead of the sink: it read at the sink's rate.
+    let ahead = max_ahead.load(Ordering::SeqCst);
+    assert!(
+        ahead <= (IN_FLIGHT + CHANNEL) as u64,
+        "source ran {ahead} readings ahead of the sink (bound {})",
+        IN_FLIGHT + CHANNEL
+    );
+    // And it was the bound that held it: the producer filled what the bound allows.
+    assert!(ahead >= IN_FLIGHT as u64 / 2, "only {ahead} ahead");
+}

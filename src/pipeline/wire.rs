@@ -5,6 +5,7 @@
 //! `skip_serializing_if` on optional alert fields). So each record is encoded as one CBOR byte string
 //! (self-describing, keeps every serde attribute and non-finite floats) inside timely's bincode frame.
 //! Within a process timely moves values without serializing, so this costs nothing on one machine.
+//! Human-readable formats (JSON, in tests and tools) get the plain enum, as a derive would give.
 
 use super::engine::{Output, Record};
 use crate::decode::DeadLetter;
@@ -44,12 +45,18 @@ enum OutputOwned {
 }
 
 fn to_cbor<T: Serialize, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    if s.is_human_readable() {
+        return value.serialize(s);
+    }
     let mut buf = Vec::new();
     ciborium::into_writer(value, &mut buf).map_err(S::Error::custom)?;
     s.serialize_bytes(&buf)
 }
 
 fn from_cbor<'de, T: for<'a> Deserialize<'a>, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+    if d.is_human_readable() {
+        return T::deserialize(d);
+    }
     let bytes: serde_bytes_buf::ByteBuf = Deserialize::deserialize(d)?;
     ciborium::from_reader(bytes.0.as_slice()).map_err(D::Error::custom)
 }
@@ -172,6 +179,13 @@ mod tests {
             origin: line,
         };
         match roundtrip(&Output::Dead(d.clone())) {
+            Output::Dead(e) => assert_eq!(e, d),
+            other => panic!("{other:?}"),
+        }
+        // JSON keeps the plain externally tagged enum.
+        let json = serde_json::to_string(&Output::Dead(d.clone())).expect("json");
+        assert!(json.starts_with("{\"Dead\":{"), "{json}");
+        match serde_json::from_str::<Output>(&json).expect("from json") {
             Output::Dead(e) => assert_eq!(e, d),
             other => panic!("{other:?}"),
         }

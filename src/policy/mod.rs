@@ -46,7 +46,7 @@ impl From<&PolicyConfig> for PolicyWindows {
 }
 
 /// Policy state of one thing.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct PolicyState {
     /// Last emitted event time per alert type (a thing has few types: a Vec beats a map).
     last_by_type: Vec<(String, i64)>,

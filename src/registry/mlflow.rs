@@ -724,6 +724,16 @@ impl Registry for MlflowRegistry {
         Ok(version)
     }
 
+    /// One `registered-models/search` (the `active` alias is on each registered model), not the
+    /// versions search of [`Registry::list`]: the stream's watcher calls this several times a second.
+    fn active_versions(&self) -> Result<std::collections::BTreeMap<String, u32>, RegistryError> {
+        Ok(self
+            .registered_models()?
+            .into_iter()
+            .filter_map(|m| Some((self.scope_of(&m.name)?.to_string(), m.active?)))
+            .collect())
+    }
+
     fn active(&self, scope: &str) -> Result<Option<u32>, RegistryError> {
         check_scope(scope)?;
         Ok(self

@@ -104,6 +104,47 @@ impl RuleState {
         true
     }
 
+    /// The `for:` counters by rule index (empty before the first evaluation): what a state checkpoint
+    /// keeps of a thing's rule state (the rest is resolved again from the rules).
+    pub fn counts(&self) -> &[u32] {
+        if self.ready {
+            &self.counts
+        } else {
+            &[]
+        }
+    }
+
+    /// Rule state that continues `counts` (from [`RuleState::counts`], saved under the same rules)
+    /// for a thing of `equipment_type`; a fresh state when they do not fit `rules`.
+    pub fn restored(rules: &RuleSet, equipment_type: &str, counts: Vec<u32>) -> RuleState {
+        if counts.is_empty() || counts.len() != rules.rules.len() {
+            return RuleState::default();
+        }
+        let mut s = RuleState::default();
+        s.set_rules(rules, equipment_type);
+        s.counts = counts;
+        s
+    }
+
+    fn set_rules(&mut self, rules: &RuleSet, equipment_type: &str) {
+        self.generation = rules.generation;
+        self.counts.clear();
+        self.counts.resize(rules.rules.len(), 0);
+        self.equipment = Name::new(equipment_type);
+        self.applicable.clear();
+        self.applicable.extend(
+            rules
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.enabled && r.applies_to(equipment_type))
+                .map(|(i, _)| i as u32),
+        );
+        self.ready = true;
+        self.layout = None;
+        self.bound.clear();
+    }
+
     /// The current consecutive count of rule `index` (0 when its condition did not hold last time).
     pub fn count(&self, index: usize) -> u32 {
         self.counts.get(index).copied().unwrap_or(0)
@@ -120,20 +161,7 @@ impl RuleState {
             return;
         }
         if !same_rules {
-            self.generation = rules.generation;
-            self.counts.clear();
-            self.counts.resize(rules.rules.len(), 0);
-            self.equipment = Name::new(equipment_type);
-            self.applicable.clear();
-            self.applicable.extend(
-                rules
-                    .rules
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.enabled && r.applies_to(equipment_type))
-                    .map(|(i, _)| i as u32),
-            );
-            self.ready = true;
+            self.set_rules(rules, equipment_type);
         }
         // A new layout keeps the `for:` counters (the same rules, the same thing): only the slots move.
         self.layout = layout_id;

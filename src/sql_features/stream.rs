@@ -13,7 +13,7 @@ pub struct StreamEvaluator {
 }
 
 /// The window state of one thing (one ring buffer per window function).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ThingWindows {
     rings: Vec<VecDeque<Option<f64>>>,
     accs: Vec<Acc>,
@@ -33,6 +33,25 @@ impl StreamEvaluator {
     /// Output feature names, in the order [`StreamEvaluator::evaluate`] writes them.
     pub fn outputs(&self) -> &[String] {
         &self.program.outputs
+    }
+
+    /// Checks that deserialised window state (a state checkpoint) fits this feature set.
+    pub fn check_thing(&self, state: &ThingWindows) -> Result<(), String> {
+        let n = self.program.windows.len();
+        let shape_ok = state.rings.len() == n
+            && state.accs.len() == n
+            && state.window_values.len() == n
+            && state
+                .rings
+                .iter()
+                .zip(&self.program.windows)
+                .all(|(r, w)| r.len() <= w.rows + 1);
+        if !shape_ok {
+            return Err(format!(
+                "SQL window state does not fit the feature set's {n} windows"
+            ));
+        }
+        Ok(())
     }
 
     /// Empty window state for a new thing.
@@ -76,7 +95,7 @@ impl StreamEvaluator {
 /// ones DataFusion computes over history, also in windows of identical values, where an exact variance
 /// (0) would differ from DataFusion's retracted Welford state (not exactly 0) and the square root
 /// magnifies the difference.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Acc {
     count: u64,
     sum: f64,

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod jobs;
+pub mod schedule;
 
 #[cfg(test)]
 mod tests;

@@ -58,7 +58,7 @@ pub(crate) fn produce(
 }
 
 /// Every message of partition 0 of `topic`, read until nothing new arrives for `quiet`.
-fn consume_all(
+pub(crate) fn consume_all(
     bootstrap: &str,
     topic: &str,
     quiet: Duration,
@@ -105,7 +105,7 @@ fn consume_all(
     out
 }
 
-fn service_config(
+pub(crate) fn service_config(
     dir: &Path,
     bootstrap: &str,
     topic: &str,
@@ -139,7 +139,7 @@ pub(crate) fn spawn_service(config: &Path, log: &Path) -> Child {
         .expect("egizml run starts")
 }
 
-fn wait_exit(mut child: Child, timeout: Duration, log: &Path) -> String {
+pub(crate) fn wait_exit(mut child: Child, timeout: Duration, log: &Path) -> String {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -170,13 +170,13 @@ fn wait_exit(mut child: Child, timeout: Duration, log: &Path) -> String {
 }
 
 /// Labelled telemetry lines plus the alert ids a deterministic replay of the same lines gives.
-struct Workload {
-    lines: Vec<String>,
-    replay_alerts: Vec<egizml::event::Alert>,
-    episodes: Vec<egizml::sources::simulator::FaultEpisode>,
+pub(crate) struct Workload {
+    pub(crate) lines: Vec<String>,
+    pub(crate) replay_alerts: Vec<egizml::event::Alert>,
+    pub(crate) episodes: Vec<egizml::sources::simulator::FaultEpisode>,
 }
 
-fn workload(dir: &Path, things: usize, points: usize, seed: u64) -> Workload {
+pub(crate) fn workload(dir: &Path, things: usize, points: usize, seed: u64) -> Workload {
     let (input, episodes) = simulate(dir, things, points, seed);
     let mut lines: Vec<String> = std::fs::read_to_string(&input)
         .unwrap()
@@ -210,7 +210,9 @@ fn workload(dir: &Path, things: usize, points: usize, seed: u64) -> Workload {
     }
 }
 
-fn parse_alerts(msgs: &[(String, Vec<u8>, BTreeMap<String, String>)]) -> Vec<egizml::event::Alert> {
+pub(crate) fn parse_alerts(
+    msgs: &[(String, Vec<u8>, BTreeMap<String, String>)],
+) -> Vec<egizml::event::Alert> {
     msgs.iter()
         .map(|(key, v, _)| {
             let a: egizml::event::Alert = serde_json::from_slice(v).expect("alert JSON");
@@ -221,7 +223,7 @@ fn parse_alerts(msgs: &[(String, Vec<u8>, BTreeMap<String, String>)]) -> Vec<egi
 }
 
 /// Episodes (thing, start, end) with at least one alert of their thing from start to end + 5 s.
-fn detected(
+pub(crate) fn detected(
     alerts: &[egizml::event::Alert],
     episodes: &[egizml::sources::simulator::FaultEpisode],
 ) -> BTreeSet<(String, i64)> {

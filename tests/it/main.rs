@@ -1,6 +1,9 @@
 //! Integration tests, linked into one binary (one link instead of one per file).
 
 mod accuracy;
+mod backpressure;
+mod bench;
+mod checkpoint;
 mod cli;
 mod cluster;
 mod common;
@@ -14,6 +17,7 @@ mod loadgen;
 mod mlflow;
 mod models;
 mod mqtt;
+mod regimes;
 mod replay;
 mod rul;
 mod service;

@@ -168,8 +168,19 @@ fn contract(reg: &dyn Registry) -> Vec<ModelMeta> {
         ModelRef::parse("pump-1").unwrap().find(reg).unwrap(),
         info(&m2, true)
     );
+    // The watcher's cheap path agrees with the full listing.
+    let from_list: std::collections::BTreeMap<String, u32> = reg
+        .list(None)
+        .unwrap()
+        .into_iter()
+        .filter(|v| v.active)
+        .map(|v| (v.meta.scope, v.meta.version))
+        .collect();
+    assert_eq!(reg.active_versions().unwrap(), from_list);
+    assert_eq!(reg.active_versions().unwrap().get("pump-1"), Some(&2));
     assert_eq!(reg.rollback("pump-1").unwrap(), 1);
     assert_eq!(reg.active("pump-1").unwrap(), Some(1));
+    assert_eq!(reg.active_versions().unwrap().get("pump-1"), Some(&1));
     assert!(matches!(
         reg.rollback("pump-1"),
         Err(RegistryError::NothingToRollBack { .. })

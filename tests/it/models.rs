@@ -407,3 +407,103 @@ fn a_model_trained_on_a_sql_feature_set_scores_only_where_the_stream_computes_th
         "a model of another feature set never scores"
     );
 }
+
+#[test]
+fn scheduled_retraining_registers_and_swaps_in_a_new_version_while_the_service_runs() {
+    use egizml::registry::{LocalRegistry, Registry};
+    let dir = tempfile::tempdir().unwrap();
+    let (history, _) = simulate(dir.path(), 4, 8_000, 21);
+    let (live, _) = simulate(dir.path(), 4, 200_000, 22);
+    let reg = dir.path().join("models");
+    let dataflow = dir.path().join("dataflow.yaml");
+    std::fs::write(
+        &dataflow,
+        format!(
+            "models:\n  registry:\n    path: {}\n  poll_s: 0.25\n",
+            reg.display()
+        ),
+    )
+    .unwrap();
+    let scores = dir.path().join("scores.jsonl");
+    let service = dir.path().join("service.yaml");
+    let port = egizml::testkit::free_port().unwrap();
+    // No version exists: the schedule trains one at once, then one every 4 s, each activated.
+    std::fs::write(
+        &service,
+        format!(
+            "dataflow: {}\nworkers: 1\nscores: true\nsource:\n  file:\n    path: {}\n    rate: 2000\n\
+             sinks:\n  jsonl:\n    alerts: {}\n    scores: {}\n\
+             api:\n  listen: 127.0.0.1:{port}\n  fleet: false\n  registry:\n    path: {}\n  train_history:\n    file: {}\n\
+             retrain:\n  every: 4s\n  scopes: [oven]\n  activate: always\n  params: {{n_estimators: 20}}\n",
+            dataflow.display(),
+            live.display(),
+            dir.path().join("alerts.jsonl").display(),
+            scores.display(),
+            reg.display(),
+            history.display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin())
+        .args(["run", "--config", service.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn egizml run");
+    let (first_v1, _) = wait_for_version(&scores, 0, "oven/v1");
+    let (first_v2, waited) = wait_for_version(&scores, first_v1, "oven/v2");
+    let metrics = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .expect("GET /metrics")
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().expect("run stops on SIGTERM");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("v2 scored {waited:?} after v1 first did");
+    // Nobody activated anything: the schedule trained v1 at start and v2 one period after v1.
+    let versions = LocalRegistry::new(reg.clone()).list(Some("oven")).unwrap();
+    assert!(versions.len() >= 2, "{versions:?}");
+    let trained = |v: u32| {
+        let meta = &versions.iter().find(|x| x.meta.version == v).unwrap().meta;
+        egizml::decode::timestamp::parse_rfc3339(&meta.trained_at).unwrap()
+    };
+    assert!(
+        trained(2) - trained(1) >= 4_000,
+        "v2 trained {} ms after v1",
+        trained(2) - trained(1)
+    );
+    let lines = score_lines(&scores);
+    assert!(first_v2 > first_v1);
+    // Once v2 scores a thing, that thing never goes back to v1.
+    let mut seen_v2 = std::collections::BTreeSet::new();
+    for l in &lines {
+        let thing = l["thing_id"].as_str().unwrap().to_string();
+        match l["model_version"].as_str() {
+            Some("oven/v2") => {
+                seen_v2.insert(thing);
+            }
+            Some("oven/v1") => assert!(!seen_v2.contains(&thing), "{thing} back on v1"),
+            _ => {}
+        }
+    }
+    let submitted = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("egizml_retrain_jobs_total")
+                && l.contains("scope=\"oven\"")
+                && l.contains("outcome=\"submitted\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(submitted.is_some_and(|n| n >= 2.0), "{metrics}");
+}

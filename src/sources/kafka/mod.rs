@@ -12,6 +12,11 @@
 //!   back that many messages so per-thing state is rebuilt; the outputs of those re-read messages are
 //!   dropped by [`SkipReplayed`] (they were acknowledged before the restart, or their offsets would not
 //!   have been committed).
+//! - with a state checkpoint (see `crate::checkpoint`), a partition's first message makes the consumer
+//!   seek to the checkpoint's offset instead: back, re-reading for state only up to the committed
+//!   offset (outputs dropped as above), or forward past messages whose state the checkpoint holds and
+//!   whose outputs were acknowledged before it completed. The reader's [`KafkaReader::positions`]
+//!   (next offset after every message handed to the dataflow) are what the next checkpoint records.
 
 pub mod config;
 
@@ -139,6 +144,10 @@ enum WarmStart {
     Seeking {
         resume: i64,
     },
+    /// Seeked forward to a checkpoint's offset: drop messages before it.
+    Skipping {
+        start: i64,
+    },
     Done,
 }
 
@@ -159,6 +168,11 @@ pub struct KafkaReader {
     warm: HashMap<Partition, WarmStart>,
     floor: HashMap<Partition, i64>,
     resume: Arc<ResumePoints>,
+    /// Per partition, where a restored checkpoint's state ends (the first message seeks there).
+    start_at: BTreeMap<Partition, i64>,
+    /// Per partition, the next offset after the last message handed to the dataflow (re-reads
+    /// included), starting from `start_at`.
+    positions: BTreeMap<Partition, i64>,
     /// Messages received in total.
     pub received: u64,
     /// Offsets committed (partitions x commits), for tests and metrics.
@@ -173,6 +187,7 @@ impl KafkaReader {
         member: usize,
         members: usize,
         resume: Arc<ResumePoints>,
+        start_at: &BTreeMap<Partition, i64>,
     ) -> anyhow::Result<KafkaReader> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &cfg.brokers)
@@ -214,6 +229,8 @@ impl KafkaReader {
             warm: HashMap::new(),
             floor: HashMap::new(),
             resume,
+            start_at: start_at.clone(),
+            positions: start_at.clone(),
             received: 0,
             commits: 0,
         })
@@ -252,12 +269,15 @@ impl KafkaReader {
                 &mut self.warm,
                 &mut self.floor,
                 &self.resume,
+                self.start_at.get(&part).copied(),
                 &part,
                 offset,
             );
             if !admitted {
                 continue;
             }
+            let pos = self.positions.entry(part.clone()).or_insert(offset + 1);
+            *pos = (*pos).max(offset + 1);
             n += 1;
             self.received += 1;
             self.count += 1;
@@ -284,6 +304,12 @@ impl KafkaReader {
             }
         }
         n
+    }
+
+    /// Per partition, the next offset after the last message handed to the dataflow (what a
+    /// checkpoint of the state records).
+    pub fn positions(&self) -> &BTreeMap<Partition, i64> {
+        &self.positions
     }
 
     /// Seals the offsets read so far under `epoch` (the epoch their records were sent in).
@@ -359,18 +385,29 @@ impl KafkaReader {
     }
 }
 
-/// Warm start: decides whether a message is processed, seeking back on a partition's first one.
+/// Warm start: decides whether a message is processed, seeking (to the checkpoint's offset `start`,
+/// or back `warm_start_messages`) on a partition's first one.
+#[allow(clippy::too_many_arguments)]
 fn admit(
     consumer: &BaseConsumer<LagContext>,
     cfg: &KafkaSourceConfig,
     warm: &mut HashMap<Partition, WarmStart>,
     floor: &mut HashMap<Partition, i64>,
     resume: &ResumePoints,
+    start: Option<i64>,
     part: &Partition,
     offset: i64,
 ) -> bool {
     match warm.get(part) {
         Some(WarmStart::Done) => true,
+        Some(WarmStart::Skipping { start }) => {
+            if offset >= *start {
+                warm.insert(part.clone(), WarmStart::Done);
+                true
+            } else {
+                false
+            }
+        }
         Some(WarmStart::Seeking { resume }) => {
             if offset < *resume {
                 warm.insert(part.clone(), WarmStart::Done);
@@ -383,6 +420,12 @@ fn admit(
             warm.insert(part.clone(), WarmStart::Done);
             // Offsets before the first one read were committed: never commit below it.
             floor.insert(part.clone(), offset);
+            if let Some(start) = start.filter(|&s| s != offset) {
+                return seek_to_checkpoint(consumer, warm, floor, resume, part, offset, start);
+            }
+            if start.is_some() {
+                return true;
+            }
             let back = cfg.warm_start_messages;
             if back == 0 || offset == 0 {
                 return true;
@@ -414,4 +457,33 @@ fn admit(
             }
         }
     }
+}
+
+/// A partition's first message is at `offset` (its committed position) and the restored state ends
+/// at `start`: seek there. Back: the messages up to `offset` are re-read for state only (their
+/// outputs were acknowledged before). Forward: the checkpoint holds the state of the messages up to
+/// `start`, whose outputs were acknowledged before it completed (the commit lagged behind).
+fn seek_to_checkpoint(
+    consumer: &BaseConsumer<LagContext>,
+    warm: &mut HashMap<Partition, WarmStart>,
+    floor: &mut HashMap<Partition, i64>,
+    resume: &ResumePoints,
+    part: &Partition,
+    offset: i64,
+    start: i64,
+) -> bool {
+    let timeout = Duration::from_secs(5);
+    if let Err(e) = consumer.seek(&part.0, part.1, Offset::Offset(start), timeout) {
+        tracing::warn!(error = %e, topic = %part.0, partition = part.1, checkpoint = start, committed = offset, "cannot seek to the checkpoint's offset; reading on from the committed one");
+        return true;
+    }
+    tracing::info!(topic = %part.0, partition = part.1, checkpoint = start, committed = offset, "seeking to the checkpoint's offset");
+    if start < offset {
+        resume.set(part.clone(), offset);
+        warm.insert(part.clone(), WarmStart::Seeking { resume: offset });
+    } else {
+        floor.insert(part.clone(), start);
+        warm.insert(part.clone(), WarmStart::Skipping { start });
+    }
+    false
 }

@@ -61,6 +61,24 @@ impl FaultKind {
     }
 }
 
+impl std::str::FromStr for FaultKind {
+    type Err = String;
+
+    /// The snake_case name, e.g. `phase_imbalance`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = FaultKind::ALL.iter().map(FaultKind::as_str).collect();
+                format!(
+                    "unknown fault kind `{s}` (expected one of {})",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
 /// Equipment classes of the simulated plant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EquipmentType {
@@ -193,6 +211,9 @@ pub struct SimulatorConfig {
     /// fault starts at a reading where one may start (not in the first 300 readings of a thing, not within
     /// 300 readings after the previous episode ended).
     pub faults_per_1000: f64,
+    /// The fault mix: kinds that may be injected (empty = every kind the equipment supports). A thing
+    /// whose equipment supports none of them gets no faults.
+    pub fault_kinds: Vec<FaultKind>,
 }
 
 impl Default for SimulatorConfig {
@@ -203,6 +224,7 @@ impl Default for SimulatorConfig {
             interval_ms: 1000,
             start_ts: 1_767_225_600_000,
             faults_per_1000: 2.0,
+            fault_kinds: Vec::new(),
         }
     }
 }
@@ -400,7 +422,13 @@ impl ThingState {
     }
 
     /// Possibly starts a fault at the current reading; returns the new episode.
-    fn maybe_start_fault(&mut self, p: f64, ts: i64, interval_ms: i64) -> Option<FaultEpisode> {
+    fn maybe_start_fault(
+        &mut self,
+        p: f64,
+        allowed: &[FaultKind],
+        ts: i64,
+        interval_ms: i64,
+    ) -> Option<FaultEpisode> {
         if self.fault.is_some() || self.n < self.next_fault_n || p <= 0.0 {
             return None;
         }
@@ -409,7 +437,19 @@ impl ThingState {
             return None;
         }
         let kinds = self.equip.fault_kinds();
-        let kind = kinds[r.random_range(0..kinds.len())];
+        let kind = if allowed.is_empty() {
+            kinds[r.random_range(0..kinds.len())]
+        } else {
+            let mix: Vec<FaultKind> = kinds
+                .iter()
+                .copied()
+                .filter(|k| allowed.contains(k))
+                .collect();
+            if mix.is_empty() {
+                return None;
+            }
+            mix[r.random_range(0..mix.len())]
+        };
         let (lo, hi) = kind.length_range();
         let len = r.random_range(lo..=hi);
         let which = r.random_range(0..3usize);
@@ -627,7 +667,8 @@ impl Simulator {
             .cfg
             .start_ts
             .saturating_add((thing.n as i64).saturating_mul(interval));
-        if let Some(ep) = thing.maybe_start_fault(self.fault_p, ts, interval) {
+        if let Some(ep) = thing.maybe_start_fault(self.fault_p, &self.cfg.fault_kinds, ts, interval)
+        {
             self.episodes.push(ep);
         }
         let label = thing.read(values);

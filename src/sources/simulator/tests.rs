@@ -461,3 +461,35 @@ fn episodes_serialize_snake_case() {
         assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
     }
 }
+
+#[test]
+fn the_fault_mix_restricts_the_injected_kinds() {
+    let mut sim = Simulator::new(SimulatorConfig {
+        fault_kinds: vec![FaultKind::VoltageSpike, FaultKind::BearingWear],
+        ..cfg(30, 7, 20.0)
+    });
+    for _ in 0..30 * 2_000 {
+        sim.next_point();
+    }
+    let kinds: std::collections::BTreeSet<&str> =
+        sim.episodes().iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["bearing_wear", "voltage_spike"].into_iter().collect(),
+        "only the chosen kinds, and both of them"
+    );
+    // Bearing wear only where the equipment has bearings; ovens get spikes only.
+    assert!(sim
+        .episodes()
+        .iter()
+        .filter(|e| e.kind == FaultKind::BearingWear)
+        .all(|e| !e.thing_id.starts_with("oven")));
+    assert_eq!(
+        "phase_imbalance".parse::<FaultKind>(),
+        Ok(FaultKind::PhaseImbalance)
+    );
+    assert!("meltdown"
+        .parse::<FaultKind>()
+        .unwrap_err()
+        .contains("voltage_spike"));
+}

@@ -148,6 +148,21 @@ fn a_registry_isolation_forest_scores_the_stream_and_explains_its_alerts() {
     assert!(ensemble_lead.contains("current"), "{alert:?}");
 }
 
+/// Stops a spawned `egizml run` with SIGTERM and asserts it drained and exited 0.
+fn stop_with_sigterm(child: std::process::Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().expect("run stops on SIGTERM");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Reads the score lines written so far (complete lines only).
 fn score_lines(path: &Path) -> Vec<serde_json::Value> {
     let Ok(f) = std::fs::File::open(path) else {
@@ -261,17 +276,7 @@ fn activating_versions_swaps_the_running_services_model_without_a_restart() {
     let (back_v1, swap_v1) = wait_for_version(&scores, before_v1, "oven/v1");
     std::thread::sleep(Duration::from_secs(2));
     // Graceful stop (SIGTERM drains what is in flight); the file would last longer.
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let out = child.wait_with_output().expect("run stops on SIGTERM");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stop_with_sigterm(child);
     eprintln!("swap latencies: v1->v2 {swap_v2:?}, v2->v1 {swap_v1:?}");
     // The activation is picked up within a second (poll 0.25 s); slack for a loaded CI machine.
     assert!(swap_v2 < Duration::from_secs(3) && swap_v1 < Duration::from_secs(3));
@@ -458,17 +463,7 @@ fn scheduled_retraining_registers_and_swaps_in_a_new_version_while_the_service_r
         .body_mut()
         .read_to_string()
         .unwrap();
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let out = child.wait_with_output().expect("run stops on SIGTERM");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stop_with_sigterm(child);
     eprintln!("v2 scored {waited:?} after v1 first did");
     // Nobody activated anything: the schedule trained v1 at start and v2 one period after v1.
     let versions = LocalRegistry::new(reg.clone()).list(Some("oven")).unwrap();

@@ -158,7 +158,7 @@ impl Walk<'_, '_> {
         if d == 0 || value == 0.0 {
             return;
         }
-        let rule = gauss_legendre((d + 1) / 2);
+        let rule = gauss_legendre(d.div_ceil(2));
         let s = &mut *self.s;
         let path = &s.path[..d];
         s.integral[..d].fill(0.0);

@@ -101,3 +101,29 @@ pub fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
         Err(_) => Vec::new(),
     }
 }
+
+/// Sends SIGTERM to a service under test and waits up to `limit` for it to exit (its graceful
+/// shutdown: stop the sources, drain, flush); panics naming `what` if the signal cannot be sent or the
+/// process outlives the limit. The caller checks the exit status and reads the output.
+pub fn sigterm_and_wait(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -TERM {what}");
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not exit within {limit:?} of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

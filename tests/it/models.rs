@@ -149,12 +149,8 @@ fn a_registry_isolation_forest_scores_the_stream_and_explains_its_alerts() {
 }
 
 /// Stops a spawned `egizml run` with SIGTERM and asserts it drained and exited 0.
-fn stop_with_sigterm(child: std::process::Child) {
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+fn stop_with_sigterm(mut child: std::process::Child) {
+    crate::common::sigterm_and_wait(&mut child, Duration::from_secs(120), "egizml run");
     let out = child.wait_with_output().expect("run stops on SIGTERM");
     assert!(
         out.status.success(),

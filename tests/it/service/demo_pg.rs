@@ -2,6 +2,7 @@
 //! authenticated feedback, and SIGTERM drains every in-flight alert into the store before exit.
 
 use super::procs::{self, free_port, wait_for, KillOnDrop};
+use crate::common::sigterm_and_wait;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -61,13 +62,7 @@ fn demo_on_postgres_serves_feedback_and_drains_on_sigterm() {
     assert_eq!(resp.status().as_u16(), 201);
 
     // SIGTERM: the demo stops its source, drains the pipeline into the store and exits 0.
-    let status = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exited = wait_for(Duration::from_secs(30), || child.0.try_wait().unwrap())
-        .expect("demo exits within 30 s of SIGTERM");
+    let exited = sigterm_and_wait(&mut child.0, Duration::from_secs(30), "the demo");
     let mut stdout = String::new();
     std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
     assert!(exited.success(), "{exited:?}: {stdout}");

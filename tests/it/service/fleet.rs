@@ -3,7 +3,7 @@
 //! the store and the differential-dataflow summaries can be compared at rest.
 
 use super::procs::{free_port, wait_for, KillOnDrop};
-use crate::common::bin;
+use crate::common::{bin, sigterm_and_wait};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -253,16 +253,7 @@ fn device_and_fleet_summaries_agree_with_the_stored_alerts() {
     assert_eq!(top["ranking"].as_array().unwrap()[..], ranking[1..3]);
 
     // SIGTERM ends the linger; the demo exits 0 with the stored count in its summary.
-    let pid = child.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let out = wait_for(Duration::from_secs(30), || {
-        child.0.try_wait().ok().flatten()
-    });
-    let status = out.expect("demo exits after SIGTERM");
+    let status = sigterm_and_wait(&mut child.0, Duration::from_secs(30), "the demo");
     assert!(status.success(), "demo exit status {status}");
     let mut stdout = String::new();
     std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();

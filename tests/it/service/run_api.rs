@@ -4,7 +4,7 @@
 //! stops the service with SIGTERM. A bad `api` section fails at start naming file, line and field.
 
 use super::procs::{free_port, wait_for, KillOnDrop};
-use crate::common::{bin, simulate};
+use crate::common::{bin, sigterm_and_wait, simulate};
 use egizml::sinks::sqlite::{AlertQuery, AlertStore, SqliteStore};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -187,14 +187,7 @@ fn run_serves_the_api_and_metrics_of_the_running_service() {
     assert!(dir.path().join("models").is_dir());
 
     // SIGTERM: drains, exits 0; the store holds exactly the JSONL sink's alerts.
-    let pid = child.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let exited = wait_for(Duration::from_secs(60), || child.0.try_wait().unwrap());
-    let status = exited.expect("egizml run stops after SIGTERM");
+    let status = sigterm_and_wait(&mut child.0, Duration::from_secs(60), "egizml run");
     let mut text = String::new();
     std::io::Read::read_to_string(&mut child.0.stdout.take().unwrap(), &mut text).unwrap();
     let err = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
@@ -403,13 +396,7 @@ fn run_stores_and_serves_alerts_in_postgresql() {
         call(&agent, "GET", &format!("{base}/api/v1/fleet"), None, None).0,
         503
     );
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let status = wait_for(Duration::from_secs(60), || child.0.try_wait().unwrap())
-        .expect("egizml run stops after SIGTERM");
+    let status = sigterm_and_wait(&mut child.0, Duration::from_secs(60), "egizml run");
     let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default();
     assert!(status.success(), "{log}");
     let written = alert_ids_in(&dir.path().join("alerts.jsonl"));

@@ -3,7 +3,7 @@
 //! (JSONL and the SQLite store) before it exits 0. The reference is a replay of exactly that input.
 
 use super::procs::{wait_for, KillOnDrop};
-use crate::common::bin;
+use crate::common::{bin, sigterm_and_wait};
 use egizml::sinks::sqlite::{AlertQuery, AlertStore, SqliteStore};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -72,16 +72,7 @@ fn sigterm_drains_in_flight_alerts_to_every_sink_and_exits_0() {
         .unwrap()
         .matches('\n')
         .count();
-    let pid = child.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = wait_for(Duration::from_secs(60), || {
-        child.0.try_wait().ok().flatten()
-    })
-    .expect("egizml run exits after SIGTERM");
+    let status = sigterm_and_wait(&mut child.0, Duration::from_secs(60), "egizml run");
     let mut stdout = String::new();
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();

@@ -616,6 +616,14 @@ impl DataflowConfig {
         if let Some(r) = &self.detectors.regimes {
             r.validate().map_err(bad)?;
         }
+        let sf = &self.sensor_faults;
+        if sf.enabled && sf.baseline_readings < sf.flatline_window {
+            return Err(bad(format!(
+                "field `sensor_faults.baseline_readings` ({}) must be at least \
+                 `sensor_faults.flatline_window` ({}): the learned spread is that of a full window",
+                sf.baseline_readings, sf.flatline_window
+            )));
+        }
         if self.allowed_lateness_ms < 0 {
             return Err(bad("field `allowed_lateness_ms` must be >= 0".into()));
         }
@@ -635,6 +643,20 @@ mod tests {
         let cfg: DataflowConfig = parse_yaml("{}", "x.yaml").unwrap();
         assert_eq!(cfg.window, 60);
         cfg.validate("x.yaml").unwrap();
+    }
+
+    #[test]
+    fn a_flatline_window_longer_than_the_baseline_is_refused() {
+        let cfg: DataflowConfig = parse_yaml(
+            "sensor_faults:\n  flatline_window: 300\n  baseline_readings: 200\n",
+            "x.yaml",
+        )
+        .unwrap();
+        let e = cfg.validate("x.yaml").unwrap_err().to_string();
+        assert!(
+            e.contains("x.yaml") && e.contains("`sensor_faults.baseline_readings`"),
+            "{e}"
+        );
     }
 
     #[test]

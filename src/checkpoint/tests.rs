@@ -266,7 +266,10 @@ fn another_format_version_is_refused_naming_the_file_and_both_versions() {
     small_checkpoint(dir.path());
     let manifest = only_checkpoint(dir.path()).join(MANIFEST);
     let text = std::fs::read_to_string(&manifest).unwrap();
-    let changed = text.replace("\"format_version\": 1,", "\"format_version\": 99,");
+    let changed = text.replace(
+        &format!("\"format_version\": {FORMAT_VERSION},"),
+        "\"format_version\": 99,",
+    );
     assert_ne!(text, changed);
     std::fs::write(&manifest, changed).unwrap();
     let e = load_latest(&config(dir.path()), &dataflow())
@@ -275,7 +278,8 @@ fn another_format_version_is_refused_naming_the_file_and_both_versions() {
         .to_string();
     assert!(e.starts_with(&manifest.display().to_string()), "{e}");
     assert!(
-        e.contains("checkpoint format version 99") && e.contains("reads version 1"),
+        e.contains("checkpoint format version 99")
+            && e.contains(&format!("reads version {FORMAT_VERSION}")),
         "{e}"
     );
     assert!(e.contains("on_mismatch: start_fresh"), "{e}");
@@ -354,7 +358,7 @@ fn the_format_is_guarded_by_its_version() {
     let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
     assert_eq!(
         (FORMAT_VERSION, format!("{hash:016x}")),
-        (1, "532b51bd5a3e9bbc".to_string()),
+        (2, "7d6814e3b33c5285".to_string()),
         "checkpoint bytes changed"
     );
 }

@@ -7,8 +7,11 @@
 //! - `stuck`: the bit-identical value repeated for `stuck_after` consecutive readings (a frozen gateway
 //!   register or a transmitter that stopped updating; live sensors always carry some noise).
 //! - `flatlined`: the value still changes, but its spread over the last `flatline_window` readings fell
-//!   below `flatline_ratio` times the spread it had while the detector learned it (a broken wire reading
-//!   ADC noise, a sensor out of its medium).
+//!   below `flatline_ratio` times the spread such a window had while the detector learned it (a broken
+//!   wire reading ADC noise, a sensor out of its medium). The learned spread is the smallest spread of a
+//!   full window seen while learning, not the spread of all learned readings: on a machine with
+//!   production phases (a conveyor at 600, 1200, 1800 rpm) the latter is the distance between phases,
+//!   and every steady stretch of one phase would look flat next to it.
 //! - `saturated`: at or beyond a configured range limit for `saturated_after` consecutive readings.
 //! - `dropout`: a feature the thing used to report is absent from `dropout_after` consecutive readings, or
 //!   (via [`SensorFaultDetector::check_silence`]) has not been seen for `dropout_ms` of event time.
@@ -28,9 +31,11 @@ pub struct SensorFaultConfig {
     pub stuck_after: usize,
     /// Readings in the window whose spread is compared with the learned spread.
     pub flatline_window: usize,
-    /// `flatlined` when the window's standard deviation is below this fraction of the learned one.
+    /// `flatlined` when the window's standard deviation is below this fraction of the learned one (the
+    /// smallest standard deviation of a `flatline_window` of readings seen while learning).
     pub flatline_ratio: f64,
-    /// Readings per feature from which the normal spread is learned before `flatlined` can fire.
+    /// Readings per feature from which the normal spread is learned before `flatlined` can fire (should
+    /// span a few windows of each production phase of phased machines).
     pub baseline_readings: usize,
     /// Range limits per feature, `[low, high]`: readings at or beyond them are saturated.
     pub limits: BTreeMap<String, [f64; 2]>,
@@ -180,6 +185,8 @@ struct FeatureState {
     last: Option<f64>,
     repeats: usize,
     baseline: Moments,
+    /// Smallest spread of a full window of readings seen while learning (None until a window filled).
+    window_spread: Option<f64>,
     recent: RecentSpread,
     at_limit: usize,
     /// Range limits of this feature (from the configuration), looked up once.
@@ -289,15 +296,22 @@ impl SensorFaultDetector {
                 st.baseline.push(v);
             }
             let window = cfg.flatline_window.max(2);
-            // The shift moves to the learned mean once (re-centring the sums); until then the spread
-            // is not used, so it stays put rather than forcing an exact recompute on every reading.
+            // The shift is the feature's first value while learning (a sample, so a constant signal
+            // has exactly zero spread) and moves to the learned mean once (re-centring the sums); it
+            // stays put otherwise rather than forcing an exact recompute on every reading.
             let shift = if learned {
                 st.baseline.mean
+            } else if st.recent.len() == 0 {
+                v
             } else {
                 st.recent.shift
             };
             st.recent.push(v, window, shift);
-            let base = st.baseline.std();
+            if !learned && st.recent.len() >= window {
+                let spread = st.recent.std();
+                st.window_spread = Some(st.window_spread.map_or(spread, |m| m.min(spread)));
+            }
+            let base = st.window_spread.unwrap_or(0.0);
             // Only meaningful for a feature that varied while learning, and not for a value sitting on
             // one bit pattern for most of the window: that is a sensor getting `stuck`, reported as such.
             let flat = learned
@@ -503,6 +517,27 @@ mod tests {
         assert!(d
             .active()
             .contains(&("flow".to_string(), FaultKind::Flatlined)));
+    }
+
+    #[test]
+    fn phases_are_not_a_flatline_but_a_collapsed_window_in_a_phase_is() {
+        // Three production phases of 50 readings (600, 1200, 1800) with the same noise: the spread of
+        // all learned readings (~490) is the distance between phases, the spread of a window inside a
+        // phase ~0.29. A steady stretch of a phase must not look flat.
+        let level = |i: usize| [600.0, 1200.0, 1800.0][(i / 50) % 3];
+        let mut d = SensorFaultDetector::new(cfg());
+        let ev = run(&mut d, 0..1_500, |i| vec![("speed", level(i) + noise(i))]);
+        assert!(ev.is_empty(), "{ev:?}");
+        // Then the sensor reads ADC noise in a phase: flatlined once its window holds only that.
+        let ev = run(&mut d, 1_500..1_550, |i| {
+            vec![("speed", level(i) + 0.001 * noise(i))]
+        });
+        let starts: Vec<(usize, FaultKind)> = ev
+            .iter()
+            .filter(|(_, e)| e.started)
+            .map(|(i, e)| (*i, e.kind))
+            .collect();
+        assert_eq!(starts, vec![(1_519, FaultKind::Flatlined)]);
     }
 
     #[test]

@@ -95,13 +95,13 @@ fn write_plant(dir: &Path, faults: bool) -> std::path::PathBuf {
 
 /// The dataflow of the test: the embedded defaults (detectors, ensemble) with a warm-up that spans
 /// every phase (so the plain model has seen them all too), no electrical derived features, a dedup
-/// window shorter than the time between two episodes of a thing, no sensor-fault detector (its
-/// flatline check, learning the spread over phase changes, flags every sensor in a steady phase of
-/// this machine, with or without regimes), and `regimes` when given.
+/// window shorter than the time between two episodes of a thing, the sensor-fault detector on (its
+/// flatline check must not take a steady phase for a flat sensor: the tests count every alert), and
+/// `regimes` when given.
 fn dataflow(dir: &Path, name: &str, regimes: Option<&str>) -> std::path::PathBuf {
     let mut text = String::from(
         "name: phases\nwarmup: 600\nfeatures: {voltage_imbalance: false, current_imbalance: false, zone_spread: false}\n\
-         policy: {dedup_s: 60}\nsensor_faults: {enabled: false}\n",
+         policy: {dedup_s: 60}\n",
     );
     if let Some(r) = regimes {
         text.push_str(&format!("detectors:\n  regimes: {r}\n"));

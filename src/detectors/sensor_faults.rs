@@ -108,27 +108,17 @@ pub struct FaultEvent {
     pub detail: String,
 }
 
-/// Welford mean/variance (the learned baseline).
+/// Running mean of the learned readings (the centre the window's sums are shifted by once learned).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Moments {
     n: u64,
     mean: f64,
-    m2: f64,
 }
 
 impl Moments {
     fn push(&mut self, x: f64) {
         self.n += 1;
-        let d = x - self.mean;
-        self.mean += d / self.n as f64;
-        self.m2 += d * (x - self.mean);
-    }
-    fn std(&self) -> f64 {
-        if self.n < 2 {
-            0.0
-        } else {
-            (self.m2 / (self.n - 1) as f64).sqrt()
-        }
+        self.mean += (x - self.mean) / self.n as f64;
     }
 }
 

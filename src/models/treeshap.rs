@@ -8,12 +8,12 @@
 /// is never a child, so 0 is free as the "no child" mark).
 #[derive(Clone, Copy, Debug)]
 pub struct TreeView<'a> {
-    pub left: &'a [u32],
-    pub right: &'a [u32],
-    pub feature: &'a [u32],
+    pub left: &'a [u16],
+    pub right: &'a [u16],
+    pub feature: &'a [u16],
     pub threshold: &'a [f64],
     /// Training samples that reached each node.
-    pub cover: &'a [f64],
+    pub cover: &'a [u16],
     /// Output of each node: at a leaf the prediction, inside the cover-weighted mean of the leaves below.
     pub value: &'a [f64],
 }
@@ -101,9 +101,9 @@ impl Walk<'_, '_> {
         let (l, r) = (t.left[node] as usize, t.right[node] as usize);
         let goes_left = self.x.get(split).is_some_and(|v| *v <= t.threshold[node]);
         let (hot, cold) = if goes_left { (l, r) } else { (r, l) };
-        let w = t.cover[node];
-        let hot_zero = t.cover[hot] / w;
-        let cold_zero = t.cover[cold] / w;
+        let w = f64::from(t.cover[node]);
+        let hot_zero = f64::from(t.cover[hot]) / w;
+        let cold_zero = f64::from(t.cover[cold]) / w;
         let (mut in_zero, mut in_one) = (1.0, 1.0);
         // A feature already on the path is undone here and redone with this node's fractions.
         if let Some(k) = (0..=depth).find(|&k| path[k].feature == split) {

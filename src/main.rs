@@ -2,7 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use egizml::commands::{
-    bench, bench_train, demo, eval, loadgen, models, replay, run as service, simulate, train,
+    bench, bench_models, bench_train, demo, eval, loadgen, models, replay, run as service,
+    simulate, train,
 };
 
 /// Streaming anomaly detection and predictive maintenance for industrial telemetry.
@@ -23,6 +24,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Isolation Forest training time, model size, scoring and TreeSHAP cost on a generated matrix.
     BenchTrain(bench_train::BenchTrainArgs),
+    /// Memory of many loaded registry models: trains them into a registry, loads them as the stream does.
+    BenchModels(bench_models::BenchModelsArgs),
     /// Write labelled simulator telemetry to a JSONL file.
     Simulate(simulate::SimulateArgs),
     /// The service: sources and sinks from a service config (configs/service.yaml).
@@ -98,6 +101,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("{}", serde_json::to_string(&s)?);
         }
+        Command::BenchModels(args) => match (&args.registry, args.load_only) {
+            (Some(dir), true) => {
+                let r = bench_models::load_report(dir)?;
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            _ => {
+                let s = bench_models::bench_models(&args)?;
+                println!("{}", bench_models::describe(&s));
+                println!("{}", serde_json::to_string(&s)?);
+            }
+        },
         Command::Train(args) => {
             let report = train::train(&args)?;
             for line in train::describe(&report) {

@@ -1,6 +1,7 @@
 //! The `egizml` commands, callable from the binary, tests and benches.
 
 pub mod bench;
+pub mod bench_models;
 pub mod bench_train;
 pub mod demo;
 pub mod eval;

@@ -327,4 +327,17 @@ impl Model for Autoencoder {
     fn explain(&self, row: &[f64]) -> Vec<f64> {
         self.feature_errors(row)
     }
+    fn memory_bytes(&self) -> usize {
+        let f64s = |v: &Vec<f64>| v.capacity() * std::mem::size_of::<f64>();
+        std::mem::size_of::<Self>()
+            + self.params.hidden.capacity() * std::mem::size_of::<usize>()
+            + f64s(&self.scaler.mean)
+            + f64s(&self.scaler.std)
+            + self.layers.capacity() * std::mem::size_of::<Layer>()
+            + self
+                .layers
+                .iter()
+                .map(|l| f64s(&l.w) + f64s(&l.b))
+                .sum::<usize>()
+    }
 }

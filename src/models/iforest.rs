@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 pub struct IsolationForestParams {
     /// Trees in the forest.
     pub n_estimators: usize,
-    /// Rows drawn (without replacement) for each tree; capped at the training rows.
+    /// Rows drawn (without replacement) for each tree; capped at the training rows. At most
+    /// [`MAX_SAMPLES`] (32,768).
     pub max_samples: usize,
     /// Expected share of anomalies in the training data; sets the threshold at the (1 - contamination)
     /// quantile of the training scores. In (0, 0.5].
@@ -50,8 +51,11 @@ impl IsolationForestParams {
         if self.n_estimators == 0 || self.n_estimators > 10_000 {
             return Err(ModelError::param("n_estimators", "must be in 1..=10000"));
         }
-        if self.max_samples < 2 {
-            return Err(ModelError::param("max_samples", "must be at least 2"));
+        if !(2..=MAX_SAMPLES).contains(&self.max_samples) {
+            return Err(ModelError::param(
+                "max_samples",
+                format!("must be in 2..={MAX_SAMPLES}"),
+            ));
         }
         if !(self.contamination > 0.0 && self.contamination <= 0.5) {
             return Err(ModelError::param(
@@ -63,19 +67,21 @@ impl IsolationForestParams {
     }
 }
 
+/// Largest `max_samples`: a tree grown on n rows has at most 2n - 1 nodes, and node indices, feature
+/// ids and covers are held as u16.
+pub const MAX_SAMPLES: usize = 32_768;
+
 /// One isolation tree as compact node arrays (see [`TreeView`]); leaves have `left == right == 0`.
+/// Per node 24 bytes in two buffers: left, right, feature and cover (training samples reaching the
+/// node) as u16, threshold and value as f64. A tree holds at most 65,535 nodes ([`MAX_SAMPLES`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "TreeFile", into = "TreeFile")]
 pub struct IsolationTree {
-    pub left: Vec<u32>,
-    pub right: Vec<u32>,
-    pub feature: Vec<u32>,
-    pub threshold: Vec<f64>,
-    /// Training samples reaching each node.
-    pub cover: Vec<u32>,
-    /// Derived on load: cover as f64 and node values (leaf: depth + c(cover); inside: cover-weighted mean).
-    cover_f: Vec<f64>,
-    value: Vec<f64>,
+    /// `[left | right | feature | cover]`, one slot per node each.
+    small: Box<[u16]>,
+    /// `[threshold | value]`, one slot per node each. Values are derived on load (leaf: depth +
+    /// c(cover); inside: the cover-weighted mean of the children).
+    wide: Box<[f64]>,
     depth: usize,
 }
 
@@ -92,12 +98,13 @@ struct TreeFile {
 
 impl From<IsolationTree> for TreeFile {
     fn from(t: IsolationTree) -> Self {
+        let wide = |v: &[u16]| v.iter().map(|&x| u32::from(x)).collect();
         TreeFile {
-            left: t.left,
-            right: t.right,
-            feature: t.feature,
-            threshold: t.threshold,
-            cover: t.cover,
+            left: wide(t.left()),
+            right: wide(t.right()),
+            feature: wide(t.feature()),
+            threshold: t.thresholds().to_vec(),
+            cover: wide(t.cover()),
         }
     }
 }
@@ -127,19 +134,40 @@ impl TryFrom<TreeFile> for IsolationTree {
                 return Err(format!("node {i}: bad children {l}, {r}"));
             }
         }
-        IsolationTree::from_parts(f.left, f.right, f.feature, f.threshold, f.cover)
+        IsolationTree::from_parts(&f.left, &f.right, &f.feature, &f.threshold, &f.cover)
     }
 }
 
 impl IsolationTree {
+    /// Packs checked node arrays (children after their parent) and derives the node values.
     fn from_parts(
-        left: Vec<u32>,
-        right: Vec<u32>,
-        feature: Vec<u32>,
-        threshold: Vec<f64>,
-        cover: Vec<u32>,
+        left: &[u32],
+        right: &[u32],
+        feature: &[u32],
+        threshold: &[f64],
+        cover: &[u32],
     ) -> Result<Self, String> {
         let n = left.len();
+        if n > usize::from(u16::MAX) {
+            return Err(format!(
+                "tree of {n} nodes: at most {} (max_samples <= {MAX_SAMPLES})",
+                u16::MAX
+            ));
+        }
+        let mut small = Vec::with_capacity(4 * n);
+        for (what, part) in [
+            ("left", left),
+            ("right", right),
+            ("feature", feature),
+            ("cover", cover),
+        ] {
+            for (i, &v) in part.iter().enumerate() {
+                small.push(
+                    u16::try_from(v)
+                        .map_err(|_| format!("node {i}: {what} {v} is above {}", u16::MAX))?,
+                );
+            }
+        }
         let mut depths = vec![0usize; n];
         for i in 0..n {
             if left[i] != 0 {
@@ -147,7 +175,7 @@ impl IsolationTree {
                 depths[right[i] as usize] = depths[i] + 1;
             }
         }
-        let cover_f: Vec<f64> = cover.iter().map(|&c| c as f64).collect();
+        let cover_f = |i: usize| f64::from(cover[i]);
         let mut value = vec![0.0; n];
         // Children follow parents, so a reverse sweep sees children first.
         for i in (0..n).rev() {
@@ -155,56 +183,91 @@ impl IsolationTree {
                 value[i] = depths[i] as f64 + average_path_length(cover[i] as usize);
             } else {
                 let (l, r) = (left[i] as usize, right[i] as usize);
-                let w = cover_f[l] + cover_f[r];
-                if w <= 0.0 || cover_f[i] != w {
+                let w = cover_f(l) + cover_f(r);
+                if w <= 0.0 || cover_f(i) != w {
                     return Err(format!("node {i}: cover differs from its children's"));
                 }
-                value[i] = (value[l] * cover_f[l] + value[r] * cover_f[r]) / w;
+                value[i] = (value[l] * cover_f(l) + value[r] * cover_f(r)) / w;
             }
         }
+        let mut wide = Vec::with_capacity(2 * n);
+        wide.extend_from_slice(threshold);
+        wide.extend_from_slice(&value);
         Ok(IsolationTree {
             depth: depths.iter().copied().max().unwrap_or(0),
-            left,
-            right,
-            feature,
-            threshold,
-            cover,
-            cover_f,
-            value,
+            small: small.into_boxed_slice(),
+            wide: wide.into_boxed_slice(),
         })
+    }
+
+    pub fn n_nodes(&self) -> usize {
+        self.wide.len() / 2
+    }
+
+    fn small_part(&self, k: usize) -> &[u16] {
+        let n = self.n_nodes();
+        &self.small[k * n..(k + 1) * n]
+    }
+
+    /// Left child of each node (0: a leaf).
+    pub fn left(&self) -> &[u16] {
+        self.small_part(0)
+    }
+
+    /// Right child of each node (0: a leaf).
+    pub fn right(&self) -> &[u16] {
+        self.small_part(1)
+    }
+
+    /// Split feature of each inner node (0 at leaves).
+    pub fn feature(&self) -> &[u16] {
+        self.small_part(2)
+    }
+
+    /// Training samples reaching each node.
+    pub fn cover(&self) -> &[u16] {
+        self.small_part(3)
+    }
+
+    /// Split threshold of each inner node (`x <= threshold` goes left; 0 at leaves).
+    pub fn thresholds(&self) -> &[f64] {
+        &self.wide[..self.n_nodes()]
+    }
+
+    /// The node values shap's tree model expects (leaf: depth + c(n); inside: weighted mean).
+    pub fn values(&self) -> &[f64] {
+        &self.wide[self.n_nodes()..]
     }
 
     /// Path length of `row` (depth of its leaf plus c(leaf samples)).
     #[inline]
     pub fn path_length(&self, row: &[f64]) -> f64 {
+        let (left, right, feature) = (self.left(), self.right(), self.feature());
+        let (threshold, value) = self.wide.split_at(self.n_nodes());
         let mut node = 0usize;
-        while self.left[node] != 0 {
-            node = if row[self.feature[node] as usize] <= self.threshold[node] {
-                self.left[node] as usize
+        while left[node] != 0 {
+            node = if row[feature[node] as usize] <= threshold[node] {
+                left[node] as usize
             } else {
-                self.right[node] as usize
+                right[node] as usize
             };
         }
-        self.value[node]
+        value[node]
     }
 
-    pub fn n_nodes(&self) -> usize {
-        self.left.len()
-    }
-
-    /// The node values shap's tree model expects (leaf: depth + c(n); inside: weighted mean).
-    pub fn values(&self) -> &[f64] {
-        &self.value
+    /// Heap bytes of the node buffers.
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.small) + std::mem::size_of_val(&*self.wide)
     }
 
     fn view(&self) -> TreeView<'_> {
         TreeView {
-            left: &self.left,
-            right: &self.right,
-            feature: &self.feature,
-            threshold: &self.threshold,
-            cover: &self.cover_f,
-            value: &self.value,
+            left: self.left(),
+            right: self.right(),
+            feature: self.feature(),
+            threshold: self.thresholds(),
+            cover: self.cover(),
+            value: self.values(),
         }
     }
 }
@@ -243,6 +306,12 @@ impl Fit for IsolationForestParams {
         if n < 2 || d == 0 {
             return Err(ModelError::Data(format!(
                 "isolation forest needs at least 2 rows and 1 feature, got {n} x {d}"
+            )));
+        }
+        if d > usize::from(u16::MAX) + 1 {
+            return Err(ModelError::Data(format!(
+                "isolation forest takes at most {} features, got {d}",
+                usize::from(u16::MAX) + 1
             )));
         }
         if x.iter().any(|v| !v.is_finite()) {
@@ -341,7 +410,7 @@ fn grow_tree(x: ArrayView2<'_, f64>, samples: usize, max_depth: usize, seed: u64
         cover: Vec::with_capacity(2 * samples),
     };
     g.grow(&mut rows, 0);
-    IsolationTree::from_parts(g.left, g.right, g.feature, g.threshold, g.cover)
+    IsolationTree::from_parts(&g.left, &g.right, &g.feature, &g.threshold, &g.cover)
         .expect("a grown tree is consistent")
 }
 
@@ -460,7 +529,7 @@ impl IsolationForest {
         let mut base = 0.0;
         for t in &self.trees {
             treeshap::tree_shap(t.view(), t.depth, row, scale, &mut phi, &mut scratch);
-            base += t.value[0] * scale;
+            base += t.values()[0] * scale;
         }
         (phi, base)
     }
@@ -473,8 +542,8 @@ impl IsolationForest {
             ));
         }
         for (i, t) in self.trees.iter().enumerate() {
-            if (0..t.n_nodes()).any(|n| t.left[n] != 0 && t.feature[n] as usize >= self.n_features)
-            {
+            let (left, feature) = (t.left(), t.feature());
+            if (0..t.n_nodes()).any(|n| left[n] != 0 && feature[n] as usize >= self.n_features) {
                 return Err(ModelError::Format(format!(
                     "tree {i}: split on a feature >= {}",
                     self.n_features
@@ -526,5 +595,10 @@ impl Model for IsolationForest {
             return Vec::new();
         }
         self.shap_values(row).0.into_iter().map(|v| -v).collect()
+    }
+    fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.trees.capacity() * std::mem::size_of::<IsolationTree>()
+            + self.trees.iter().map(|t| t.heap_bytes()).sum::<usize>()
     }
 }

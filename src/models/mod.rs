@@ -101,6 +101,9 @@ pub trait Model: Send + Sync + std::fmt::Debug {
             0.0
         }
     }
+    /// Bytes the loaded model holds: its own struct and the capacity of every buffer it owns (the
+    /// allocator's per-allocation overhead aside). `egizml bench-models` reports it beside `VmRSS`.
+    fn memory_bytes(&self) -> usize;
     /// Whether the row is an anomaly.
     fn is_anomaly(&self, row: &[f64]) -> bool {
         self.score(row) > self.threshold()

@@ -62,6 +62,14 @@ fn params_are_checked() {
     assert_eq!(
         bad(IsolationForestParams {
             max_samples: 1,
+            ..base.clone()
+        }),
+        "max_samples"
+    );
+    // Node indices are u16: a tree of 32,769 rows could need 65,537 nodes.
+    assert_eq!(
+        bad(IsolationForestParams {
+            max_samples: iforest::MAX_SAMPLES + 1,
             ..base
         }),
         "max_samples"
@@ -320,4 +328,117 @@ fn tree_shap_matches_python_shap() {
             );
         }
     }
+}
+
+/// The node arrays of a model file, as written (u32 indices, covers as counts).
+#[derive(Deserialize)]
+struct FileTree {
+    left: Vec<u32>,
+    right: Vec<u32>,
+    feature: Vec<u32>,
+    threshold: Vec<f64>,
+    cover: Vec<u32>,
+}
+
+/// The anomaly score computed straight from the file's arrays, with the arithmetic of the
+/// representation before the compact one (f64 depth + c(cover) at the leaf, mean over trees).
+fn score_from_file(trees: &[FileTree], samples_per_tree: usize, row: &[f64]) -> f64 {
+    let sum: f64 = trees
+        .iter()
+        .map(|t| {
+            let (mut node, mut depth) = (0usize, 0usize);
+            while t.left[node] != 0 {
+                node = if row[t.feature[node] as usize] <= t.threshold[node] {
+                    t.left[node] as usize
+                } else {
+                    t.right[node] as usize
+                };
+                depth += 1;
+            }
+            depth as f64 + average_path_length(t.cover[node] as usize)
+        })
+        .sum();
+    let eh = sum / trees.len() as f64;
+    (2.0f64).powf(-eh / average_path_length(samples_per_tree))
+}
+
+#[test]
+fn compact_trees_score_bit_identically_to_the_file_arrays() {
+    let (x, _) = cloud(3_000, 13, 20, 11);
+    let forest = IsolationForestParams::default().fit(x.view()).unwrap();
+    let json = serde_json::to_value(&forest).unwrap();
+    let trees: Vec<FileTree> = serde_json::from_value(json["trees"].clone()).unwrap();
+    let loaded: IsolationForest = serde_json::from_value(json).unwrap();
+    assert_eq!(loaded, forest);
+    let mut rng = StdRng::seed_from_u64(12);
+    let mut rows: Vec<Vec<f64>> = (0..300).map(|i| x.row(i * 10).to_vec()).collect();
+    rows.extend((0..300).map(|_| {
+        (0..13)
+            .map(|j| j as f64 + rng.random_range(-4.0..4.0))
+            .collect()
+    }));
+    // Rows exactly on split thresholds: `<=` must still send them left.
+    let t0 = &trees[0];
+    rows.push(
+        (0..13)
+            .map(|j| {
+                if j == t0.feature[0] as usize {
+                    t0.threshold[0]
+                } else {
+                    j as f64
+                }
+            })
+            .collect(),
+    );
+    for row in &rows {
+        let want = score_from_file(&trees, forest.samples_per_tree, row);
+        assert_eq!(forest.score(row).to_bits(), want.to_bits(), "{row:?}");
+        assert_eq!(loaded.score(row).to_bits(), want.to_bits(), "{row:?}");
+    }
+}
+
+#[test]
+fn forest_memory_is_the_node_buffers_and_loading_leaves_no_slack() {
+    let (x, _) = cloud(1_000, 5, 0, 13);
+    let forest = IsolationForestParams::default().fit(x.view()).unwrap();
+    let nodes: usize = forest.trees.iter().map(|t| t.n_nodes()).sum();
+    let per_node = 4 * std::mem::size_of::<u16>() + 2 * std::mem::size_of::<f64>();
+    let structs = std::mem::size_of::<IsolationForest>()
+        + forest.trees.capacity() * std::mem::size_of::<iforest::IsolationTree>();
+    assert_eq!(forest.memory_bytes(), structs + nodes * per_node);
+    // Loaded from its file, the forest holds exactly as much: no parse buffers or spare capacity.
+    let loaded: IsolationForest =
+        serde_json::from_slice(&serde_json::to_vec(&forest).unwrap()).unwrap();
+    let loaded_structs = std::mem::size_of::<IsolationForest>()
+        + loaded.trees.capacity() * std::mem::size_of::<iforest::IsolationTree>();
+    assert_eq!(loaded.memory_bytes(), loaded_structs + nodes * per_node);
+    // A tree's accessors cover its buffers exactly.
+    let t = &forest.trees[0];
+    let n = t.n_nodes();
+    assert_eq!(t.heap_bytes(), n * per_node);
+    for part in [t.left(), t.right(), t.feature(), t.cover()] {
+        assert_eq!(part.len(), n);
+    }
+    assert_eq!(t.thresholds().len() + t.values().len(), 2 * n);
+    assert!(t.cover()[0] as usize == forest.samples_per_tree);
+}
+
+#[test]
+fn autoencoder_memory_counts_its_weights() {
+    let (x, _) = cloud(500, 4, 0, 14);
+    let ae = AutoencoderParams {
+        epochs: 2,
+        ..Default::default()
+    }
+    .fit(x.view())
+    .unwrap();
+    let floats: usize = ae
+        .layers
+        .iter()
+        .map(|l| l.w.len() + l.b.len())
+        .sum::<usize>()
+        + 2 * 4;
+    let m = ae.memory_bytes();
+    assert!(m >= floats * 8 + std::mem::size_of::<Autoencoder>(), "{m}");
+    assert!(m < floats * 8 + 1_024, "{m}");
 }

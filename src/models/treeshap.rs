@@ -35,12 +35,12 @@ use std::sync::OnceLock;
 /// is never a child, so 0 is free as the "no child" mark).
 #[derive(Clone, Copy, Debug)]
 pub struct TreeView<'a> {
-    pub left: &'a [u32],
-    pub right: &'a [u32],
-    pub feature: &'a [u32],
+    pub left: &'a [u16],
+    pub right: &'a [u16],
+    pub feature: &'a [u16],
     pub threshold: &'a [f64],
     /// Training samples that reached each node.
-    pub cover: &'a [f64],
+    pub cover: &'a [u16],
     /// Output of each node: at a leaf the prediction, inside the cover-weighted mean of the leaves below.
     pub value: &'a [f64],
 }
@@ -119,9 +119,9 @@ impl Walk<'_, '_> {
         let (l, r) = (t.left[node] as usize, t.right[node] as usize);
         let goes_left = self.x.get(split).is_some_and(|v| *v <= t.threshold[node]);
         let (hot, cold) = if goes_left { (l, r) } else { (r, l) };
-        let w = t.cover[node];
-        let hot_zero = t.cover[hot] / w;
-        let cold_zero = t.cover[cold] / w;
+        let w = f64::from(t.cover[node]);
+        let hot_zero = f64::from(t.cover[hot]) / w;
+        let cold_zero = f64::from(t.cover[cold]) / w;
         if let Some(k) = self.s.path[..len].iter().position(|p| p.feature == split) {
             // A feature already on the path: its splits merge (fractions multiply).
             let before = self.s.path[k];
@@ -280,11 +280,11 @@ mod tests {
 
     /// A random tree of the given depth over `features` features, as owned arrays.
     struct OwnedTree {
-        left: Vec<u32>,
-        right: Vec<u32>,
-        feature: Vec<u32>,
+        left: Vec<u16>,
+        right: Vec<u16>,
+        feature: Vec<u16>,
         threshold: Vec<f64>,
-        cover: Vec<f64>,
+        cover: Vec<u16>,
         value: Vec<f64>,
     }
 
@@ -298,12 +298,12 @@ mod tests {
                 cover: vec![],
                 value: vec![],
             };
-            let cover = 200.0 + rng.random_range(0.0..100.0);
+            let cover = rng.random_range(200..300);
             t.grow(rng, depth, features, cover);
             t
         }
 
-        fn grow(&mut self, rng: &mut SmallRng, depth: usize, features: usize, cover: f64) -> usize {
+        fn grow(&mut self, rng: &mut SmallRng, depth: usize, features: usize, cover: u16) -> usize {
             let id = self.left.len();
             self.left.push(0);
             self.right.push(0);
@@ -311,20 +311,20 @@ mod tests {
             self.threshold.push(0.0);
             self.cover.push(cover);
             self.value.push(0.0);
-            if depth == 0 || (depth < 3 && rng.random_bool(0.3)) {
+            if depth == 0 || cover < 2 || (depth < 3 && rng.random_bool(0.3)) {
                 self.value[id] = rng.random_range(-3.0..5.0);
                 return id;
             }
-            let share = rng.random_range(0.05..0.95);
-            let l = self.grow(rng, depth - 1, features, cover * share);
-            let r = self.grow(rng, depth - 1, features, cover * (1.0 - share));
-            self.left[id] = l as u32;
-            self.right[id] = r as u32;
+            let share = rng.random_range(1..cover);
+            let l = self.grow(rng, depth - 1, features, share);
+            let r = self.grow(rng, depth - 1, features, cover - share);
+            self.left[id] = l as u16;
+            self.right[id] = r as u16;
             // Few features, so paths repeat them (the merge case).
-            self.feature[id] = rng.random_range(0..features) as u32;
+            self.feature[id] = rng.random_range(0..features) as u16;
             self.threshold[id] = rng.random_range(-1.0..1.0);
-            self.value[id] =
-                (self.value[l] * self.cover[l] + self.value[r] * self.cover[r]) / cover;
+            let c = |n: usize| f64::from(self.cover[n]);
+            self.value[id] = (self.value[l] * c(l) + self.value[r] * c(r)) / f64::from(cover);
             id
         }
 
@@ -350,9 +350,9 @@ mod tests {
                 let next = if x[j] <= self.threshold[node] { l } else { r };
                 self.conditional(next, x, in_s)
             } else {
-                (self.cover[l] * self.conditional(l, x, in_s)
-                    + self.cover[r] * self.conditional(r, x, in_s))
-                    / self.cover[node]
+                (f64::from(self.cover[l]) * self.conditional(l, x, in_s)
+                    + f64::from(self.cover[r]) * self.conditional(r, x, in_s))
+                    / f64::from(self.cover[node])
             }
         }
     }
@@ -409,7 +409,7 @@ mod tests {
             right: vec![2, 0, 0],
             feature: vec![1, 0, 0],
             threshold: vec![0.5, 0.0, 0.0],
-            cover: vec![10.0, 4.0, 6.0],
+            cover: vec![10, 4, 6],
             value: vec![0.4 * 1.0 + 0.6 * 3.0, 1.0, 3.0],
         };
         let mut phi = vec![0.0; 2];

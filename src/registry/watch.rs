@@ -27,6 +27,28 @@ pub struct ActiveModel {
     pub model: Arc<dyn Model>,
 }
 
+impl ActiveModel {
+    /// Bytes this entry holds: the struct and its `Arc` counters, its id, feature names and SQL hash,
+    /// and the model ([`Model::memory_bytes`]) with its `Arc` counters.
+    pub fn memory_bytes(&self) -> usize {
+        let arc_counts = 2 * std::mem::size_of::<usize>();
+        let names: usize = self
+            .features
+            .iter()
+            .filter(|f| f.is_heap_allocated())
+            .map(|f| f.capacity())
+            .sum();
+        std::mem::size_of::<ActiveModel>()
+            + arc_counts
+            + self.id.capacity()
+            + self.features.capacity() * std::mem::size_of::<Name>()
+            + names
+            + self.sql_hash.as_ref().map_or(0, |h| h.capacity())
+            + arc_counts
+            + self.model.memory_bytes()
+    }
+}
+
 /// Active models by scope (a thing id or an equipment class) at one generation.
 #[derive(Debug, Default)]
 pub struct ModelSnapshot {

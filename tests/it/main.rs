@@ -3,6 +3,7 @@
 mod accuracy;
 mod backpressure;
 mod bench;
+mod bench_models;
 mod checkpoint;
 mod cli;
 mod cluster;

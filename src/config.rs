@@ -395,6 +395,8 @@ pub struct DetectorConfig {
     /// Distance outside the quartiles, in IQRs, at which the IQR detector scores 0.8.
     #[serde(deserialize_with = "positive_f64")]
     pub iqr_k: f64,
+    /// How the per-feature statistics are kept (`window` or constant-size `streaming` estimators).
+    pub stats: StatsConfig,
     pub model: ModelConfig,
     /// Operating-regime aware scoring of the online model (off when absent): each thing's production
     /// phases are clustered from its warm-up readings and every reading is scored within its phase;
@@ -410,16 +412,40 @@ impl Default for DetectorConfig {
             ewma_alpha: 0.3,
             ewma_threshold: 4.0,
             iqr_k: 3.0,
+            stats: StatsConfig::default(),
             model: ModelConfig::default(),
             regimes: None,
         }
     }
 }
 
+/// How the per-feature statistics (z, robust z, EWMA chart, IQR) are kept per thing.
+///
+/// ```yaml
+/// detectors:
+///   stats:
+///     estimator: streaming   # or window (the default)
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsConfig {
+    /// `window` (default): a rolling window of the last `window` readings per feature, exact
+    /// mean/std/median/MAD/quartiles (2 x `window` f64 per feature: 960 bytes at 60). `streaming`:
+    /// constant-size estimators, 32 bytes per feature (exponentially weighted mean and variance with
+    /// the same mean data age as the window, `alpha = 2/(window+1)`; stochastic-approximation median,
+    /// quartiles and MAD), for fleets where per-thing memory matters; see `detectors::streaming`.
+    pub estimator: crate::detectors::stats::StatsEstimator,
+}
+
 /// The online multivariate model (see `detectors::mahalanobis` for why this one).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
+    /// Keep the online model per thing (default). `false`: no per-thing model is kept (no memory for
+    /// it): the ensemble's model slot is then filled only by a registry model (`models` section) where
+    /// the thing's scope has an active one; a reading no registry model scores is scored by the
+    /// statistics alone (weight 1). Without a `models` section, `ensemble.model_weight` must be 0.
+    pub enabled: bool,
     /// Samples after which an old sample's weight in the mean/covariance has halved.
     #[serde(deserialize_with = "positive_f64")]
     pub half_life: f64,
@@ -453,6 +479,7 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
+            enabled: true,
             half_life: 500.0,
             shrinkage: 0.05,
             threshold: 5.0,
@@ -541,6 +568,9 @@ impl DataflowConfig {
                 file: path.display().to_string(),
                 message: format!("field `features.sql`: {e}"),
             })?;
+        if let Err((at, message)) = cfg.model_checks() {
+            return Err(field_error(&path.display().to_string(), &text, at, message));
+        }
         cfg.validate(&path.display().to_string())?;
         if let Some(rul) = &mut cfg.rul {
             let file = path.display().to_string();
@@ -583,6 +613,33 @@ impl DataflowConfig {
         Ok(cfg)
     }
 
+    /// Checks of `detectors.model.enabled` against the sections that need the online model: the
+    /// offending field's path (for [`field_error`]) and the message.
+    fn model_checks(&self) -> Result<(), (&'static [&'static str], String)> {
+        if self.detectors.model.enabled {
+            return Ok(());
+        }
+        if self.detectors.regimes.is_some() {
+            return Err((
+                &["detectors", "regimes"],
+                "field `detectors.regimes` needs the online model (`detectors.model.enabled` is false)"
+                    .into(),
+            ));
+        }
+        if self.models.is_none() && self.ensemble.model_weight > 0.0 {
+            return Err((
+                &["detectors", "model", "enabled"],
+                format!(
+                    "field `detectors.model.enabled` is false and there is no `models` section, so \
+                     nothing fills the model's share of the ensemble: set `ensemble.model_weight: 0` \
+                     and `ensemble.stats_weight: 1` (now {} and {})",
+                    self.ensemble.model_weight, self.ensemble.stats_weight
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Cross-field checks that a single field's deserialiser cannot make.
     pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
         let bad = |message: String| ConfigError::Semantic {
@@ -623,6 +680,9 @@ impl DataflowConfig {
                  `sensor_faults.flatline_window` ({}): the learned spread is that of a full window",
                 sf.baseline_readings, sf.flatline_window
             )));
+        }
+        if let Err((_, message)) = self.model_checks() {
+            return Err(bad(message));
         }
         if self.allowed_lateness_ms < 0 {
             return Err(bad("field `allowed_lateness_ms` must be >= 0".into()));
@@ -799,6 +859,54 @@ mod tests {
             e.contains("not a RUL model (model_type isolation_forest)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn stats_estimator_and_model_switch_errors_name_file_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let flow = dir.path().join("flow.yaml");
+        let load = |text: &str| {
+            std::fs::write(&flow, text).unwrap();
+            DataflowConfig::load(&flow)
+        };
+        let e = load("name: x\ndetectors:\n  stats:\n    estimator: tdigest\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(&format!("{}:4:", flow.display())), "{e}");
+        assert!(e.contains("detectors.stats.estimator"), "{e}");
+        assert!(e.contains("window") && e.contains("streaming"), "{e}");
+        // The online model off with nothing else to fill its share of the ensemble.
+        let e = load("name: x\ndetectors:\n  model:\n    enabled: false\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}:4:5: field `detectors.model.enabled`",
+                flow.display()
+            )),
+            "{e}"
+        );
+        let e = load(
+            "ensemble: {stats_weight: 1, model_weight: 0}\ndetectors:\n  model: {enabled: false}\n  regimes: {by: [a]}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}:4:3: field `detectors.regimes`",
+                flow.display()
+            )),
+            "{e}"
+        );
+        let cfg = load(
+            "ensemble: {stats_weight: 1, model_weight: 0}\ndetectors:\n  stats: {estimator: streaming}\n  model: {enabled: false}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.detectors.stats.estimator,
+            crate::detectors::stats::StatsEstimator::Streaming
+        );
+        assert!(!cfg.detectors.model.enabled);
     }
 
     #[test]

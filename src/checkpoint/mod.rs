@@ -26,7 +26,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 /// Version of the checkpoint format (manifest and worker files). Bump it with any change to
 /// [`ThingSnapshot`] or to anything it contains: a checkpoint of another version is refused.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// First bytes of a worker file.
 const MAGIC: &[u8; 8] = b"EGZMLCKP";
@@ -59,7 +59,8 @@ pub struct CheckpointConfig {
     #[serde(default = "default_keep", deserialize_with = "at_least_one")]
     pub keep: usize,
     /// What the newest checkpoint being of another format version, or of a dataflow whose
-    /// state-shaping settings changed (window, EWMA alpha, model half-life/shrinkage/exclude,
+    /// state-shaping settings changed (window, EWMA alpha, statistics estimator, online model on/off,
+    /// model half-life/shrinkage/exclude,
     /// features, sensor faults), means at start: `fail` (default: exit with an error naming the
     /// manifest and both values) or `start_fresh` (log a warning and start without state; the old
     /// checkpoints are deleted once a new one is complete).
@@ -133,6 +134,8 @@ pub fn state_settings(cfg: &DataflowConfig) -> serde_json::Value {
     serde_json::json!({
         "window": cfg.window,
         "detectors.ewma_alpha": cfg.detectors.ewma_alpha,
+        "detectors.stats.estimator": cfg.detectors.stats.estimator,
+        "detectors.model.enabled": m.enabled,
         "detectors.model.half_life": m.half_life,
         "detectors.model.shrinkage": m.shrinkage,
         "detectors.model.exclude": m.exclude,

@@ -89,6 +89,48 @@ fn a_restored_engine_continues_exactly_like_one_that_never_stopped() {
     assert_ne!(process(&mut cold, second), expected);
 }
 
+#[test]
+fn a_restored_compact_engine_continues_exactly_and_needs_the_same_statistics() {
+    // Streaming statistics, no online model (dataflows/compact.yaml's state).
+    let mut compact = (*dataflow()).clone();
+    compact.detectors.stats.estimator = crate::detectors::stats::StatsEstimator::Streaming;
+    compact.detectors.model.enabled = false;
+    compact.ensemble.stats_weight = 1.0;
+    compact.ensemble.model_weight = 0.0;
+    compact.ensemble.threshold = 0.9;
+    compact.ensemble.warning_score = 0.9;
+    let (cfg, rules) = (Arc::new(compact), rules());
+    let points = readings(6, 700, 5);
+    let (first, second) = points.split_at(points.len() / 2);
+
+    let mut never_stopped = Engine::new(Arc::clone(&cfg), rules.clone(), true);
+    process(&mut never_stopped, first);
+    let expected = process(&mut never_stopped, second);
+    assert!(alerts(&expected) > 0, "the second half alerts");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("worker-0.bin");
+    let mut before = Engine::new(Arc::clone(&cfg), rules.clone(), true);
+    process(&mut before, first);
+    write_worker_file(&file, &before, 0, 1).unwrap();
+    let read = || {
+        let mut things = Vec::new();
+        let hash = read_worker_file(&file, |id, s| things.push((id, s))).unwrap();
+        (things, hash)
+    };
+    let (things, rules_hash) = read();
+    let mut restored = Engine::new(Arc::clone(&cfg), rules.clone(), true);
+    restored.restore(things, rules_hash).unwrap();
+    assert_eq!(process(&mut restored, second), expected);
+
+    // Streaming estimates do not restore into window statistics: refused, naming the thing.
+    let (things, rules_hash) = read();
+    let mut windowed = Engine::new(dataflow(), rules, true);
+    let e = windowed.restore(things, rules_hash).unwrap_err();
+    assert!(e.starts_with("thing "), "{e}");
+    assert!(e.contains("Streaming statistics"), "{e}");
+}
+
 /// Collects a run's outputs.
 struct Collect(Arc<Mutex<Vec<String>>>);
 
@@ -358,7 +400,7 @@ fn the_format_is_guarded_by_its_version() {
     let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
     assert_eq!(
         (FORMAT_VERSION, format!("{hash:016x}")),
-        (2, "be60189f036e9e48".to_string()),
+        (3, "f204fd52e5c85130".to_string()),
         "checkpoint bytes changed"
     );
 }

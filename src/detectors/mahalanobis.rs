@@ -105,6 +105,12 @@ impl OnlineMahalanobis {
         self.dim
     }
 
+    /// Heap bytes owned (mean, covariance, Cholesky factor, update scratch; by capacity).
+    pub fn heap_bytes(&self) -> usize {
+        (self.mean.capacity() + self.cov.capacity() + self.chol.capacity() + self.dev.capacity())
+            * std::mem::size_of::<f64>()
+    }
+
     /// Checks that a deserialised model (a state checkpoint) has consistent dimensions.
     pub fn check(&self) -> Result<(), String> {
         let d = self.dim;

@@ -10,6 +10,7 @@ pub mod mahalanobis;
 pub mod regimes;
 pub mod sensor_faults;
 pub mod stats;
+pub mod streaming;
 pub mod window;
 
 #[cfg(test)]

@@ -19,7 +19,9 @@
 //! One detector per thing. Each fault is reported once when it starts ([`FaultEvent::started`] = true)
 //! and once when it clears (false), so alerting is edge-triggered, not one alert per reading.
 
+use crate::event::Name;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Settings of the sensor-fault detector (the dataflow's `sensor_faults` section).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -136,12 +138,16 @@ struct RecentSpread {
 
 impl RecentSpread {
     fn push(&mut self, x: f64, capacity: usize, shift: f64) {
-        self.values.push_back(x);
-        if self.values.len() > capacity {
+        if self.values.capacity() < capacity {
+            // Exactly the window (the evicted value leaves before the new one enters).
+            self.values.reserve_exact(capacity - self.values.len());
+        }
+        if self.values.len() >= capacity {
             let old = self.values.pop_front().unwrap_or(x) - self.shift;
             self.s1 -= old;
             self.s2 -= old * old;
         }
+        self.values.push_back(x);
         let d = x - self.shift;
         self.s1 += d;
         self.s2 += d * d;
@@ -191,20 +197,50 @@ struct FeatureState {
 /// Sensor-fault state of one thing.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SensorFaultDetector {
-    cfg: SensorFaultConfig,
+    /// The settings, shared by every thing of the dataflow (not stored in checkpoints: a restored
+    /// detector gets them with [`SensorFaultDetector::set_config`]).
+    #[serde(skip)]
+    cfg: Arc<SensorFaultConfig>,
     /// Feature names in first-seen order, parallel to `features` (a thing's readings list their
     /// sensors in the same order, so the i-th value is almost always the i-th feature).
-    names: Vec<String>,
+    names: Vec<Name>,
     features: Vec<FeatureState>,
 }
 
 impl SensorFaultDetector {
-    pub fn new(cfg: SensorFaultConfig) -> Self {
+    pub fn new(cfg: impl Into<Arc<SensorFaultConfig>>) -> Self {
         SensorFaultDetector {
-            cfg,
+            cfg: cfg.into(),
             names: Vec::new(),
             features: Vec::new(),
         }
+    }
+
+    /// Sets the settings (of a detector restored from a checkpoint).
+    pub fn set_config(&mut self, cfg: Arc<SensorFaultConfig>) {
+        self.cfg = cfg;
+    }
+
+    /// Heap bytes owned (names, per-feature state and recent-spread windows, by capacity).
+    pub fn heap_bytes(&self) -> usize {
+        self.names.capacity() * std::mem::size_of::<Name>()
+            + self
+                .names
+                .iter()
+                .map(|n| {
+                    if n.is_heap_allocated() {
+                        n.capacity()
+                    } else {
+                        0
+                    }
+                })
+                .sum::<usize>()
+            + self.features.capacity() * std::mem::size_of::<FeatureState>()
+            + self
+                .features
+                .iter()
+                .map(|f| f.recent.values.capacity() * std::mem::size_of::<f64>())
+                .sum::<usize>()
     }
 
     /// Checks that a deserialised detector (a state checkpoint) is consistent.
@@ -225,7 +261,7 @@ impl SensorFaultDetector {
         for (name, st) in self.names.iter().zip(&self.features) {
             for k in FaultKind::ALL {
                 if st.active[k.index()] {
-                    out.push((name.clone(), k));
+                    out.push((name.to_string(), k));
                 }
             }
         }
@@ -240,7 +276,7 @@ impl SensorFaultDetector {
         if let Some(i) = self.names.iter().position(|n| n == name) {
             return i;
         }
-        self.names.push(name.to_string());
+        self.names.push(Name::from(name));
         self.features.push(FeatureState {
             limits: self.cfg.limits.get(name).copied(),
             ..FeatureState::default()

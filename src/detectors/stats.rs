@@ -8,6 +8,7 @@
 //! detectors do not distinguish values: a step from 230.0 V to 230.5 V on a perfectly flat signal scores
 //! a large but finite z (~2.2), and the 1e-9 absolute term covers signals centred on zero.
 
+use super::streaming::{StreamingParams, StreamingStats};
 use super::window::RollingWindow;
 
 /// Signed detector statistics for one value of one feature (positive = above normal).
@@ -40,6 +41,48 @@ pub fn floored_scale(scale: f64, centre: f64) -> f64 {
     let rel = RELATIVE_SCALE_FLOOR * centre.abs();
     // f64::max ignores a NaN operand, so a NaN scale falls back to the floors.
     scale.max(rel).max(ABSOLUTE_SCALE_FLOOR)
+}
+
+/// What the four detectors need from a feature's statistics (window or streaming estimates).
+#[derive(Clone, Copy, Debug)]
+pub struct ScoreInputs {
+    pub mean: f64,
+    /// Unfloored standard deviation.
+    pub std: f64,
+    pub median: f64,
+    /// Unscaled median absolute deviation.
+    pub mad: f64,
+    pub q1: f64,
+    pub q3: f64,
+    /// The EWMA including the reading being scored.
+    pub ewma: f64,
+    /// `sqrt(alpha / (2 - alpha))` of the EWMA.
+    pub ewma_sd_factor: f64,
+}
+
+impl ScoreInputs {
+    /// The detectors' statistics of `x` (finite) against these estimates, with floored scales.
+    pub fn score(&self, x: f64) -> FeatureScores {
+        let mean = self.mean;
+        let std = floored_scale(self.std, mean);
+        let median = self.median;
+        let robust_scale = floored_scale(MAD_TO_SIGMA * self.mad, median);
+        let (q1, q3) = (self.q1, self.q3);
+        let iqr_scale = floored_scale(q3 - q1, median);
+        let iqr = if x > q3 {
+            (x - q3) / iqr_scale
+        } else if x < q1 {
+            -(q1 - x) / iqr_scale
+        } else {
+            0.0
+        };
+        FeatureScores {
+            z: (x - mean) / std,
+            robust_z: (x - median) / robust_scale,
+            ewma_z: (self.ewma - mean) / (std * self.ewma_sd_factor),
+            iqr,
+        }
+    }
 }
 
 /// Rolling window + EWMA state of one feature of one thing.
@@ -102,30 +145,26 @@ impl FeatureStats {
             return FeatureScores::default();
         }
         let w = &self.window;
-        let mean = w.mean();
-        let std = floored_scale(w.std(), mean);
-        let median = w.median();
-        let robust_scale = floored_scale(MAD_TO_SIGMA * w.mad(), median);
         let e = match self.ewma {
             Some(prev) => self.alpha * x + (1.0 - self.alpha) * prev,
             None => x,
         };
-        let q1 = w.quantile(0.25);
-        let q3 = w.quantile(0.75);
-        let iqr_scale = floored_scale(q3 - q1, median);
-        let iqr = if x > q3 {
-            (x - q3) / iqr_scale
-        } else if x < q1 {
-            -(q1 - x) / iqr_scale
-        } else {
-            0.0
-        };
-        FeatureScores {
-            z: (x - mean) / std,
-            robust_z: (x - median) / robust_scale,
-            ewma_z: (e - mean) / (std * self.ewma_sd_factor),
-            iqr,
+        ScoreInputs {
+            mean: w.mean(),
+            std: w.std(),
+            median: w.median(),
+            mad: w.mad(),
+            q1: w.quantile(0.25),
+            q3: w.quantile(0.75),
+            ewma: e,
+            ewma_sd_factor: self.ewma_sd_factor,
         }
+        .score(x)
+    }
+
+    /// Heap bytes owned (the window's two buffers).
+    pub fn heap_bytes(&self) -> usize {
+        self.window.heap_bytes()
     }
 
     /// Learns `x` (window push and EWMA step). Non-finite values are ignored.
@@ -145,5 +184,152 @@ impl FeatureStats {
         let s = self.score(x);
         self.update(x);
         s
+    }
+}
+
+/// Which estimator keeps a thing's per-feature statistics (`detectors.stats.estimator`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatsEstimator {
+    /// A rolling window of the last `window` readings per feature (exact quantiles; 2 x `window` f64
+    /// per feature).
+    #[default]
+    Window,
+    /// Constant-size estimators (32 bytes per feature, see `detectors::streaming`).
+    Streaming,
+}
+
+/// A thing's per-feature statistics, one entry per feature slot, in the configured form.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum StatsSet {
+    Window(Vec<FeatureStats>),
+    Streaming(Vec<StreamingStats>),
+}
+
+/// Everything a [`StatsSet`] needs from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct StatsParams {
+    pub estimator: StatsEstimator,
+    pub window: usize,
+    pub ewma_alpha: f64,
+    pub streaming: StreamingParams,
+}
+
+impl StatsParams {
+    pub fn new(estimator: StatsEstimator, window: usize, ewma_alpha: f64) -> StatsParams {
+        StatsParams {
+            estimator,
+            window,
+            ewma_alpha,
+            streaming: StreamingParams::new(window, ewma_alpha),
+        }
+    }
+}
+
+impl StatsSet {
+    /// Empty statistics of the configured form.
+    pub fn new(p: &StatsParams) -> StatsSet {
+        match p.estimator {
+            StatsEstimator::Window => StatsSet::Window(Vec::new()),
+            StatsEstimator::Streaming => StatsSet::Streaming(Vec::new()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            StatsSet::Window(v) => v.len(),
+            StatsSet::Streaming(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn estimator(&self) -> StatsEstimator {
+        match self {
+            StatsSet::Window(_) => StatsEstimator::Window,
+            StatsSet::Streaming(_) => StatsEstimator::Streaming,
+        }
+    }
+
+    /// Reorders the entries to a new feature layout: entry `i` becomes the old entry `from[i]`, or
+    /// fresh statistics where `from[i]` is None. Sized exactly.
+    pub fn relayout(&mut self, from: &[Option<usize>], p: &StatsParams) {
+        fn pick<T>(old: Vec<T>, from: &[Option<usize>], fresh: impl Fn() -> T) -> Vec<T> {
+            let mut old: Vec<Option<T>> = old.into_iter().map(Some).collect();
+            let mut out = Vec::with_capacity(from.len());
+            for f in from {
+                out.push(
+                    f.and_then(|i| old.get_mut(i)?.take())
+                        .unwrap_or_else(&fresh),
+                );
+            }
+            out
+        }
+        *self = match std::mem::replace(self, StatsSet::new(p)) {
+            StatsSet::Window(v) => {
+                StatsSet::Window(pick(v, from, || FeatureStats::new(p.window, p.ewma_alpha)))
+            }
+            StatsSet::Streaming(v) => StatsSet::Streaming(pick(v, from, StreamingStats::default)),
+        };
+    }
+
+    /// Scores `x` for feature `i` against the state before it (see [`FeatureStats::score`]).
+    pub fn score(&self, i: usize, x: f64, p: &StatsParams) -> FeatureScores {
+        match self {
+            StatsSet::Window(v) => v[i].score(x),
+            StatsSet::Streaming(v) => v[i].score(x, &p.streaming),
+        }
+    }
+
+    /// Learns `x` for feature `i`.
+    pub fn update(&mut self, i: usize, x: f64, p: &StatsParams) {
+        match self {
+            StatsSet::Window(v) => v[i].update(x),
+            StatsSet::Streaming(v) => v[i].update(x, &p.streaming),
+        }
+    }
+
+    /// Feature `i`'s mean (the window's, or the weighted one); NaN before its first reading.
+    pub fn mean(&self, i: usize) -> f64 {
+        match self {
+            StatsSet::Window(v) => v[i].window.mean(),
+            StatsSet::Streaming(v) => v[i].mean(),
+        }
+    }
+
+    /// Starts every cache miss of the statistics at once (see [`RollingWindow::touch`]).
+    pub fn touch(&self) -> f64 {
+        match self {
+            StatsSet::Window(v) => v.iter().map(|s| s.window.touch()).sum(),
+            StatsSet::Streaming(_) => 0.0,
+        }
+    }
+
+    /// Checks deserialised statistics (a state checkpoint) against the configured form.
+    pub fn check(&self, p: &StatsParams) -> Result<(), String> {
+        if self.estimator() != p.estimator {
+            return Err(format!(
+                "{:?} statistics, the dataflow keeps {:?} statistics",
+                self.estimator(),
+                p.estimator
+            ));
+        }
+        match self {
+            StatsSet::Window(v) => v.iter().try_for_each(|s| s.check()),
+            StatsSet::Streaming(v) => v.iter().try_for_each(|s| s.check()),
+        }
+    }
+
+    /// Heap bytes owned: the entries (by capacity) and what they own.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            StatsSet::Window(v) => {
+                v.capacity() * std::mem::size_of::<FeatureStats>()
+                    + v.iter().map(FeatureStats::heap_bytes).sum::<usize>()
+            }
+            StatsSet::Streaming(v) => v.capacity() * std::mem::size_of::<StreamingStats>(),
+        }
     }
 }

@@ -59,6 +59,11 @@ impl RollingWindow {
         self.capacity
     }
 
+    /// Heap bytes owned (the ring and the sorted copy, by allocated capacity).
+    pub fn heap_bytes(&self) -> usize {
+        (self.ring.capacity() + self.sorted.capacity()) * std::mem::size_of::<f64>()
+    }
+
     /// Checks that a deserialised window (a state checkpoint) is internally consistent, so a damaged
     /// one is refused with a reason instead of panicking later.
     pub fn check(&self) -> Result<(), String> {

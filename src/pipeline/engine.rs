@@ -10,7 +10,7 @@ use crate::detectors::mahalanobis::{wilson_hilferty_z, ModelScore, OnlineMahalan
 use crate::detectors::normalise;
 use crate::detectors::regimes::{self, Assignment, Regimes};
 use crate::detectors::sensor_faults::{FaultEvent, SensorFaultDetector};
-use crate::detectors::stats::{FeatureScores, FeatureStats};
+use crate::detectors::stats::{FeatureScores, StatsParams, StatsSet};
 use crate::event::{
     alert_id, Alert, DetectorAttribution, Name, Point, RegimeAttribution, ScoreLine, Severity,
 };
@@ -19,7 +19,9 @@ use crate::features::DerivedPlan;
 use crate::policy::{PolicyState, PolicyWindows, Suppressed};
 use crate::registry::{ActiveModel, ModelSnapshot};
 use crate::rul::predict::{Prediction, RulTracker};
-use crate::rules::{evaluate, Readings, RuleHit, RuleSet, RuleState, RulesHandle};
+use crate::rules::{
+    evaluate_shared, Readings, RuleCache, RuleHit, RuleSet, RuleState, RulesHandle,
+};
 use crate::sql_features::{StreamEvaluator, ThingWindows};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -88,7 +90,16 @@ impl Counters {
 /// new normal (a permanent re-rating of the machine), and alerting on it forever helps nobody.
 const MAX_FROZEN_READINGS: u32 = 600;
 
-/// Source of [`ThingState::layout_id`]s, unique in the process.
+/// The statistics' settings of a dataflow.
+fn stats_params(cfg: &DataflowConfig) -> StatsParams {
+    StatsParams::new(
+        cfg.detectors.stats.estimator,
+        cfg.window,
+        cfg.detectors.ewma_alpha,
+    )
+}
+
+/// Source of [`Layout::id`]s, unique in the process.
 static NEXT_LAYOUT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// All per-thing state of one worker, plus the configuration it runs with.
@@ -98,7 +109,11 @@ pub struct Engine {
     rules: RulesHandle,
     rule_set: Arc<RuleSet>,
     rule_generation: u64,
-    things: FxHashMap<Name, ThingState>,
+    /// Boxed: the table then holds a pointer per thing, so its unused slots (up to half of them
+    /// after a resize) cost 8 bytes each instead of a whole state.
+    things: FxHashMap<Name, Box<ThingState>>,
+    /// Layouts and settings the things share.
+    shared: Shared,
     /// Remaining-useful-life state per thing (dataflows with a `rul` section and a loaded model).
     rul: Option<RulTracker>,
     emit_scores: bool,
@@ -161,45 +176,167 @@ impl Default for Scratch {
 
 struct ThingState {
     equipment_type: Name,
-    /// Raw features first (`n_raw`), then derived ones.
-    names: Vec<Name>,
-    /// Changes whenever `names` does (rules resolve their features to slots per layout).
-    layout_id: u64,
-    n_raw: usize,
-    plan: DerivedPlan,
+    /// Feature names and what follows from them, shared by every thing with the same features.
+    layout: Arc<Layout>,
     /// The dataflow's SQL feature set (`features.sql`), when configured: its outputs are the derived
     /// features instead of the built-in ones.
-    sql: Option<SqlFeatures>,
-    values: Vec<f64>,
-    present: Vec<bool>,
-    prev_values: Vec<f64>,
+    sql: Option<Box<SqlFeatures>>,
+    values: Box<[f64]>,
+    present: Box<[bool]>,
+    prev_values: Box<[f64]>,
     prev_ts: Option<i64>,
-    stats: Vec<FeatureStats>,
-    model: OnlineMahalanobis,
+    stats: StatsSet,
+    /// The online model (None when `detectors.model.enabled` is off).
+    online: Option<Box<Online>>,
+    rule_state: RuleState,
+    /// Instrument faults of this thing's sensors (None when `sensor_faults.enabled` is off).
+    faults: Option<Box<SensorFaultDetector>>,
+    learned: u64,
+    last_ts: i64,
+    consecutive_anomalous: u32,
+    /// The alert policy's state, allocated at the thing's first anomaly or alert (most things have
+    /// none).
+    policy: Option<Box<PolicyState>>,
+    /// The registry model that scores this thing, if the dataflow has a `models` section.
+    registry: Option<Box<RegistryBinding>>,
+    /// Operating regimes (`detectors.regimes`; None when off).
+    regimes: Option<Box<RegimePhase>>,
+    /// Slots (indices into `values`) of the regime features.
+    regime_slots: Vec<usize>,
+}
+
+/// A feature layout: the names of a thing's features and what the configuration derives from them.
+/// Interned per engine ([`Layouts`]): things reporting the same sensors share one.
+#[derive(Debug)]
+struct Layout {
+    /// Unique in the process; rules resolve their features to slots per layout id.
+    id: u64,
+    /// Raw features first (`n_raw`), then derived ones.
+    names: Vec<Name>,
+    n_raw: usize,
+    plan: DerivedPlan,
     /// Slots (indices into `values`) of the model's features, and each slot's model position.
     model_slots: Vec<usize>,
     model_pos: Vec<Option<usize>>,
+}
+
+/// What one engine's things share: their layouts, by (raw feature count, names), and the
+/// sensor-fault settings.
+struct Shared {
+    layouts: FxHashMap<(usize, Vec<Name>), Arc<Layout>>,
+    /// Table size at which unused layouts are swept next.
+    sweep_at: usize,
+    /// The rules' resolution per (equipment type, layout).
+    rules: RuleCache,
+    faults: Arc<crate::detectors::sensor_faults::SensorFaultConfig>,
+}
+
+impl Shared {
+    fn new(cfg: &DataflowConfig) -> Shared {
+        Shared {
+            layouts: FxHashMap::default(),
+            sweep_at: 64,
+            rules: RuleCache::default(),
+            faults: Arc::new(cfg.sensor_faults.clone()),
+        }
+    }
+
+    /// The shared layout of these features (`names` = raw then derived).
+    fn get(
+        &mut self,
+        names: Vec<Name>,
+        n_raw: usize,
+        plan: DerivedPlan,
+        cfg: &DataflowConfig,
+    ) -> Arc<Layout> {
+        if let Some(l) = self.layouts.get(&(n_raw, names.clone())) {
+            return Arc::clone(l);
+        }
+        let (model_slots, model_pos) = model_slots(&names, cfg);
+        let layout = Arc::new(Layout {
+            id: NEXT_LAYOUT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            names: names.clone(),
+            n_raw,
+            plan,
+            model_slots,
+            model_pos,
+        });
+        // Layouts no thing uses any more (a thing that gained a sensor moved to a new one) are
+        // dropped whenever the table has doubled since the last sweep.
+        if self.layouts.len() >= self.sweep_at {
+            self.layouts.retain(|_, l| Arc::strong_count(l) > 1);
+            self.sweep_at = (2 * self.layouts.len()).max(64);
+        }
+        self.layouts.insert((n_raw, names), Arc::clone(&layout));
+        layout
+    }
+}
+
+/// A thing's online model and its per-thing scoring state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Online {
+    model: OnlineMahalanobis,
     /// The current reading's model features (gathered from `values`).
     model_x: Vec<f64>,
     /// EWMA of the model's T^2 (`detectors.model.smoothing`).
     t2_smooth: Option<f64>,
-    /// Warm-up model vectors kept for threshold calibration (flattened), emptied once calibrated.
+    /// Warm-up model vectors kept for threshold calibration (flattened), freed once calibrated.
     warm_buffer: Vec<f64>,
     /// This thing's calibrated T^2 threshold (`detectors.model.calibration_quantile`).
     t2_threshold: Option<f64>,
-    rule_state: RuleState,
-    /// Instrument faults of this thing's sensors (None when `sensor_faults.enabled` is off).
-    faults: Option<SensorFaultDetector>,
-    learned: u64,
-    last_ts: i64,
-    consecutive_anomalous: u32,
-    policy: PolicyState,
-    /// The registry model that scores this thing, if the dataflow has a `models` section.
-    registry: RegistryBinding,
-    /// Operating regimes (`detectors.regimes`; None when off).
-    regimes: Option<RegimePhase>,
-    /// Slots (indices into `values`) of the regime features.
-    regime_slots: Vec<usize>,
+}
+
+impl Online {
+    fn new(dim: usize, cfg: &DataflowConfig) -> Online {
+        Online {
+            model: OnlineMahalanobis::new(dim, &cfg.detectors.model),
+            model_x: vec![f64::NAN; dim],
+            t2_smooth: None,
+            warm_buffer: Vec::new(),
+            t2_threshold: None,
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.model.heap_bytes() + (self.model_x.capacity() + self.warm_buffer.capacity()) * 8
+    }
+}
+
+/// Bytes one thing's state takes, by part (see `ThingState::footprint`): a lower bound of its
+/// memory (SQL window contents, fitted regimes and allocator overheads are not counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Footprint {
+    /// Features (slots) of the thing; not bytes, not in [`Footprint::total`].
+    pub features: usize,
+    /// The state struct itself.
+    pub state: usize,
+    /// Current and previous values and presence flags.
+    pub values: usize,
+    /// Per-feature statistics.
+    pub stats: usize,
+    /// The online model, its warm-up buffer and scoring state.
+    pub model: usize,
+    /// Sensor-fault state.
+    pub sensor_faults: usize,
+    /// Rule state (counters and resolved features).
+    pub rules: usize,
+    /// Alert-policy state.
+    pub policy: usize,
+    /// SQL feature, registry-binding and regime state.
+    pub other: usize,
+}
+
+impl Footprint {
+    pub fn total(&self) -> usize {
+        self.state
+            + self.values
+            + self.stats
+            + self.model
+            + self.sensor_faults
+            + self.rules
+            + self.policy
+            + self.other
+    }
 }
 
 /// Where a thing is with its operating regimes.
@@ -273,51 +410,84 @@ impl SqlFeatures {
 }
 
 impl ThingState {
-    fn new(p: &Point, cfg: &DataflowConfig) -> ThingState {
+    fn new(p: &Point, cfg: &DataflowConfig, shared: &mut Shared) -> ThingState {
         let raw: Vec<Name> = p.values.iter().map(|(n, _)| n.clone()).collect();
         let mut t = ThingState {
             equipment_type: p.equipment_type.clone(),
-            names: Vec::new(),
-            layout_id: 0,
-            n_raw: 0,
-            plan: DerivedPlan::default(),
+            layout: shared.get(Vec::new(), 0, DerivedPlan::default(), cfg),
             sql: cfg
                 .features
                 .sql_set
                 .as_ref()
-                .map(|set| SqlFeatures::new(set.evaluator())),
-            values: Vec::new(),
-            present: Vec::new(),
-            prev_values: Vec::new(),
+                .map(|set| Box::new(SqlFeatures::new(set.evaluator()))),
+            values: Box::default(),
+            present: Box::default(),
+            prev_values: Box::default(),
             prev_ts: None,
-            stats: Vec::new(),
-            model: OnlineMahalanobis::new(0, &cfg.detectors.model),
-            model_slots: Vec::new(),
-            model_pos: Vec::new(),
-            model_x: Vec::new(),
-            t2_smooth: None,
-            warm_buffer: Vec::new(),
-            t2_threshold: None,
+            stats: StatsSet::new(&stats_params(cfg)),
+            online: None,
             rule_state: RuleState::default(),
             faults: cfg
                 .sensor_faults
                 .enabled
-                .then(|| SensorFaultDetector::new(cfg.sensor_faults.clone())),
+                .then(|| Box::new(SensorFaultDetector::new(Arc::clone(&shared.faults)))),
             learned: 0,
             last_ts: i64::MIN,
             consecutive_anomalous: 0,
-            policy: PolicyState::default(),
-            registry: RegistryBinding::default(),
+            policy: None,
+            registry: None,
             regimes: None,
             regime_slots: Vec::new(),
         };
-        t.set_layout(raw, cfg);
+        t.set_layout(raw, cfg, shared);
         t
+    }
+
+    fn names(&self) -> &[Name] {
+        &self.layout.names
+    }
+
+    /// Bytes this thing's state takes, by part: the state struct itself (boxed in the engine's
+    /// table) and the heap it owns, by allocated capacity. The layout (feature names, slots) is
+    /// shared by every thing with the same features and not counted; nor are allocator overheads.
+    fn footprint(&self) -> Footprint {
+        let boxed = |present: bool, size: usize| if present { size } else { 0 };
+        Footprint {
+            features: self.values.len(),
+            state: std::mem::size_of::<ThingState>(),
+            values: self.values.len() * 16 + self.present.len(),
+            stats: self.stats.heap_bytes(),
+            model: self
+                .online
+                .as_ref()
+                .map_or(0, |o| std::mem::size_of::<Online>() + o.heap_bytes()),
+            sensor_faults: self.faults.as_ref().map_or(0, |f| {
+                std::mem::size_of::<SensorFaultDetector>() + f.heap_bytes()
+            }),
+            rules: self.rule_state.heap_bytes(),
+            policy: self
+                .policy
+                .as_ref()
+                .map_or(0, |p| std::mem::size_of::<PolicyState>() + p.heap_bytes()),
+            other: boxed(self.sql.is_some(), std::mem::size_of::<SqlFeatures>())
+                + boxed(
+                    self.registry.is_some(),
+                    std::mem::size_of::<RegistryBinding>(),
+                )
+                + self.registry.as_ref().map_or(0, |b| b.slots.capacity() * 8)
+                + boxed(self.regimes.is_some(), std::mem::size_of::<RegimePhase>())
+                + self.regime_slots.capacity() * 8,
+        }
+    }
+
+    /// The online model's features of the loaded reading (empty without the online model).
+    fn model_x(&self) -> &[f64] {
+        self.online.as_ref().map_or(&[], |o| &o.model_x)
     }
 
     /// (Re)builds the feature layout; statistics of features that remain are kept, the multivariate
     /// model restarts because its dimensions changed.
-    fn set_layout(&mut self, raw: Vec<Name>, cfg: &DataflowConfig) {
+    fn set_layout(&mut self, raw: Vec<Name>, cfg: &DataflowConfig, shared: &mut Shared) {
         let (plan, derived) = match &mut self.sql {
             // The SQL set replaces the built-in derived features; its windows survive a layout change.
             Some(sql) => {
@@ -334,44 +504,39 @@ impl ThingState {
         };
         let n_raw = raw.len();
         let names: Vec<Name> = raw.into_iter().chain(derived).collect();
-        let mut old: Vec<(Name, FeatureStats, f64, f64)> = self
-            .names
-            .drain(..)
-            .zip(self.stats.drain(..))
-            .zip(self.values.iter().zip(self.prev_values.iter()))
-            .map(|((n, s), (v, pv))| (n, s, *v, *pv))
+        // Where each new slot's state comes from (None: a new feature).
+        let from: Vec<Option<usize>> = names
+            .iter()
+            .map(|n| self.names().iter().position(|o| o == n))
             .collect();
+        let carry = |old: &[f64]| -> Box<[f64]> {
+            from.iter()
+                .map(|f| f.and_then(|i| old.get(i).copied()).unwrap_or(f64::NAN))
+                .collect()
+        };
+        self.values = carry(&self.values);
+        self.prev_values = carry(&self.prev_values);
+        self.stats.relayout(&from, &stats_params(cfg));
+        self.present = vec![false; names.len()].into_boxed_slice();
         let d = &cfg.detectors;
-        for name in &names {
-            match old.iter().position(|(n, ..)| n == name) {
-                Some(i) => {
-                    let (_, s, v, pv) = old.swap_remove(i);
-                    self.stats.push(s);
-                    self.values.push(v);
-                    self.prev_values.push(pv);
-                }
-                None => {
-                    self.stats.push(FeatureStats::new(cfg.window, d.ewma_alpha));
-                    self.values.push(f64::NAN);
-                    self.prev_values.push(f64::NAN);
-                }
-            }
-        }
-        self.present = vec![false; names.len()];
-        (self.model_slots, self.model_pos) = model_slots(&names, cfg);
-        self.model_x = vec![f64::NAN; self.model_slots.len()];
-        self.model = OnlineMahalanobis::new(self.model_slots.len(), &d.model);
+        self.layout = shared.get(names, n_raw, plan, cfg);
+        let names = &self.layout.names;
+        let model_slots = &self.layout.model_slots;
+        self.online = d
+            .model
+            .enabled
+            .then(|| Box::new(Online::new(model_slots.len(), cfg)));
         if let Some(rc) = &d.regimes {
             // The regimes restart with the model: their models have its dimensions.
             let slots: Option<Vec<usize>> = if rc.by.is_empty() {
-                Some(self.model_slots.clone())
+                Some(model_slots.clone())
             } else {
                 rc.by
                     .iter()
                     .map(|b| names.iter().position(|n| n == b.as_str()))
                     .collect()
             };
-            self.regimes = Some(match slots {
+            self.regimes = Some(Box::new(match slots {
                 Some(slots) if !slots.is_empty() => {
                     self.regime_slots = slots;
                     RegimePhase::Learning {
@@ -385,15 +550,8 @@ impl ThingState {
                     self.regime_slots.clear();
                     RegimePhase::Plain
                 }
-            });
+            }));
         }
-        self.t2_smooth = None;
-        self.warm_buffer = Vec::new();
-        self.t2_threshold = None;
-        self.names = names;
-        self.layout_id = NEXT_LAYOUT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.n_raw = n_raw;
-        self.plan = plan;
     }
 
     /// Writes the reading's values into their slots; false if a name has no slot yet.
@@ -412,15 +570,16 @@ impl ThingState {
     }
 
     fn slot_of(&self, i: usize, name: &str) -> Option<usize> {
-        if i < self.n_raw && self.names[i] == name {
+        let l = &self.layout;
+        if i < l.n_raw && l.names[i] == name {
             return Some(i);
         }
-        self.names[..self.n_raw].iter().position(|n| n == name)
+        l.names[..l.n_raw].iter().position(|n| n == name)
     }
 
     /// Writes the reading into the slots (missing sensors keep their last value). Returns false when
     /// a slot has no value yet (a sensor never seen), so the reading cannot be scored as a whole.
-    fn load(&mut self, p: &Point, cfg: &DataflowConfig) -> bool {
+    fn load(&mut self, p: &Point, cfg: &DataflowConfig, shared: &mut Shared) -> bool {
         self.prev_values.copy_from_slice(&self.values);
         self.present.iter_mut().for_each(|x| *x = false);
         if !self.write_values(p) {
@@ -432,18 +591,18 @@ impl ThingState {
                 .filter(|(i, (n, _))| self.slot_of(*i, n).is_none())
                 .map(|(_, (n, _))| n.clone())
                 .collect();
-            let raw: Vec<Name> = self.names[..self.n_raw]
+            let raw: Vec<Name> = self.layout.names[..self.layout.n_raw]
                 .iter()
                 .cloned()
                 .chain(new)
                 .collect();
             tracing::info!(thing = %p.thing_id, features = raw.len(), "feature set changed; model restarts");
-            self.set_layout(raw, cfg);
+            self.set_layout(raw, cfg, shared);
             self.present.iter_mut().for_each(|x| *x = false);
             let complete = self.write_values(p);
             debug_assert!(complete, "every name has a slot after the layout update");
         }
-        let (raw, derived) = self.values.split_at_mut(self.n_raw);
+        let (raw, derived) = self.values.split_at_mut(self.layout.n_raw);
         let sql_complete = self
             .sql
             .as_mut()
@@ -451,12 +610,14 @@ impl ThingState {
         if raw.iter().any(|v| v.is_nan()) || !sql_complete {
             return false;
         }
-        self.plan.compute(raw, derived);
-        for x in &mut self.present[self.n_raw..] {
+        self.layout.plan.compute(raw, derived);
+        for x in &mut self.present[self.layout.n_raw..] {
             *x = true;
         }
-        for (x, &i) in self.model_x.iter_mut().zip(&self.model_slots) {
-            *x = self.values[i];
+        if let Some(o) = self.online.as_mut() {
+            for (x, &i) in o.model_x.iter_mut().zip(&self.layout.model_slots) {
+                *x = self.values[i];
+            }
         }
         true
     }
@@ -465,9 +626,9 @@ impl ThingState {
     /// class). A model whose features this thing does not have is not used (logged once per binding):
     /// scoring it on other features would be wrong, the online model scores instead.
     fn bind_registry(&mut self, thing_id: &str, snap: &ModelSnapshot, sql_hash: Option<&str>) {
-        let b = &mut self.registry;
+        let b = self.registry.get_or_insert_with(Box::default);
         b.generation = snap.generation;
-        b.layout_id = self.layout_id;
+        b.layout_id = self.layout.id;
         b.slots.clear();
         b.model = None;
         let Some(m) = snap.resolve(thing_id, &self.equipment_type) else {
@@ -482,7 +643,7 @@ impl ThingState {
             }
         }
         for f in &m.features {
-            match self.names.iter().position(|n| n == f) {
+            match self.layout.names.iter().position(|n| n == f) {
                 Some(slot) => b.slots.push(slot),
                 None => {
                     tracing::warn!(thing = %thing_id, model = %m.id, feature = %f, "the thing lacks a feature of its scope's model; scored by the online model");
@@ -499,13 +660,17 @@ impl ThingState {
     /// finite (the reading is then scored by the online model).
     fn registry_row(&self, row: &mut Vec<f64>) -> bool {
         row.clear();
-        row.extend(self.registry.slots.iter().map(|&i| self.values[i]));
+        if let Some(b) = &self.registry {
+            row.extend(b.slots.iter().map(|&i| self.values[i]));
+        }
         row.iter().all(|v| v.is_finite())
     }
+}
 
+impl Online {
     /// Sets this thing's T^2 threshold to the `q`-quantile of the (smoothed) T^2 of its warm-up readings
     /// under the model fitted on them, and starts the smoothing from the last of those values. Leaves
-    /// the global threshold in force when the model cannot score yet.
+    /// the global threshold in force when the model cannot score yet. Frees the warm-up readings.
     fn calibrate(&mut self, q: f64, smoothing: f64) {
         let buf = std::mem::take(&mut self.warm_buffer);
         let dim = self.model.dim();
@@ -533,7 +698,7 @@ impl Readings for ThingReadings<'_> {
         self.ts
     }
     fn value(&self, feature: &str) -> Option<f64> {
-        let i = self.t.names.iter().position(|n| n == feature)?;
+        let i = self.t.names().iter().position(|n| n == feature)?;
         Some(self.t.values[i]).filter(|v| !v.is_nan())
     }
     fn previous(&self, feature: &str) -> Option<(f64, i64)> {
@@ -541,27 +706,27 @@ impl Readings for ThingReadings<'_> {
             return None;
         }
         let ts = self.t.prev_ts?;
-        let i = self.t.names.iter().position(|n| n == feature)?;
+        let i = self.t.names().iter().position(|n| n == feature)?;
         Some((self.t.prev_values[i], ts)).filter(|(v, _)| !v.is_nan())
     }
     fn feature_names(&self) -> Vec<&str> {
-        self.t.names.iter().map(|n| n.as_str()).collect()
+        self.t.names().iter().map(|n| n.as_str()).collect()
     }
     fn for_each_value<'a>(&'a self, f: &mut dyn FnMut(&'a str, f64)) {
-        for (name, v) in self.t.names.iter().zip(&self.t.values) {
+        for (name, v) in self.t.names().iter().zip(self.t.values.iter()) {
             if !v.is_nan() {
                 f(name.as_str(), *v);
             }
         }
     }
     fn layout(&self) -> Option<(u64, &[Name])> {
-        Some((self.t.layout_id, &self.t.names))
+        Some((self.t.layout.id, self.t.names()))
     }
     fn value_at(&self, slot: usize) -> f64 {
         self.t.values[slot]
     }
     fn name_at(&self, slot: usize) -> &str {
-        &self.t.names[slot]
+        &self.t.names()[slot]
     }
     fn previous_at(&self, slot: usize) -> Option<(f64, i64)> {
         if !self.in_order {
@@ -590,6 +755,7 @@ impl Engine {
             (Some(rc), Some(m)) => RulTracker::new(m.clone(), rc.clone()).ok(),
             _ => None,
         };
+        let shared = Shared::new(&cfg);
         Engine {
             rul,
             windows: PolicyWindows::from(&cfg.policy),
@@ -598,6 +764,7 @@ impl Engine {
             rule_set,
             rule_generation,
             things: FxHashMap::default(),
+            shared,
             emit_scores,
             counters: Counters::default(),
             alert_latencies_ns: Vec::new(),
@@ -623,6 +790,11 @@ impl Engine {
     /// only under the same rules.
     pub fn rules_hash(&self) -> u64 {
         xxhash_rust::xxh3::xxh3_64(self.rule_set.text.as_bytes())
+    }
+
+    /// Bytes one thing's state takes (see [`ThingState::footprint`]); None for an unknown thing.
+    pub fn thing_footprint(&self, thing_id: &str) -> Option<Footprint> {
+        self.things.get(thing_id).map(|t| t.footprint())
     }
 
     /// Calls `f` with every thing's state, in thing-id order (so a checkpoint's bytes depend on the
@@ -651,8 +823,9 @@ impl Engine {
         let (set, cfg) = (Arc::clone(&self.rule_set), Arc::clone(&self.cfg));
         let rules = same_rules.then_some(set.as_ref());
         for (id, s) in things {
-            let t = ThingState::restore(s, &cfg, rules).map_err(|e| format!("thing {id}: {e}"))?;
-            self.things.insert(id, t);
+            let t = ThingState::restore(s, &cfg, rules, &mut self.shared)
+                .map_err(|e| format!("thing {id}: {e}"))?;
+            self.things.insert(id, Box::new(t));
         }
         Ok(())
     }
@@ -701,8 +874,8 @@ impl Engine {
         let window_span = tracing::debug_span!("window", thing_id = %p.thing_id).entered();
         if !self.things.contains_key(p.thing_id.as_str()) {
             tracing::debug!(equipment_type = %p.equipment_type, "first reading of a thing");
-            self.things
-                .insert(p.thing_id.clone(), ThingState::new(&p, &cfg));
+            let t = ThingState::new(&p, &cfg, &mut self.shared);
+            self.things.insert(p.thing_id.clone(), Box::new(t));
         }
         let last_ts = self.things[p.thing_id.as_str()].last_ts;
         if p.ts == last_ts {
@@ -726,17 +899,30 @@ impl Engine {
             .things
             .get_mut(p.thing_id.as_str())
             .expect("inserted above");
+        // The alert policy's state lives only while one of its windows is open for the readings the
+        // thing still accepts (an expired state decides like a fresh one).
+        let oldest = t.last_ts.saturating_sub(cfg.allowed_lateness_ms);
+        if t.policy
+            .as_ref()
+            .is_some_and(|pol| pol.expired(&self.windows, oldest))
+        {
+            t.policy = None;
+        }
         // Start every cache miss of a cold thing at once (see RollingWindow::touch).
-        std::hint::black_box(t.stats.iter().map(|s| s.window.touch()).sum::<f64>());
-        let complete = t.load(&p, &cfg);
+        std::hint::black_box(t.stats.touch());
+        let complete = t.load(&p, &cfg, &mut self.shared);
         if let Some(active) = cfg.active_models.as_ref() {
-            if !t.registry.is_current(active.generation(), t.layout_id) {
+            let current = t
+                .registry
+                .as_ref()
+                .is_some_and(|b| b.is_current(active.generation(), t.layout.id));
+            if !current {
                 let sql_hash = cfg.features.sql_set.as_ref().map(|s| s.sql_hash());
                 t.bind_registry(&p.thing_id, &active.current(), sql_hash.as_deref());
             }
         }
         self.scratch.regime = None;
-        if let (Some(RegimePhase::Fitted(r)), true) = (t.regimes.as_ref(), complete) {
+        if let (Some(RegimePhase::Fitted(r)), true) = (t.regimes.as_deref(), complete) {
             let s = &mut self.scratch;
             s.regime_by.clear();
             s.regime_by
@@ -760,7 +946,13 @@ impl Engine {
                 in_order,
             };
             let _span = tracing::debug_span!("rules", thing_id = %p.thing_id).entered();
-            let hits = evaluate(&self.rule_set, &t.equipment_type, &readings, &mut state);
+            let hits = evaluate_shared(
+                &self.rule_set,
+                &t.equipment_type,
+                &readings,
+                &mut state,
+                &mut self.shared.rules,
+            );
             t.rule_state = state;
             for hit in &hits {
                 tracing::debug!(rule = %hit.rule, alert_type = %hit.alert_type, ts = p.ts, "rule matched");
@@ -789,7 +981,10 @@ impl Engine {
             // A registry model's exact attribution (TreeSHAP: about a millisecond for a 100-tree
             // forest) is computed only for an alert the rate limit lets through; a suppressed one is
             // explained by the statistics (only a burst alert built from it would show that).
-            let explain_model = !t.policy.rate_limited(&self.windows, p.ts);
+            let explain_model = !t
+                .policy
+                .as_ref()
+                .is_some_and(|pol| pol.rate_limited(&self.windows, p.ts));
             candidates.push((
                 ensemble_alert(&p, t, s, &cfg, &self.scratch, explain_model),
                 false,
@@ -801,7 +996,11 @@ impl Engine {
         for ev in self.scratch.fault_events.iter().filter(|e| e.started) {
             candidates.push((sensor_alert(&p, t, ev), true));
         }
-        if (anomalous || !hits.is_empty()) && t.policy.record_anomaly(&self.windows, p.ts) {
+        if (anomalous || !hits.is_empty())
+            && t.policy
+                .get_or_insert_with(Box::default)
+                .record_anomaly(&self.windows, p.ts)
+        {
             if let Some((first, _)) = candidates.first() {
                 candidates.push((burst_alert(first, &cfg), true));
             }
@@ -855,9 +1054,12 @@ impl Engine {
             // windows end up as they were when the readings were first processed) but nothing is
             // emitted or counted.
             for (alert, bypass) in candidates {
-                let admitted = t
-                    .policy
-                    .admit(&self.windows, &alert.alert_type, alert.ts, bypass);
+                let admitted = t.policy.get_or_insert_with(Box::default).admit(
+                    &self.windows,
+                    &alert.alert_type,
+                    alert.ts,
+                    bypass,
+                );
                 if admitted == Err(Suppressed::RateLimit) && alert.source == "rul" {
                     if let Some(tracker) = self.rul.as_mut() {
                         tracker.rearm(&alert.thing_id);
@@ -874,10 +1076,12 @@ impl Engine {
         for (alert, bypass) in candidates {
             self.anomaly_kinds
                 .push((alert.alert_type.clone(), alert.severity));
-            match t
-                .policy
-                .admit(&self.windows, &alert.alert_type, alert.ts, bypass)
-            {
+            match t.policy.get_or_insert_with(Box::default).admit(
+                &self.windows,
+                &alert.alert_type,
+                alert.ts,
+                bypass,
+            ) {
                 Ok(()) => {
                     tracing::debug!(
                         alert_id = %alert.alert_id,
@@ -915,8 +1119,8 @@ impl Engine {
         if self.emit_scores {
             let registry_scored = t
                 .registry
-                .model
                 .as_ref()
+                .and_then(|b| b.model.as_ref())
                 .filter(|_| scored.as_ref().is_some_and(|s| s.by_registry));
             let score = if hits.is_empty() {
                 scored.as_ref().map_or(0.0, |s| s.ensemble)
@@ -979,12 +1183,9 @@ pub struct ThingSnapshot {
     present: Vec<bool>,
     prev_values: Vec<f64>,
     prev_ts: Option<i64>,
-    stats: Vec<FeatureStats>,
-    model: OnlineMahalanobis,
-    model_x: Vec<f64>,
-    t2_smooth: Option<f64>,
-    warm_buffer: Vec<f64>,
-    t2_threshold: Option<f64>,
+    stats: StatsSet,
+    /// The online model (absent when `detectors.model.enabled` is off).
+    online: Option<Online>,
     /// The rules' `for:` counters (kept only when the rules are the same on restore).
     rule_counts: Vec<u32>,
     faults: Option<SensorFaultDetector>,
@@ -1008,26 +1209,22 @@ impl ThingState {
     fn snapshot(&self) -> ThingSnapshot {
         ThingSnapshot {
             equipment_type: self.equipment_type.clone(),
-            names: self.names.clone(),
-            n_raw: self.n_raw,
+            names: self.names().to_vec(),
+            n_raw: self.layout.n_raw,
             sql_windows: self.sql.as_ref().map(|s| s.windows.clone()),
-            values: self.values.clone(),
-            present: self.present.clone(),
-            prev_values: self.prev_values.clone(),
+            values: self.values.to_vec(),
+            present: self.present.to_vec(),
+            prev_values: self.prev_values.to_vec(),
             prev_ts: self.prev_ts,
             stats: self.stats.clone(),
-            model: self.model.clone(),
-            model_x: self.model_x.clone(),
-            t2_smooth: self.t2_smooth,
-            warm_buffer: self.warm_buffer.clone(),
-            t2_threshold: self.t2_threshold,
+            online: self.online.as_deref().cloned(),
             rule_counts: self.rule_state.counts().to_vec(),
-            faults: self.faults.clone(),
+            faults: self.faults.as_deref().cloned(),
             learned: self.learned,
             last_ts: self.last_ts,
             consecutive_anomalous: self.consecutive_anomalous,
-            policy: self.policy.clone(),
-            regimes: self.regimes.clone(),
+            policy: self.policy.as_deref().cloned().unwrap_or_default(),
+            regimes: self.regimes.as_deref().cloned(),
             regime_slots: self.regime_slots.clone(),
         }
     }
@@ -1038,6 +1235,7 @@ impl ThingState {
         s: ThingSnapshot,
         cfg: &DataflowConfig,
         rules: Option<&RuleSet>,
+        shared: &mut Shared,
     ) -> Result<ThingState, String> {
         let n = s.names.len();
         if s.n_raw > n
@@ -1055,7 +1253,7 @@ impl ThingState {
         let raw = &s.names[..s.n_raw];
         let (plan, derived, sql) = match cfg.features.sql_set.as_ref() {
             Some(set) => {
-                let mut sql = SqlFeatures::new(set.evaluator());
+                let mut sql = Box::new(SqlFeatures::new(set.evaluator()));
                 let windows = s
                     .sql_windows
                     .ok_or("no SQL window state, but the dataflow has a SQL feature set")?;
@@ -1086,25 +1284,35 @@ impl ThingState {
                 &s.names[s.n_raw..]
             ));
         }
-        let (model_slots, model_pos) = model_slots(&s.names, cfg);
-        s.model.check()?;
-        if s.model.dim() != model_slots.len() || s.model_x.len() != model_slots.len() {
-            return Err(format!(
-                "online model of dimension {} for {} model features",
-                s.model.dim(),
-                model_slots.len()
-            ));
-        }
-        for st in &s.stats {
-            st.check()?;
-        }
+        let layout = shared.get(s.names, s.n_raw, plan, cfg);
+        let model_slots = &layout.model_slots;
+        // The online model follows the dataflow's setting (the fingerprint check compared it).
+        let online = match (cfg.detectors.model.enabled, s.online) {
+            (false, _) => None,
+            (true, None) => Some(Box::new(Online::new(model_slots.len(), cfg))),
+            (true, Some(o)) => {
+                o.model.check()?;
+                if o.model.dim() != model_slots.len() || o.model_x.len() != model_slots.len() {
+                    return Err(format!(
+                        "online model of dimension {} for {} model features",
+                        o.model.dim(),
+                        model_slots.len()
+                    ));
+                }
+                Some(Box::new(o))
+            }
+        };
+        s.stats.check(&stats_params(cfg))?;
         let faults = match (cfg.sensor_faults.enabled, s.faults) {
             (false, _) => None,
-            (true, Some(f)) => {
+            (true, Some(mut f)) => {
                 f.check()?;
-                Some(f)
+                f.set_config(Arc::clone(&shared.faults));
+                Some(Box::new(f))
             }
-            (true, None) => Some(SensorFaultDetector::new(cfg.sensor_faults.clone())),
+            (true, None) => Some(Box::new(SensorFaultDetector::new(Arc::clone(
+                &shared.faults,
+            )))),
         };
         let rule_state = match rules {
             Some(set) => RuleState::restored(set, &s.equipment_type, s.rule_counts),
@@ -1140,35 +1348,27 @@ impl ThingState {
                         ));
                     }
                 }
-                Some(phase)
+                Some(Box::new(phase))
             }
         };
+        let policy = (!s.policy.is_fresh()).then(|| Box::new(s.policy));
         Ok(ThingState {
             equipment_type: s.equipment_type,
-            names: s.names,
-            layout_id: NEXT_LAYOUT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            n_raw: s.n_raw,
-            plan,
+            layout,
             sql,
-            values: s.values,
-            present: s.present,
-            prev_values: s.prev_values,
+            values: s.values.into_boxed_slice(),
+            present: s.present.into_boxed_slice(),
+            prev_values: s.prev_values.into_boxed_slice(),
             prev_ts: s.prev_ts,
             stats: s.stats,
-            model: s.model,
-            model_slots,
-            model_pos,
-            model_x: s.model_x,
-            t2_smooth: s.t2_smooth,
-            warm_buffer: s.warm_buffer,
-            t2_threshold: s.t2_threshold,
+            online,
             rule_state,
             faults,
             learned: s.learned,
             last_ts: s.last_ts,
             consecutive_anomalous: s.consecutive_anomalous,
-            policy: s.policy,
-            registry: RegistryBinding::default(),
+            policy,
+            registry: None,
             regime_slots: if regimes.is_some() {
                 s.regime_slots
             } else {
@@ -1192,9 +1392,10 @@ fn learn(
     ts: i64,
 ) {
     if complete {
-        for (i, st) in t.stats.iter_mut().enumerate() {
-            if t.present[i] {
-                st.update(t.values[i]);
+        let sp = stats_params(cfg);
+        for (i, (&present, &v)) in t.present.iter().zip(t.values.iter()).enumerate() {
+            if present {
+                t.stats.update(i, v, &sp);
             }
         }
         t.consecutive_anomalous = if anomalous {
@@ -1206,20 +1407,22 @@ fn learn(
         let in_warmup = t.learned < cfg.warmup as u64;
         let learnable = (in_warmup || m.learn_after_warmup)
             && (!anomalous || t.consecutive_anomalous > MAX_FROZEN_READINGS);
-        if learnable {
-            t.model.update(&t.model_x);
+        if let (true, Some(o)) = (learnable, t.online.as_mut()) {
+            o.model.update(&o.model_x);
         }
-        if let (Some(phase), Some(rc)) = (t.regimes.as_mut(), cfg.detectors.regimes.as_ref()) {
+        let model_x: &[f64] = t.online.as_ref().map_or(&[], |o| &o.model_x);
+        if let (Some(phase), Some(rc)) = (t.regimes.as_deref_mut(), cfg.detectors.regimes.as_ref())
+        {
             match phase {
                 RegimePhase::Learning { by, x, seen } => {
                     *seen += 1;
                     if learnable {
                         by.extend(t.regime_slots.iter().map(|&i| t.values[i]));
-                        x.extend_from_slice(&t.model_x);
+                        x.extend_from_slice(model_x);
                     }
                     if *seen >= rc.warmup {
                         let d = t.regime_slots.len();
-                        let fitted = regimes::fit(by, d, x, t.model_x.len(), rc, m);
+                        let fitted = regimes::fit(by, d, x, model_x.len(), rc, m);
                         *phase = match fitted {
                             Ok(r) => {
                                 tracing::info!(
@@ -1238,21 +1441,25 @@ fn learn(
                 }
                 RegimePhase::Fitted(r) => {
                     if let Some(a) = regime.assignment {
-                        r.observe(&a, regime.z, &t.model_x, learnable, regime.t2_smoothed);
+                        r.observe(&a, regime.z, model_x, learnable, regime.t2_smoothed);
                     }
                 }
                 RegimePhase::Plain => {}
             }
         }
-        if let Some(v) = t2_smoothed {
-            t.t2_smooth = Some(v);
-        }
         t.learned += 1;
-        if let Some(q) = m.calibration_quantile {
-            if in_warmup {
-                t.warm_buffer.extend_from_slice(&t.model_x);
+        if let Some(o) = t.online.as_mut() {
+            if let Some(v) = t2_smoothed {
+                o.t2_smooth = Some(v);
+            }
+            if let (Some(q), true) = (m.calibration_quantile, in_warmup) {
+                if o.warm_buffer.capacity() == 0 {
+                    // Sized exactly for the warm-up (no doubling slack); freed by `calibrate`.
+                    o.warm_buffer.reserve_exact(cfg.warmup * o.model_x.len());
+                }
+                o.warm_buffer.extend_from_slice(&o.model_x);
                 if t.learned == cfg.warmup as u64 {
-                    t.calibrate(q, m.smoothing);
+                    o.calibrate(q, m.smoothing);
                 }
             }
         }
@@ -1283,8 +1490,8 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) -> S
     s.regime_scores = None;
     let registry = t
         .registry
-        .model
         .as_ref()
+        .and_then(|b| b.model.as_ref())
         .filter(|_| t.registry_row(&mut s.registry_row));
     let by_registry = registry.is_some();
     let model = if let Some(m) = registry {
@@ -1292,17 +1499,17 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) -> S
         Some(normalise(m.model.threshold_ratio(s.registry_score), 1.0))
     } else if let Some(m) = regime_score(t, cfg, s) {
         Some(m)
-    } else if t
-        .model
-        .score_into(&t.model_x, &mut s.model, &mut s.model_score)
-    {
+    } else if let Some(o) = t.online.as_deref().filter(|o| {
+        o.model
+            .score_into(&o.model_x, &mut s.model, &mut s.model_score)
+    }) {
         let m = &d.model;
         let t2 = s.model_score.t2;
-        let smoothed = t2_smooth_step(t.t2_smooth, t2, m.smoothing);
+        let smoothed = t2_smooth_step(o.t2_smooth, t2, m.smoothing);
         s.t2_smoothed = Some(smoothed);
         Some(model_normalised(
-            &t.model,
-            t.t2_threshold,
+            &o.model,
+            o.t2_threshold,
             smoothed,
             s.model_score.z,
             m,
@@ -1311,7 +1518,14 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) -> S
         None
     };
     let model_part = e.model_weight * model.unwrap_or(0.0);
-    if !full && e.stats_weight + model_part < e.threshold {
+    // Without an online model (`detectors.model.enabled: false`), a reading no registry model scores
+    // is scored by its statistics alone.
+    let stats_weight = if model.is_none() && t.online.is_none() {
+        1.0
+    } else {
+        e.stats_weight
+    };
+    if !full && stats_weight + model_part < e.threshold {
         return Scored {
             ensemble: f64::NAN,
             stats: f64::NAN,
@@ -1323,9 +1537,10 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) -> S
     s.feature_scores.clear();
     s.per_feature.clear();
     let mut best = [0.0f64; 4];
-    for (i, st) in t.stats.iter().enumerate() {
+    let sp = stats_params(cfg);
+    for i in 0..t.stats.len() {
         let fs = if t.present[i] {
-            st.score(t.values[i])
+            t.stats.score(i, t.values[i], &sp)
         } else {
             FeatureScores::default()
         };
@@ -1342,7 +1557,7 @@ fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) -> S
         s.feature_scores.push(fs);
     }
     let stats = best.iter().sum::<f64>() / 4.0;
-    let ensemble = e.stats_weight * stats + model_part;
+    let ensemble = stats_weight * stats + model_part;
     Scored {
         ensemble,
         stats,
@@ -1377,13 +1592,13 @@ fn model_normalised(
 /// has no fitted regimes, the reading has not settled in its regime, or the regime cannot score yet.
 fn regime_score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch) -> Option<f64> {
     let a = s.regime.filter(|a| a.settled)?;
-    let Some(RegimePhase::Fitted(r)) = t.regimes.as_ref() else {
+    let Some(RegimePhase::Fitted(r)) = t.regimes.as_deref() else {
         return None;
     };
     let reg = &r.regimes[a.regime];
     if !reg
         .model
-        .score_into(&t.model_x, &mut s.model, &mut s.model_score)
+        .score_into(t.model_x(), &mut s.model, &mut s.model_score)
     {
         return None;
     }
@@ -1477,17 +1692,18 @@ fn ensemble_alert(
     explain_model: bool,
 ) -> Alert {
     let e = &cfg.ensemble;
-    let n = t.names.len();
+    let n = t.names().len();
     // The scoring model's raw attribution per slot (0 for features it does not take).
     let mut model_by_slot = vec![0.0; n];
     let mut model_detector = None;
     if s.model.is_some() {
-        match t.registry.model.as_ref().filter(|_| s.by_registry) {
-            Some(m) => {
+        let binding = t.registry.as_deref().filter(|_| s.by_registry);
+        match binding.and_then(|b| Some((b, b.model.as_ref()?))) {
+            Some((b, m)) => {
                 let explain_model = explain_model && cfg.models.as_ref().is_none_or(|c| c.explain);
                 if explain_model {
                     let c = m.model.explain(&sc.registry_row);
-                    for (&slot, v) in t.registry.slots.iter().zip(c) {
+                    for (&slot, v) in b.slots.iter().zip(c) {
                         model_by_slot[slot] += v;
                     }
                 }
@@ -1502,7 +1718,7 @@ fn ensemble_alert(
                         }
                     }
                     _ => {
-                        for (slot, pos) in t.model_pos.iter().enumerate() {
+                        for (slot, pos) in t.layout.model_pos.iter().enumerate() {
                             if let Some(k) = pos {
                                 model_by_slot[slot] = sc.model_score.contributions[*k];
                             }
@@ -1538,13 +1754,13 @@ fn ensemble_alert(
             sign * (e.stats_weight * stats_share + e.model_weight * model_share)
         })
         .collect();
-    let ex = explain(t.names.iter().zip(contributions.iter().copied()));
+    let ex = explain(t.names().iter().zip(contributions.iter().copied()));
     let mut detectors = vec![DetectorAttribution {
         detector: "statistics".to_string(),
         model_version: None,
         score: round4(s.stats),
         top_features: top_contributions(
-            t.names
+            t.names()
                 .iter()
                 .zip(&sc.feature_scores)
                 .map(|(name, fs)| (name, fs.z)),
@@ -1559,7 +1775,7 @@ fn ensemble_alert(
             model_version: Some(id),
             score: round4(score),
             top_features: if explained {
-                top_contributions(t.names.iter().zip(model_by_slot.iter().copied()))
+                top_contributions(t.names().iter().zip(model_by_slot.iter().copied()))
             } else {
                 Vec::new()
             },
@@ -1572,10 +1788,10 @@ fn ensemble_alert(
         .map(|f| f.feature.clone())
         .unwrap_or_else(|| Name::from("multivariate"));
     let alert_type = alert_type_for(&lead);
-    let sentence = match t.names.iter().position(|n| *n == lead) {
+    let sentence = match t.names().iter().position(|n| *n == lead) {
         Some(i) => {
             let value = t.values[i];
-            let mean = t.stats[i].window.mean();
+            let mean = t.stats.mean(i);
             let pct = if mean.abs() > 1e-9 {
                 (value - mean) / mean.abs() * 100.0
             } else {
@@ -1647,7 +1863,7 @@ fn ensemble_alert(
 fn regime_attribution(t: &ThingState, s: &Scored, sc: &Scratch) -> Option<RegimeAttribution> {
     let (within, distance) = sc.regime_scores.filter(|_| !s.by_registry)?;
     let a = sc.regime?;
-    let Some(RegimePhase::Fitted(r)) = t.regimes.as_ref() else {
+    let Some(RegimePhase::Fitted(r)) = t.regimes.as_deref() else {
         return None;
     };
     Some(RegimeAttribution {
@@ -1657,7 +1873,7 @@ fn regime_attribution(t: &ThingState, s: &Scored, sc: &Scratch) -> Option<Regime
             .regime_slots
             .iter()
             .zip(r.centre_of(a.regime))
-            .map(|(&slot, v)| (t.names[slot].to_string(), round4(v)))
+            .map(|(&slot, v)| (t.names()[slot].to_string(), round4(v)))
             .collect(),
         distance_score: round4(distance),
         within_score: round4(within),

@@ -15,7 +15,7 @@ use crate::config::DataflowConfig;
 use crate::decode::{DeadLetter, Decoder};
 use crate::event::{Origin, Point};
 use crate::rules::RulesHandle;
-pub use engine::{Counters, Engine, Output, Record};
+pub use engine::{Counters, Engine, Footprint, Output, Record};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;

@@ -109,3 +109,96 @@ fn a_slow_sink_slows_a_live_source_and_bounds_what_is_in_flight() {
     // And it was the bound that held it: the producer filled what the bound allows.
     assert!(ahead >= IN_FLIGHT as u64 / 2, "only {ahead} ahead");
 }
+
+/// Simulated fleet telemetry (13 features per thing: 10 sensors and 3 derived ones), in sequence.
+fn fleet(things: usize, per_thing: usize) -> Vec<crate::event::Point> {
+    use crate::sources::simulator::{Simulator, SimulatorConfig};
+    let mut sim = Simulator::new(SimulatorConfig {
+        things,
+        seed: 3,
+        faults_per_1000: 6.0,
+        ..SimulatorConfig::default()
+    });
+    (0..things * per_thing)
+        .map(|i| {
+            let mut p = sim.next_point();
+            p.seq = i as u64 + 1;
+            p
+        })
+        .collect()
+}
+
+/// Runs `points` through one engine of the dataflow file `flow` (with its rules).
+fn engine_after(flow: &str, points: &[crate::event::Point]) -> (super::Engine, usize) {
+    use crate::rules::{RuleSet, RulesHandle};
+    let cfg = crate::config::DataflowConfig::load(std::path::Path::new(flow)).expect("dataflow");
+    let rules = RuleSet::load(cfg.rules.as_deref().expect("a rules file")).expect("rules");
+    let mut engine = super::Engine::new(std::sync::Arc::new(cfg), RulesHandle::fixed(rules), false);
+    let mut out = Vec::new();
+    for p in points {
+        engine.process(super::Record::Point(p.clone(), 0), 0, &mut out);
+    }
+    let alerts = out
+        .iter()
+        .filter(|(_, o)| matches!(o, super::Output::Alert(_)))
+        .count();
+    (engine, alerts)
+}
+
+#[test]
+fn a_thing_without_per_thing_models_takes_under_1_kib() {
+    // Past the warm-up and with full windows, and with faults (so rules and the policy hold state);
+    // then each thing's last reading repeated twice, 400 s and 401 s later, when every alert window
+    // has closed.
+    let mut points = fleet(12, 400);
+    let end = points.iter().map(|p| p.ts).max().expect("readings");
+    // Each thing's last healthy reading (label 0), so the repeats are normal.
+    let mut last: Vec<crate::event::Point> = Vec::new();
+    for p in points.iter().rev().filter(|p| p.label == Some(0)) {
+        if !last.iter().any(|l| l.thing_id == p.thing_id) {
+            last.push(p.clone());
+        }
+    }
+    assert_eq!(last.len(), 12);
+    for dt in [400_000, 401_000] {
+        for p in &mut last {
+            p.ts = end + dt;
+            p.seq = points.len() as u64 + 1;
+            points.push(p.clone());
+        }
+    }
+    let (compact, alerts) = engine_after("dataflows/compact.yaml", &points);
+    assert!(alerts > 0, "the faults alert");
+    let (default, _) = engine_after("dataflows/default.yaml", &points);
+    assert_eq!(compact.things(), 12);
+    let ids: std::collections::BTreeSet<&str> =
+        points.iter().map(|p| p.thing_id.as_str()).collect();
+    assert_eq!(ids.len(), 12);
+    let mut largest = 0;
+    for id in ids {
+        let c = compact.thing_footprint(id).expect("known thing");
+        let d = default.thing_footprint(id).expect("known thing");
+        println!(
+            "{id}: compact {} {c:?}; default {} {d:?}",
+            c.total(),
+            d.total()
+        );
+        // Ovens: 10 sensors and 3 derived features; mixers 12, conveyors 11 features.
+        assert!((11..=13).contains(&c.features), "{id}: {c:?}");
+        if c.features == 13 {
+            largest = largest.max(c.total());
+        }
+        assert!(c.total() < 1024, "{id}: {} bytes: {c:?}", c.total());
+        // The alert policy's state exists only while a dedup, rate-limit or burst window of the
+        // thing is open (a few minutes after an alert).
+        assert_eq!((c.model, c.sensor_faults, c.policy), (0, 0, 0), "{c:?}");
+        // 32 bytes per feature, sized exactly; rule counters only (their resolution is shared).
+        assert_eq!(c.stats, c.features * 32, "{c:?}");
+        assert!(c.rules <= 4 * 16, "{c:?}");
+        // The default keeps windows, the online model and sensor-fault windows: over 10x more.
+        assert!(d.total() > 10 * c.total(), "{id}: {d:?} vs {c:?}");
+        assert!(d.stats > c.features * 900, "{d:?}");
+        assert!(d.model > (c.features - 1).pow(2) * 16, "{d:?}");
+    }
+    assert!(largest > 13 * 32, "no 13-feature thing: {largest}");
+}

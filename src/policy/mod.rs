@@ -4,6 +4,7 @@
 //! alerts of the live run.
 
 use crate::config::PolicyConfig;
+use crate::event::Name;
 use std::collections::VecDeque;
 
 /// Why a candidate alert was not emitted.
@@ -49,7 +50,7 @@ impl From<&PolicyConfig> for PolicyWindows {
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct PolicyState {
     /// Last emitted event time per alert type (a thing has few types: a Vec beats a map).
-    last_by_type: Vec<(String, i64)>,
+    last_by_type: Vec<(Name, i64)>,
     last_any: Option<i64>,
     /// Event times of recent anomalous readings, for burst detection.
     anomalies: VecDeque<i64>,
@@ -61,6 +62,41 @@ fn within(last: i64, ts: i64, window: i64) -> bool {
 }
 
 impl PolicyState {
+    /// True while nothing was recorded (the state of a thing that never had an anomaly or alert).
+    pub fn is_fresh(&self) -> bool {
+        self.last_by_type.is_empty() && self.last_any.is_none() && self.anomalies.is_empty()
+    }
+
+    /// True when nothing recorded here can change the decision on a reading at `oldest` or later:
+    /// every dedup, rate-limit and burst window has closed for it. A fresh state then decides exactly
+    /// the same, so the caller may drop this one (pass the oldest event time the thing still accepts:
+    /// its newest minus the allowed lateness).
+    pub fn expired(&self, w: &PolicyWindows, oldest: i64) -> bool {
+        let closed = |last: i64, window: i64| oldest.saturating_sub(last) >= window;
+        self.last_by_type
+            .iter()
+            .all(|&(_, t)| closed(t, w.dedup_ms))
+            && self.last_any.is_none_or(|t| closed(t, w.rate_limit_ms))
+            && self.anomalies.iter().all(|&t| closed(t, w.burst_within_ms))
+    }
+
+    /// Heap bytes owned.
+    pub fn heap_bytes(&self) -> usize {
+        self.last_by_type.capacity() * std::mem::size_of::<(Name, i64)>()
+            + self
+                .last_by_type
+                .iter()
+                .map(|(t, _)| {
+                    if t.is_heap_allocated() {
+                        t.capacity()
+                    } else {
+                        0
+                    }
+                })
+                .sum::<usize>()
+            + self.anomalies.capacity() * std::mem::size_of::<i64>()
+    }
+
     /// Decides whether an alert of `alert_type` at `ts` is emitted; records it when it is.
     /// `bypass_rate_limit` is for escalations (bursts), which must not be hidden by the alert they
     /// escalate.
@@ -86,7 +122,11 @@ impl PolicyState {
         }
         match slot {
             Some(i) => self.last_by_type[i].1 = ts,
-            None => self.last_by_type.push((alert_type.to_string(), ts)),
+            None => {
+                // A thing has few alert types: grow one entry at a time, not by doubling.
+                self.last_by_type.reserve_exact(1);
+                self.last_by_type.push((Name::from(alert_type), ts));
+            }
         }
         self.last_any = Some(self.last_any.map_or(ts, |l| l.max(ts)));
         Ok(())
@@ -163,6 +203,36 @@ mod tests {
         assert_eq!(p.admit(&w, "a", 0, false), Ok(()));
         assert_eq!(p.admit(&w, "burst", 1_000, true), Ok(()));
         assert_eq!(p.admit(&w, "burst", 2_000, true), Err(Suppressed::Dedup));
+    }
+
+    #[test]
+    fn expired_state_decides_like_a_fresh_one() {
+        let w = PolicyWindows {
+            dedup_ms: 300_000,
+            rate_limit_ms: 60_000,
+            burst_count: 3,
+            burst_within_ms: 10_000,
+        };
+        let mut p = PolicyState::default();
+        assert!(p.is_fresh() && p.expired(&w, 0));
+        assert_eq!(p.admit(&w, "a", 1_000, false), Ok(()));
+        assert!(!p.record_anomaly(&w, 1_000));
+        assert!(!p.is_fresh());
+        // The dedup window of `a` is open until 301,000.
+        assert!(!p.expired(&w, 300_999));
+        assert!(p.expired(&w, 301_000));
+        // From then on it decides every case like a fresh state.
+        for (ts, kind) in [(301_000, "a"), (301_500, "b"), (400_000, "a")] {
+            let mut fresh = PolicyState::default();
+            let mut old = p.clone();
+            assert_eq!(
+                old.admit(&w, kind, ts, false),
+                fresh.admit(&w, kind, ts, false)
+            );
+            assert_eq!(old.rate_limited(&w, ts + 1), fresh.rate_limited(&w, ts + 1));
+            assert_eq!(old.record_anomaly(&w, ts), fresh.record_anomaly(&w, ts));
+        }
+        assert!(p.heap_bytes() > 0);
     }
 
     #[test]

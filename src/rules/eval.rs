@@ -5,6 +5,7 @@ use super::glob::Pattern;
 use super::{Readings, RuleHit, RuleSet};
 use crate::event::Name;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 /// Per-thing evaluation state: consecutive-sample counters for `for:` and the rules that apply to the
 /// thing's equipment type.
@@ -18,14 +19,80 @@ pub struct RuleState {
     pub generation: u64,
     /// Consecutive readings each rule's condition has held, by rule index.
     counts: Vec<u32>,
+    ready: bool,
+    /// Which rules apply and where their features are, shared by the things with the same rules,
+    /// equipment type and layout (see [`RuleCache`]).
+    resolved: Option<Arc<Resolved>>,
+}
+
+/// The rules that apply to one equipment type, resolved against one feature layout.
+#[derive(Debug, Default)]
+struct Resolved {
+    equipment: Name,
+    /// Layout id (see [`Readings::layout`]) the rules' features are resolved against (None: the
+    /// readings give no layout; `bound` is then empty and features are found by name).
+    layout: Option<u64>,
     /// Indices of the enabled rules that apply to `equipment`.
     applicable: Vec<u32>,
-    equipment: Name,
-    ready: bool,
-    /// Layout id (see [`Readings::layout`]) the rules' features are resolved against, and the
-    /// resolution, parallel to `applicable` (empty when the readings give no layout).
-    layout: Option<u64>,
+    /// The resolution, parallel to `applicable`.
     bound: Vec<Bound>,
+}
+
+/// Resolutions shared by the things evaluated with the rule sets of one [`super::RulesHandle`] (whose
+/// generations tell its rule sets apart): one per (equipment type, layout) instead of one per thing.
+/// Holds the current generation's only.
+#[derive(Debug, Default)]
+pub struct RuleCache {
+    generation: u64,
+    resolved: rustc_hash::FxHashMap<(Name, Option<u64>), Arc<Resolved>>,
+}
+
+impl RuleCache {
+    fn get(
+        &mut self,
+        rules: &RuleSet,
+        equipment_type: &str,
+        readings: &dyn Readings,
+    ) -> Arc<Resolved> {
+        let layout = readings.layout();
+        let layout_id = layout.map(|(id, _)| id);
+        if self.generation != rules.generation {
+            self.resolved.clear();
+            self.generation = rules.generation;
+        }
+        let key = (Name::new(equipment_type), layout_id);
+        if let Some(r) = self.resolved.get(&key) {
+            return Arc::clone(r);
+        }
+        let r = Arc::new(Resolved::new(rules, equipment_type, layout));
+        self.resolved.insert(key, Arc::clone(&r));
+        r
+    }
+}
+
+impl Resolved {
+    fn new(rules: &RuleSet, equipment_type: &str, layout: Option<(u64, &[Name])>) -> Resolved {
+        let applicable: Vec<u32> = rules
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.enabled && r.applies_to(equipment_type))
+            .map(|(i, _)| i as u32)
+            .collect();
+        let bound = match layout {
+            Some((_, names)) => applicable
+                .iter()
+                .map(|&i| Bound::resolve(&rules.rules[i as usize].condition, names))
+                .collect(),
+            None => Vec::new(),
+        };
+        Resolved {
+            equipment: Name::new(equipment_type),
+            layout: layout.map(|(id, _)| id),
+            applicable,
+            bound,
+        }
+    }
 }
 
 /// A rule's features resolved to the slots of one layout.
@@ -90,6 +157,11 @@ impl Bound {
 }
 
 impl RuleState {
+    /// Heap bytes this thing owns (its counters; the resolution is shared).
+    pub fn heap_bytes(&self) -> usize {
+        self.counts.capacity() * std::mem::size_of::<u32>()
+    }
+
     /// Clears the counters when `generation` differs from the one they belong to. Returns whether it did.
     pub fn reset_if(&mut self, generation: u64) -> bool {
         if self.ready && self.generation == generation {
@@ -97,10 +169,8 @@ impl RuleState {
         }
         self.generation = generation;
         self.counts.clear();
-        self.applicable.clear();
         self.ready = false;
-        self.layout = None;
-        self.bound.clear();
+        self.resolved = None;
         true
     }
 
@@ -120,29 +190,12 @@ impl RuleState {
         if counts.is_empty() || counts.len() != rules.rules.len() {
             return RuleState::default();
         }
-        let mut s = RuleState::default();
-        s.set_rules(rules, equipment_type);
-        s.counts = counts;
-        s
-    }
-
-    fn set_rules(&mut self, rules: &RuleSet, equipment_type: &str) {
-        self.generation = rules.generation;
-        self.counts.clear();
-        self.counts.resize(rules.rules.len(), 0);
-        self.equipment = Name::new(equipment_type);
-        self.applicable.clear();
-        self.applicable.extend(
-            rules
-                .rules
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.enabled && r.applies_to(equipment_type))
-                .map(|(i, _)| i as u32),
-        );
-        self.ready = true;
-        self.layout = None;
-        self.bound.clear();
+        RuleState {
+            generation: rules.generation,
+            counts,
+            ready: true,
+            resolved: Some(Arc::new(Resolved::new(rules, equipment_type, None))),
+        }
     }
 
     /// The current consecutive count of rule `index` (0 when its condition did not hold last time).
@@ -150,29 +203,31 @@ impl RuleState {
         self.counts.get(index).copied().unwrap_or(0)
     }
 
-    fn prepare(&mut self, rules: &RuleSet, equipment_type: &str, readings: &dyn Readings) {
-        let layout = readings.layout();
-        let layout_id = layout.map(|(id, _)| id);
+    fn prepare(
+        &mut self,
+        rules: &RuleSet,
+        equipment_type: &str,
+        readings: &dyn Readings,
+        cache: &mut RuleCache,
+    ) {
+        let layout_id = readings.layout().map(|(id, _)| id);
+        let resolved = self.resolved.as_deref();
         let same_rules = self.ready
             && self.generation == rules.generation
             && self.counts.len() == rules.rules.len()
-            && self.equipment == equipment_type;
-        if same_rules && self.layout == layout_id {
+            && resolved.is_some_and(|r| r.equipment == equipment_type);
+        if same_rules && resolved.is_some_and(|r| r.layout == layout_id) {
             return;
         }
         if !same_rules {
-            self.set_rules(rules, equipment_type);
+            self.generation = rules.generation;
+            self.counts.clear();
+            self.counts.resize(rules.rules.len(), 0);
+            self.counts.shrink_to_fit();
+            self.ready = true;
         }
         // A new layout keeps the `for:` counters (the same rules, the same thing): only the slots move.
-        self.layout = layout_id;
-        self.bound.clear();
-        if let Some((_, names)) = layout {
-            self.bound.extend(
-                self.applicable
-                    .iter()
-                    .map(|&i| Bound::resolve(&rules.rules[i as usize].condition, names)),
-            );
-        }
+        self.resolved = Some(cache.get(rules, equipment_type, readings));
     }
 }
 
@@ -187,13 +242,34 @@ pub fn evaluate(
     readings: &dyn Readings,
     state: &mut RuleState,
 ) -> Vec<RuleHit> {
-    state.prepare(rules, equipment_type, readings);
+    evaluate_shared(
+        rules,
+        equipment_type,
+        readings,
+        state,
+        &mut RuleCache::default(),
+    )
+}
+
+/// [`evaluate`] with the resolution of the thing's rules shared through `cache` (one per rule
+/// handle, e.g. per engine), so that things with the same equipment type and layout share it.
+pub fn evaluate_shared(
+    rules: &RuleSet,
+    equipment_type: &str,
+    readings: &dyn Readings,
+    state: &mut RuleState,
+    cache: &mut RuleCache,
+) -> Vec<RuleHit> {
+    state.prepare(rules, equipment_type, readings, cache);
     let mut hits = Vec::new();
-    for (k, &i) in state.applicable.iter().enumerate() {
+    let Some(resolved) = state.resolved.as_deref() else {
+        return hits;
+    };
+    for (k, &i) in resolved.applicable.iter().enumerate() {
         let i = i as usize;
         let rule = &rules.rules[i];
         let count = &mut state.counts[i];
-        match check(&rule.condition, state.bound.get(k), readings) {
+        match check(&rule.condition, resolved.bound.get(k), readings) {
             Some(finding) => {
                 *count = count.saturating_add(1);
                 if *count >= rule.for_samples {

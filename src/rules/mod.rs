@@ -15,7 +15,7 @@ mod reload;
 mod tests;
 
 pub use config::{Condition, Direction, FeatureSet, Kind, Op, Rule};
-pub use eval::{evaluate, RuleState};
+pub use eval::{evaluate, evaluate_shared, RuleCache, RuleState};
 pub use glob::Pattern;
 pub use reload::RulesHandle;
 

@@ -305,7 +305,7 @@ fn kafka_to_kafka_alerts_every_episode_once_with_dead_letters() {
 }
 
 #[test]
-#[ignore = "run 2 does not stop within 180 s (its log at info shows nothing; not yet diagnosed: suspect the group rejoin after the SIGKILLed member, which never left, with tansu). The duplicate re-reads from several members per process are fixed (one member per process, re-read messages dropped per partition)"]
+#[ignore = "run 2 owns no partition (diagnosed with librdkafka debug: run 1's SIGKILLed member, the group leader owning all 4 partitions, is never evicted by tansu: run 2 joins its generation as a follower, SyncGroup gives it 0 partitions, heartbeats succeed, so no message and no assignment start the idle clock). Fix pending: static membership (group.instance.id) or eviction, to be checked against tansu"]
 fn service_killed_mid_stream_resumes_without_losing_an_episode() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Tansu::start().expect("tansu starts");

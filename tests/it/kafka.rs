@@ -305,7 +305,6 @@ fn kafka_to_kafka_alerts_every_episode_once_with_dead_letters() {
 }
 
 #[test]
-#[ignore = "run 2 owns no partition (diagnosed with librdkafka debug: run 1's SIGKILLed member, the group leader owning all 4 partitions, is never evicted by tansu: run 2 joins its generation as a follower, SyncGroup gives it 0 partitions, heartbeats succeed, so no message and no assignment start the idle clock). Fix pending: static membership (group.instance.id) or eviction, to be checked against tansu"]
 fn service_killed_mid_stream_resumes_without_losing_an_episode() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Tansu::start().expect("tansu starts");
@@ -361,12 +360,16 @@ fn service_killed_mid_stream_resumes_without_losing_an_episode() {
 
     let alerts = parse_alerts(&consume_all(&bs, "plant-alerts", Duration::from_secs(3)));
     assert!(alerts.len() > after_kill, "run 2 alerted too");
-    // Downstream dedupes by alert_id (a redelivered alert has the same id).
+    // At-least-once: an alert written after run 1's last commit is written again by run 2 with the
+    // same id and content (downstream dedupes by alert_id); nothing else is duplicated.
     let mut by_id = BTreeMap::new();
     for a in &alerts {
         if let Some(prev) = by_id.insert(a.alert_id.clone(), a.clone()) {
-            assert_eq!(prev.thing_id, a.thing_id);
-            assert_eq!(prev.ts, a.ts);
+            assert_eq!(
+                serde_json::to_value(&prev).unwrap(),
+                serde_json::to_value(a).unwrap(),
+                "a re-emitted alert is the same alert"
+            );
         }
     }
     let deduped: Vec<_> = by_id.into_values().collect();

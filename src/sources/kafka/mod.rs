@@ -227,6 +227,10 @@ impl KafkaReader {
         cc.set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group_id)
             .set("client.id", format!("egizml-{member}"))
+            // Static membership: a restarted process takes its killed predecessor's place (and
+            // partitions) at once, instead of waiting for the broker to evict a member that never
+            // left (tansu never does: the restarted one joined as a follower and got no partition).
+            .set("group.instance.id", format!("{}-{member}", cfg.group_id))
             // We commit ourselves, only acknowledged offsets.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

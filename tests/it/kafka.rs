@@ -305,7 +305,6 @@ fn kafka_to_kafka_alerts_every_episode_once_with_dead_letters() {
 }
 
 #[test]
-#[ignore = "run 2 does not stop within 180 s (its log at info shows nothing; not yet diagnosed: suspect the group rejoin after the SIGKILLed member, which never left, with tansu). The duplicate re-reads from several members per process are fixed (one member per process, re-read messages dropped per partition)"]
 fn service_killed_mid_stream_resumes_without_losing_an_episode() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Tansu::start().expect("tansu starts");
@@ -361,12 +360,16 @@ fn service_killed_mid_stream_resumes_without_losing_an_episode() {
 
     let alerts = parse_alerts(&consume_all(&bs, "plant-alerts", Duration::from_secs(3)));
     assert!(alerts.len() > after_kill, "run 2 alerted too");
-    // Downstream dedupes by alert_id (a redelivered alert has the same id).
+    // At-least-once: an alert written after run 1's last commit is written again by run 2 with the
+    // same id and content (downstream dedupes by alert_id); nothing else is duplicated.
     let mut by_id = BTreeMap::new();
     for a in &alerts {
         if let Some(prev) = by_id.insert(a.alert_id.clone(), a.clone()) {
-            assert_eq!(prev.thing_id, a.thing_id);
-            assert_eq!(prev.ts, a.ts);
+            assert_eq!(
+                serde_json::to_value(&prev).unwrap(),
+                serde_json::to_value(a).unwrap(),
+                "a re-emitted alert is the same alert"
+            );
         }
     }
     let deduped: Vec<_> = by_id.into_values().collect();

@@ -17,7 +17,10 @@ pub struct KafkaSourceConfig {
     pub brokers: String,
     /// Topics to consume.
     pub topics: Vec<String>,
-    /// Consumer group id.
+    /// Consumer group id. Each process joins as the static member `{group_id}-{process index}`
+    /// (`group.instance.id`), so a restarted process takes its killed predecessor's partitions at
+    /// once; two services sharing a group need distinct process indexes or their own
+    /// `group.instance.id` in `properties`.
     #[serde(default = "default_group")]
     pub group_id: String,
     /// Where a group without committed offsets starts: `earliest` or `latest`.

@@ -26,6 +26,7 @@ use crate::decode::Decoder;
 use crate::event::Origin;
 use crate::pipeline::{decode_record, Output, OutputSink, Record};
 use anyhow::Context;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
@@ -122,6 +123,24 @@ pub const STATS_INTERVAL_MS: &str = "1000";
 pub struct LagContext;
 
 impl ClientContext for LagContext {
+    /// librdkafka's own log lines (connection errors, and with a `debug` property such as
+    /// `cgrp,fetch` the group protocol and fetches) as `tracing` events of target `librdkafka`.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+
     fn stats(&self, statistics: Statistics) {
         let lag = &crate::metrics::global().kafka_consumer_lag;
         for (topic, t) in &statistics.topics {
@@ -138,6 +157,21 @@ impl ClientContext for LagContext {
 }
 
 impl ConsumerContext for LagContext {}
+
+/// The most verbose librdkafka level the `tracing` filter lets through for target `librdkafka`
+/// (librdkafka drops more verbose lines itself; rdkafka would take it from the `log` crate, unused).
+fn librdkafka_log_level() -> RDKafkaLogLevel {
+    use tracing::Level;
+    if tracing::enabled!(target: "librdkafka", Level::DEBUG) {
+        RDKafkaLogLevel::Debug
+    } else if tracing::enabled!(target: "librdkafka", Level::INFO) {
+        RDKafkaLogLevel::Info
+    } else if tracing::enabled!(target: "librdkafka", Level::WARN) {
+        RDKafkaLogLevel::Warning
+    } else {
+        RDKafkaLogLevel::Error
+    }
+}
 
 enum WarmStart {
     /// Seeked back: drop messages at or after `resume` until the re-read range starts arriving.
@@ -193,6 +227,10 @@ impl KafkaReader {
         cc.set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group_id)
             .set("client.id", format!("egizml-{member}"))
+            // Static membership: a restarted process takes its killed predecessor's place (and
+            // partitions) at once, instead of waiting for the broker to evict a member that never
+            // left (tansu never does: the restarted one joined as a follower and got no partition).
+            .set("group.instance.id", format!("{}-{member}", cfg.group_id))
             // We commit ourselves, only acknowledged offsets.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -209,6 +247,7 @@ impl KafkaReader {
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
+        cc.set_log_level(librdkafka_log_level());
         let consumer: BaseConsumer<LagContext> = cc
             .create_with_context(LagContext)
             .context("cannot create the Kafka consumer")?;

@@ -163,11 +163,7 @@ fn group_by_thing_orders_like_sorting_by_route_then_seq() {
                 if rng.random_range(0..10) > 0 {
                     seq += 1;
                 }
-                let s = if sorted {
-                    seq
-                } else {
-                    rng.random_range(0..n as u64)
-                };
+                let s = if sorted { seq } else { rng.random_range(0..n) };
                 record(
                     s,
                     rng.random_range(0..things),
@@ -183,7 +179,7 @@ fn group_by_thing_orders_like_sorting_by_route_then_seq() {
             want.iter().map(key).collect(),
             got.iter().map(key).collect(),
         );
-        assert_eq!(got.len(), n as usize);
+        assert_eq!(got.len() as u64, n);
         assert_eq!(got, want, "n {n}, sorted {sorted}");
     }
 }

@@ -17,7 +17,7 @@ pub(crate) fn is_non_finite_word(s: &str) -> bool {
 /// A bucket in 0..64 from a name's length and a few of its bytes (sensor names often differ only at the
 /// end: `temp_zone_1`, `temp_zone_2`).
 #[inline]
-fn name_bucket(name: &str) -> u32 {
+pub(crate) fn name_bucket(name: &str) -> u32 {
     let b = name.as_bytes();
     let (first, mid, last) = match b {
         [] => (0, 0, 0),

@@ -3,7 +3,9 @@
 //! The format is detected per message: an object with an `event` or a `features` key is EgizCore,
 //! anything else is flat. Both are read in one serde pass that borrows from the input and streams sensor
 //! values straight into the point's vector (see `scan`), so a typical flat message costs one allocation:
-//! the point's `values`.
+//! the point's `values`. A plain flat message (no escapes, no nested containers outside `values`, the
+//! common case) is first tried by a specialised pass (`fast`) that fills the same scan several times
+//! faster; whatever it does not handle, including every malformed message, goes through the serde pass.
 //!
 //! Flat: `{"thing_id","equipment_type"?,"ts","values":{name:number|null,...},"label"?}`.
 //! EgizCore: `{"event":"StateChanged","thing_id","equipment_type"?,"timestamp","features":{...}}`, numeric
@@ -17,6 +19,7 @@
 //! `0.0`/`1.0`, `false`/`true`, or `null` = none); anything else is [`MalformedReason::BadLabel`].
 
 mod egizcore;
+mod fast;
 mod flat;
 mod scan;
 #[cfg(test)]
@@ -189,6 +192,11 @@ pub struct Decoder {
     default_equipment_type: Name,
     /// Values in the previous flat message: the capacity to reserve for the next one.
     values_hint: usize,
+    /// Whether plain flat messages take the specialised pass (`fast`); off only in tests that
+    /// compare it with the general serde pass.
+    fast: bool,
+    /// The sensor names of the last message the specialised pass read, in order (see `fast`).
+    names: Vec<Name>,
 }
 
 impl Decoder {
@@ -198,7 +206,16 @@ impl Decoder {
             mapping: CompiledMapping::new(&cfg.egizcore),
             default_equipment_type: Name::from(cfg.default_equipment_type.as_str()),
             values_hint: 8,
+            fast: true,
+            names: Vec::new(),
         }
+    }
+
+    /// This decoder without the specialised flat pass: every message goes through the serde pass.
+    #[cfg(test)]
+    pub(crate) fn serde_only(mut self) -> Self {
+        self.fast = false;
+        self
     }
 
     /// Decodes one message (flat or EgizCore, detected from its keys). `seq` is 0 and `origin` is
@@ -216,9 +233,14 @@ impl Decoder {
             ));
         }
         let mut scan = Scan::new(&self.mapping, self.values_hint);
-        let mut de = serde_json::Deserializer::from_slice(raw);
-        if let Err(e) = (&mut scan).deserialize(&mut de).and_then(|()| de.end()) {
-            return Err(json_error(&e, scan.current));
+        if !(self.fast && fast::scan_flat(raw, &mut scan, &mut self.names)) {
+            // Not a plain flat message (or a malformed one): the general pass, which also gives the
+            // error details.
+            scan = Scan::new(&self.mapping, self.values_hint);
+            let mut de = serde_json::Deserializer::from_slice(raw);
+            if let Err(e) = (&mut scan).deserialize(&mut de).and_then(|()| de.end()) {
+                return Err(json_error(&e, scan.current));
+            }
         }
         let is_core = scan.event.is_some() || scan.features_shape != Shape::Absent;
 

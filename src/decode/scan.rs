@@ -156,20 +156,34 @@ impl<'de> de::Deserialize<'de> for Field {
                 f.write_str("a key")
             }
             fn visit_str<E>(self, v: &str) -> Result<Field, E> {
-                Ok(match v {
-                    "thing_id" | "thingId" => Field::ThingId,
-                    "equipment_type" | "equipmentType" => Field::EquipmentType,
-                    "ts" => Field::Ts,
-                    "timestamp" => Field::Timestamp,
-                    "values" => Field::Values,
-                    "label" => Field::Label,
-                    "event" => Field::Event,
-                    "features" => Field::Features,
-                    _ => Field::Other,
-                })
+                Ok(Field::of_key(v))
             }
         }
         d.deserialize_identifier(V)
+    }
+}
+
+impl Field {
+    /// The field a top-level key names.
+    #[inline]
+    pub(crate) fn of_key(v: &str) -> Field {
+        Field::of_key_bytes(v.as_bytes())
+    }
+
+    /// [`Field::of_key`] of a key's bytes (no UTF-8 check needed: the names are ASCII).
+    #[inline]
+    pub(crate) fn of_key_bytes(v: &[u8]) -> Field {
+        match v {
+            b"thing_id" | b"thingId" => Field::ThingId,
+            b"equipment_type" | b"equipmentType" => Field::EquipmentType,
+            b"ts" => Field::Ts,
+            b"timestamp" => Field::Timestamp,
+            b"values" => Field::Values,
+            b"label" => Field::Label,
+            b"event" => Field::Event,
+            b"features" => Field::Features,
+            _ => Field::Other,
+        }
     }
 }
 

@@ -938,3 +938,157 @@ fn no_panic_on_deep_nesting() {
     assert_eq!(p.values.len(), 1);
     assert!(p.values[0].0.starts_with("1_1_1"));
 }
+
+// ---- the specialised flat pass ----
+
+/// `a` and `b` are the same outcome, comparing values bit for bit (`-0.0` is not `0.0` here).
+fn assert_same(a: &Result<Point, Malformed>, b: &Result<Point, Malformed>, msg: &[u8]) {
+    assert_eq!(a, b, "{}", String::from_utf8_lossy(msg));
+    if let (Ok(a), Ok(b)) = (a, b) {
+        let bits = |p: &Point| -> Vec<u64> { p.values.iter().map(|(_, v)| v.to_bits()).collect() };
+        assert_eq!(bits(a), bits(b), "{}", String::from_utf8_lossy(msg));
+    }
+}
+
+#[test]
+fn fast_pass_takes_plain_flat_messages_only() {
+    let mapping = CompiledMapping::default();
+    let takes = |msg: &str| {
+        let mut scan = Scan::new(&mapping, 8);
+        fast::scan_flat(msg.as_bytes(), &mut scan, &mut Vec::new())
+    };
+    assert!(takes(FLAT_EXAMPLE));
+    assert!(takes(&format!("  {FLAT_EXAMPLE}\r\n")));
+    assert!(takes(
+        r#"{"thing_id":"t","ts":"2026-01-01T00:00:00Z","values":{"a":null,"b":-0},"x":true}"#
+    ));
+    for msg in [
+        CORE_EXAMPLE,
+        r#"{"thing_id":"t\u0031","ts":1767225600000,"values":{"a":1}}"#,
+        r#"{"thing_id":"t","ts":1767225600000,"values":{"a":"NaN"}}"#,
+        r#"{"thing_id":"t","ts":1767225600000,"values":{"a":1},"extra":[1]}"#,
+        r#"{"thing_id":"t","ts":1767225600000,"values":{"a":1.00000000000000000001}}"#,
+        r#"{"thing_id":"t","ts":1767225600000,"values":{"a":1e23}}"#,
+        r#"{"thing_id":"t","ts":1767225600000,"values":{"a":01}}"#,
+        r#"{"thing_id":"t","ts":1767225600000,"values":{"a":1,}}"#,
+        r#"{"thing_id":"t","ts":1767225600000,"values":{"a":1}} x"#,
+    ] {
+        assert!(!takes(msg), "{msg}");
+    }
+}
+
+#[test]
+fn fast_pass_agrees_with_serde_pass() {
+    let mut fast = decoder();
+    let mut slow = decoder().serde_only();
+    let mut check = |msg: &[u8]| {
+        let (a, b) = (fast.decode(msg), slow.decode(msg));
+        assert_same(&a, &b, msg);
+    };
+    let mut rng = SmallRng::seed_from_u64(0xfa57);
+    // Numbers: the fast path's forms and its edges (more digits, larger exponents, -0, integers
+    // beyond i64), as values, timestamps and labels.
+    let mut numbers: Vec<String> = [
+        "0",
+        "-0",
+        "0.0",
+        "-0.0",
+        "1",
+        "-1",
+        "0.1",
+        "1e0",
+        "1E+2",
+        "1e-2",
+        "-1.5e-7",
+        "9007199254740992",
+        "9007199254740993",
+        "9007199254740993.0",
+        "123456789012345678",
+        "1234567890123456789",
+        "12345678901234567890",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "18446744073709551615",
+        "1e22",
+        "1e23",
+        "1.7976931348623157e308",
+        "1e309",
+        "4.9e-324",
+        "1e-999",
+        "0e9999",
+        "1.",
+        "-",
+        "1e",
+        "1e+",
+        ".5",
+        "00",
+        "-01",
+        "1.5e3",
+        "230.0339",
+        "0.9215",
+        "1767225600000",
+        "1767225600000.0",
+        "1.7672256e12",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for _ in 0..3000 {
+        let v: f64 = rng.random_range(-1e4..1e4);
+        numbers.push(match rng.random_range(0..4) {
+            0 => format!("{v}"),
+            1 => format!("{v:.4}"),
+            2 => format!("{v:e}"),
+            _ => format!(
+                "{}e{}",
+                rng.random_range(0..1u64 << 54),
+                rng.random_range(-25..25)
+            ),
+        });
+    }
+    for n in &numbers {
+        check(flat_with_values(&format!(r#"{{"a":{n},"b":2}}"#)).as_bytes());
+        check(flat_with_ts(n).as_bytes());
+        check(
+            format!(r#"{{"thing_id":"t","ts":1767225600000,"values":{{"a":1}},"label":{n}}}"#)
+                .as_bytes(),
+        );
+    }
+    // Keys and strings that are not UTF-8 are the serde pass's to reject.
+    check(b"{\"thing_id\":\"t\",\"ts\":1767225600000,\"values\":{\"a\":1},\"\xff\":1}");
+    check(b"{\"thing_id\":\"t\",\"ts\":1767225600000,\"values\":{\"\xc3\":1}}");
+    check(b"{\"thing_id\":\"\xe9\",\"ts\":1767225600000,\"values\":{\"a\":1}}");
+    // Messages, their prefixes and mutations, decoded in sequence so the remembered sensor names of
+    // one message meet the next one's keys.
+    let seeds = [
+        FLAT_EXAMPLE,
+        CORE_EXAMPLE,
+        r#"{"thing_id":"oven-00000","equipment_type":"oven","ts":1767225600000,"values":{"voltage_a":230.0339,"power_factor":0.9215,"temp_zone_1":189.6486},"label":0}"#,
+        r#"{"thingId":"t","timestamp":"2026-01-01T00:00:00Z","ts":1767225600001,"values":{"a":1,"b":null,"a":3},"values":{"c":4}}"#,
+        r#"{"thing_id":"a\u00e9\"b","ts":"2026-01-01T00:00:00.5+01:00","values":{"x":null,"y":-1e-5},"label":1}"#,
+        r#"{"thing_id":" ","ts":1767225600000,"values":{}}"#,
+        r#"{"thing_id":"t","ts":1767225600000,"values":{"a":1},"equipment_type":null,"label":true}"#,
+        "{\"thing_id\":\"\u{e9}t\",\"ts\":1767225600000,\"values\":{\"\u{e9}\":1}}",
+    ];
+    for seed in seeds {
+        let b = seed.as_bytes();
+        for n in 0..=b.len() {
+            check(&b[..n]);
+        }
+        for _ in 0..3000 {
+            let mut m = b.to_vec();
+            for _ in 0..rng.random_range(1..4) {
+                let i = rng.random_range(0..m.len());
+                match rng.random_range(0..3) {
+                    0 => m[i] = rng.random(),
+                    1 => {
+                        m.remove(i);
+                    }
+                    _ => m.insert(i, b"{}[]\":,0e-.nul\\ \t"[rng.random_range(0..17)]),
+                }
+            }
+            check(&m);
+            check(b);
+        }
+    }
+}

@@ -179,22 +179,24 @@ impl OnlineMahalanobis {
         scratch.clear();
         scratch.resize(2 * n, 0.0);
         let (d, u) = scratch.split_at_mut(n);
-        for i in 0..n {
-            d[i] = x[i] - self.mean[i];
+        for ((d, &x), &m) in d.iter_mut().zip(x).zip(&self.mean) {
+            *d = x - m;
         }
-        // u = S^-1 d via L y = d, then L^T u = y (in place).
-        let l = &self.chol;
-        for i in 0..n {
-            let row = &l[i * n..i * n + i];
-            let s: f64 = row.iter().zip(&u[..i]).map(|(a, b)| a * b).sum();
-            u[i] = (d[i] - s) / l[i * n + i];
+        // u = S^-1 d via L y = d, then L^T u = y (in place). Rows of L are walked as slices (no index
+        // checks in the inner loops); the operations and their order are those of the textbook loops.
+        let l = &self.chol[..n * n];
+        for (i, row) in l.chunks_exact(n).enumerate() {
+            let (done, rest) = u.split_at_mut(i);
+            let s: f64 = row[..i].iter().zip(&*done).map(|(a, b)| a * b).sum();
+            rest[0] = (d[i] - s) / row[i];
         }
         for i in (0..n).rev() {
-            let mut s = u[i];
-            for k in i + 1..n {
-                s -= l[k * n + i] * u[k];
+            let (head, tail) = u.split_at_mut(i + 1);
+            let mut s = head[i];
+            for (row, &uk) in l[(i + 1) * n..].chunks_exact(n).zip(&*tail) {
+                s -= row[i] * uk;
             }
-            u[i] = s / l[i * n + i];
+            head[i] = s / l[i * n + i];
         }
         out.contributions.clear();
         out.contributions
@@ -267,12 +269,18 @@ impl OnlineMahalanobis {
             *mean += w * d;
         }
         let keep = 1.0 - w;
-        for i in 0..n {
-            let di = self.dev[i];
-            for j in 0..=i {
-                let v = keep * (self.cov[i * n + j] + w * di * self.dev[j]);
-                self.cov[i * n + j] = v;
-                self.cov[j * n + i] = v;
+        // The lower triangle row by row (independent lanes, so the compiler vectorises it), then the
+        // upper one mirrored: the same values as updating both halves entry by entry.
+        let cov = &mut self.cov[..n * n];
+        for (i, row) in cov.chunks_exact_mut(n).enumerate() {
+            let wdi = w * self.dev[i];
+            for (c, &dj) in row[..=i].iter_mut().zip(&self.dev[..=i]) {
+                *c = keep * (*c + wdi * dj);
+            }
+        }
+        for i in 1..n {
+            for j in 0..i {
+                cov[j * n + i] = cov[i * n + j];
             }
         }
         // Factorising before the model can score would be wasted work. Once the estimate has settled
@@ -292,15 +300,16 @@ impl OnlineMahalanobis {
     fn factor_with_ridge(&mut self, ridge: f64) -> bool {
         let n = self.dim;
         let off = 1.0 - self.shrinkage;
-        for i in 0..n {
-            for j in 0..i {
-                self.chol[i * n + j] = off * self.cov[i * n + j];
+        let rows = self.chol[..n * n]
+            .chunks_exact_mut(n)
+            .zip(self.cov[..n * n].chunks_exact(n));
+        for (i, ((l, c), &mean)) in rows.zip(&self.mean).enumerate() {
+            for (l, &c) in l[..i].iter_mut().zip(&c[..i]) {
+                *l = off * c;
             }
-            let floor = (RELATIVE_SD_FLOOR * self.mean[i]).powi(2) + ABSOLUTE_VAR_FLOOR;
-            self.chol[i * n + i] = self.cov[i * n + i].max(floor) + ridge;
-            for j in i + 1..n {
-                self.chol[i * n + j] = 0.0;
-            }
+            let floor = (RELATIVE_SD_FLOOR * mean).powi(2) + ABSOLUTE_VAR_FLOOR;
+            l[i] = c[i].max(floor) + ridge;
+            l[i + 1..].fill(0.0);
         }
         cholesky_in_place(&mut self.chol, n)
     }
@@ -344,9 +353,11 @@ fn cholesky_in_place(a: &mut [f64], n: usize) -> bool {
         }
         let ljj = s.sqrt();
         a[j * n + j] = ljj;
-        for i in j + 1..n {
-            let dot: f64 = (0..j).map(|k| a[i * n + k] * a[j * n + k]).sum();
-            a[i * n + j] = (a[i * n + j] - dot) / ljj;
+        let (upper, lower) = a.split_at_mut((j + 1) * n);
+        let row_j = &upper[j * n..j * n + j];
+        for row_i in lower.chunks_exact_mut(n) {
+            let dot: f64 = row_i[..j].iter().zip(row_j).map(|(x, y)| x * y).sum();
+            row_i[j] = (row_i[j] - dot) / ljj;
         }
     }
     true

@@ -202,3 +202,77 @@ fn a_thing_without_per_thing_models_takes_under_1_kib() {
     }
     assert!(largest > 13 * 32, "no 13-feature thing: {largest}");
 }
+
+/// Grouping an epoch by thing gives exactly the order of sorting it by `(route, seq)`, for records in
+/// input order (the counting sort) and out of it (the fallback), dead letters and repeated `seq`s
+/// included.
+#[test]
+fn group_by_thing_orders_like_sorting_by_route_then_seq() {
+    use super::engine::Record;
+    use crate::decode::DeadLetter;
+    use crate::event::{Name, Origin, Point};
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    let mut rng = SmallRng::seed_from_u64(7);
+    let record = |seq: u64, thing: u32, tag: u64, dead: bool| {
+        if dead {
+            Record::Dead(DeadLetter {
+                reason: "bad_json".into(),
+                detail: String::new(),
+                raw: Vec::new(),
+                seq,
+                origin: Origin::None,
+            })
+        } else {
+            Record::Point(
+                Point {
+                    thing_id: Name::from(format!("thing-{thing}")),
+                    equipment_type: Name::from("oven"),
+                    ts: 0,
+                    values: vec![(Name::from("x"), 1.0)],
+                    label: None,
+                    seq,
+                    origin: Origin::None,
+                    learn_only: false,
+                },
+                tag,
+            )
+        }
+    };
+    let key = |r: &Record| match r {
+        Record::Point(p, tag) => (p.thing_id.to_string(), p.seq, *tag),
+        Record::Dead(d) => (String::new(), d.seq, u64::MAX),
+    };
+    for (n, things, sorted) in [
+        (10, 3, true),
+        (2000, 50, true),
+        (5000, 700, true),
+        (3000, 40, false),
+    ] {
+        let mut seq = 0;
+        let records: Vec<Record> = (0..n)
+            .map(|tag| {
+                // Repeats of a seq (a re-delivered message) keep their input order.
+                if rng.random_range(0..10) > 0 {
+                    seq += 1;
+                }
+                let s = if sorted { seq } else { rng.random_range(0..n) };
+                record(
+                    s,
+                    rng.random_range(0..things),
+                    tag,
+                    rng.random_range(0..50) == 0,
+                )
+            })
+            .collect();
+        let mut want: Vec<Record> = records.clone();
+        want.sort_by_cached_key(|r| (super::route(r), r.seq()));
+        let got = super::group_by_thing(records);
+        let (want, got): (Vec<_>, Vec<_>) = (
+            want.iter().map(key).collect(),
+            got.iter().map(key).collect(),
+        );
+        assert_eq!(got.len() as u64, n);
+        assert_eq!(got, want, "n {n}, sorted {sorted}");
+    }
+}

@@ -1,0 +1,345 @@
+//! A specialised pass for the common flat message: a top-level object of scalars and one `values`
+//! object of numbers and nulls, with strings free of escapes. It fills the same [`Scan`] the serde pass
+//! does, or gives up (`false`) on anything else — an escape, a nested container outside `values`, an
+//! EgizCore key, a number outside the exactly-rounded fast path, any syntax error — and the caller
+//! reads the message again with the serde pass. So every message it accepts decodes exactly as the
+//! serde pass would decode it, and every malformed one keeps the serde pass's reason and detail.
+//!
+//! Why: the serde visitor spent most of the decoding time in per-byte dispatch, key matching and the
+//! general float path; this pass reads a flat message in one forward scan, reuses the previous
+//! message's sensor names when the keys repeat (they almost always do), and converts decimal numbers
+//! with at most 15-16 significant digits by one exact multiplication or division.
+
+use super::flat::name_bucket;
+use super::scan::{upsert, Field, Num, Scalar, Scan, Shape};
+use crate::event::Name;
+use std::borrow::Cow;
+
+/// `10^0 ..= 10^22`: the powers of ten that are exact in an f64.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// Largest significand converted exactly by the fast path (2^53).
+const MAX_EXACT: u64 = 1 << 53;
+
+/// Reads a flat message into `scan` (a fresh one). `names` holds the sensor names of the previous
+/// message read by this pass, in order, and is updated; every name in it is free of `"`, `\` and control
+/// characters, so a key whose bytes equal it followed by `"` is that name. False means "not handled
+/// here": `scan` is then in an unspecified state and the caller must use the serde pass.
+pub(crate) fn scan_flat<'de>(raw: &'de [u8], scan: &mut Scan<'de>, names: &mut Vec<Name>) -> bool {
+    let mut p = Parser { b: raw, i: 0 };
+    p.object(scan, names).is_some()
+}
+
+struct Parser<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Parser<'a> {
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    /// Skips JSON whitespace (the four characters serde_json accepts).
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    #[inline]
+    fn eat(&mut self, c: u8) -> Option<()> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    fn object(&mut self, scan: &mut Scan<'a>, names: &mut Vec<Name>) -> Option<()> {
+        self.ws();
+        self.eat(b'{')?;
+        self.ws();
+        if self.eat(b'}').is_none() {
+            loop {
+                // Known keys are ASCII by construction; any other key is checked for UTF-8 below.
+                let key = self.string_bytes()?;
+                self.ws();
+                self.eat(b':')?;
+                self.ws();
+                match Field::of_key_bytes(key) {
+                    Field::ThingId => scan.thing_id = Some(self.scalar()?),
+                    Field::EquipmentType => scan.equipment_type = Some(self.scalar()?),
+                    Field::Ts => scan.ts = Some(self.scalar()?),
+                    Field::Timestamp => scan.timestamp = Some(self.scalar()?),
+                    Field::Label => scan.label = Some(self.scalar()?),
+                    Field::Values => {
+                        self.values(scan, names)?;
+                        scan.values_shape = Shape::Object;
+                    }
+                    // EgizCore: the serde pass (it streams the nested features).
+                    Field::Event | Field::Features => return None,
+                    Field::Other => {
+                        std::str::from_utf8(key).ok()?;
+                        self.scalar()?;
+                    }
+                }
+                self.ws();
+                match self.peek()? {
+                    b',' => {
+                        self.i += 1;
+                        self.ws();
+                    }
+                    b'}' => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.ws();
+        (self.i == self.b.len()).then_some(())
+    }
+
+    /// The `values` object: numbers are kept, nulls skipped; anything else is left to the serde pass
+    /// (which records the bad value with its detail).
+    fn values(&mut self, scan: &mut Scan<'a>, names: &mut Vec<Name>) -> Option<()> {
+        self.eat(b'{')?;
+        scan.values.clear();
+        scan.bad_value = None;
+        if scan.values.capacity() == 0 {
+            scan.values.reserve(scan.values_hint.max(4));
+        }
+        self.ws();
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        // The same 64-bit filter of names seen as the serde pass (see `flat::ValuesSeed`).
+        let mut seen = 0u64;
+        let mut k = 0;
+        loop {
+            let name = self.name(names, k)?;
+            k += 1;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            match self.peek()? {
+                b'n' => self.literal(b"null")?,
+                b'-' | b'0'..=b'9' => {
+                    let v = self.number()?.as_f64();
+                    let bit = 1u64 << name_bucket(&name);
+                    if seen & bit == 0 {
+                        seen |= bit;
+                        scan.values.push((name, v));
+                    } else {
+                        upsert(&mut scan.values, name, v);
+                    }
+                }
+                _ => return None,
+            }
+            self.ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    self.ws();
+                }
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The `k`-th key of `values`: the previous message's `k`-th name when the bytes match, else read
+    /// (and remembered in its place).
+    #[inline]
+    fn name(&mut self, names: &mut Vec<Name>, k: usize) -> Option<Name> {
+        if let Some(prev) = names.get(k) {
+            let n = prev.len();
+            let start = self.i + 1;
+            if self.peek() == Some(b'"')
+                && self.b.get(start..start + n) == Some(prev.as_bytes())
+                && self.b.get(start + n) == Some(&b'"')
+            {
+                self.i = start + n + 1;
+                return Some(prev.clone());
+            }
+        }
+        let name = Name::from(self.string()?);
+        if k < names.len() {
+            names[k] = name.clone();
+        } else if k == names.len() {
+            names.push(name.clone());
+        }
+        Some(name)
+    }
+
+    /// A string without escapes or control characters (else None: the serde pass decodes or rejects
+    /// it), borrowed from the input.
+    #[inline]
+    fn string(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.string_bytes()?).ok()
+    }
+
+    /// The bytes of a string without escapes or control characters (not checked for UTF-8).
+    #[inline]
+    fn string_bytes(&mut self) -> Option<&'a [u8]> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let rest = &self.b[start..];
+        let len = rest
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+        if rest[len] != b'"' {
+            return None;
+        }
+        self.i = start + len + 1;
+        Some(&rest[..len])
+    }
+
+    #[inline]
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        if self.b.get(self.i..self.i + word.len()) == Some(word) {
+            self.i += word.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// A scalar value (containers: None).
+    fn scalar(&mut self) -> Option<Scalar<'a>> {
+        Some(match self.peek()? {
+            b'"' => Scalar::Str(Cow::Borrowed(self.string()?)),
+            b'n' => {
+                self.literal(b"null")?;
+                Scalar::Null
+            }
+            b't' => {
+                self.literal(b"true")?;
+                Scalar::Bool(true)
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                Scalar::Bool(false)
+            }
+            b'-' | b'0'..=b'9' => Scalar::Num(self.number()?),
+            _ => return None,
+        })
+    }
+
+    /// A JSON number as serde_json reports it (`U`/`I` for integers, `F` otherwise, `-0` as `F(-0.0)`),
+    /// when it has at most 19 digits and, if not an integer, its value `m * 10^e` has `m <= 2^53` and
+    /// `|e| <= 22`: then both factors are exact and one IEEE operation rounds the exact value correctly,
+    /// as serde_json's `float_roundtrip` parser does. Else None.
+    #[inline]
+    fn number(&mut self) -> Option<Num> {
+        let b = self.b;
+        let mut i = self.i;
+        let neg = b.get(i) == Some(&b'-');
+        if neg {
+            i += 1;
+        }
+        let mut m: u64 = 0;
+        let int_start = i;
+        match b.get(i) {
+            Some(b'0') => {
+                i += 1;
+                if let Some(b'0'..=b'9') = b.get(i) {
+                    return None;
+                }
+            }
+            Some(b'1'..=b'9') => i = digits(b, i, &mut m),
+            _ => return None,
+        }
+        let mut n_digits = i - int_start;
+        let mut exp: i32 = 0;
+        let mut is_float = false;
+        if b.get(i) == Some(&b'.') {
+            is_float = true;
+            let frac_start = i + 1;
+            i = digits(b, frac_start, &mut m);
+            if i == frac_start {
+                return None;
+            }
+            n_digits += i - frac_start;
+            exp = -((i - frac_start).min(1000) as i32);
+        }
+        // More digits than a u64 surely holds (`m` wrapped): the serde pass.
+        if n_digits > 19 {
+            return None;
+        }
+        if let Some(b'e' | b'E') = b.get(i) {
+            is_float = true;
+            i += 1;
+            let negative_exp = match b.get(i) {
+                Some(b'-') => {
+                    i += 1;
+                    true
+                }
+                Some(b'+') => {
+                    i += 1;
+                    false
+                }
+                _ => false,
+            };
+            let exp_start = i;
+            let mut e: u64 = 0;
+            i = digits(b, exp_start, &mut e);
+            if i == exp_start || i - exp_start > 4 {
+                return None;
+            }
+            exp += if negative_exp { -(e as i32) } else { e as i32 };
+        }
+        let n = if !is_float {
+            if !neg {
+                Num::U(m)
+            } else {
+                // serde_json: `-0` and magnitudes beyond i64 become floats.
+                let v = (m as i64).wrapping_neg();
+                if v >= 0 {
+                    Num::F(-(m as f64))
+                } else {
+                    Num::I(v)
+                }
+            }
+        } else {
+            let f = if m == 0 {
+                0.0
+            } else if m > MAX_EXACT || exp.unsigned_abs() > 22 {
+                return None;
+            } else if exp >= 0 {
+                m as f64 * POW10[exp as usize]
+            } else {
+                m as f64 / POW10[(-exp) as usize]
+            };
+            Num::F(if neg { -f } else { f })
+        };
+        self.i = i;
+        Some(n)
+    }
+}
+
+/// Reads ASCII digits from `b[i..]` into `m` (`m = 10 m + digit`, wrapping: the caller bounds the count)
+/// and returns the index after them.
+#[inline]
+fn digits(b: &[u8], mut i: usize, m: &mut u64) -> usize {
+    while let Some(&c) = b.get(i) {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        *m = m.wrapping_mul(10).wrapping_add(d as u64);
+        i += 1;
+    }
+    i
+}

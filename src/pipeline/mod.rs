@@ -1327,17 +1327,28 @@ fn feed_kafka(
     Ok(())
 }
 
-/// Per worker, the highest Kafka offset processed per partition: a message read again in the same
-/// run (a partition that moved between group members in a rebalance is re-read from its last
-/// commit) is dropped instead of being processed twice. Checked as records arrive: a partition's
-/// messages reach a worker in offset order (one member reads a partition at a time, and a timely
-/// channel keeps the order its sender sent in).
+/// Per worker, the Kafka offsets processed per partition: a message read again in the same run (a
+/// partition that moved between group members in a rebalance is re-read by its new member from the
+/// last commit) is dropped instead of being processed twice.
+///
+/// Why ranges and not one "next offset": each member's messages reach a worker in offset order (a
+/// timely channel keeps its sender's order), but after a rebalance two members' messages of one
+/// partition arrive interleaved. The old member may still have offsets 3,000-5,999 in flight while
+/// the new one, which started at the commit 6,000, is already delivering 6,000 and on; with a single
+/// high-water mark the late 3,000-5,999 would be taken for re-reads and lost (seen as lost points in
+/// the two-process Kafka test on a loaded machine). A partition's processed offsets are kept as
+/// disjoint ranges instead: contiguous offsets extend one range, so a partition normally holds one
+/// or two. Offset gaps that are never filled (transaction markers, compaction) would keep ranges
+/// apart, so past [`KafkaSeen::MAX_RANGES`] the two lowest are joined: a message still in flight
+/// from far below the newest offsets is the only thing that could then be dropped.
 #[derive(Default)]
 struct KafkaSeen {
-    next: HashMap<String, HashMap<i32, i64>>,
+    done: HashMap<String, HashMap<i32, Vec<std::ops::Range<i64>>>>,
 }
 
 impl KafkaSeen {
+    const MAX_RANGES: usize = 64;
+
     fn is_duplicate(&mut self, record: &Record) -> bool {
         let origin = match record {
             Record::Point(p, _) => &p.origin,
@@ -1351,18 +1362,42 @@ impl KafkaSeen {
         else {
             return false;
         };
-        let partitions = match self.next.get_mut(topic.as_str()) {
+        let partitions = match self.done.get_mut(topic.as_str()) {
             Some(p) => p,
-            None => self.next.entry(topic.clone()).or_default(),
+            None => self.done.entry(topic.clone()).or_default(),
         };
-        let next = partitions.entry(*partition).or_insert(0);
-        if *offset < *next {
+        let ranges = partitions.entry(*partition).or_default();
+        if mark_processed(ranges, *offset) {
             tracing::debug!(topic, partition, offset, "re-read message dropped");
             return true;
         }
-        *next = offset + 1;
+        if ranges.len() > Self::MAX_RANGES {
+            let second = ranges.remove(1);
+            ranges[0].end = second.end;
+        }
         false
     }
+}
+
+/// Adds `offset` to the sorted, disjoint, non-adjacent `ranges`; true if it was already in one.
+fn mark_processed(ranges: &mut Vec<std::ops::Range<i64>>, offset: i64) -> bool {
+    let i = ranges.partition_point(|r| r.start <= offset);
+    if i > 0 && offset < ranges[i - 1].end {
+        return true;
+    }
+    let joins_next = i < ranges.len() && ranges[i].start == offset + 1;
+    if i > 0 && ranges[i - 1].end == offset {
+        ranges[i - 1].end = offset + 1;
+        if joins_next {
+            ranges[i - 1].end = ranges[i].end;
+            ranges.remove(i);
+        }
+    } else if joins_next {
+        ranges[i].start = offset;
+    } else {
+        ranges.insert(i, offset..offset + 1);
+    }
+    false
 }
 
 #[cfg(test)]

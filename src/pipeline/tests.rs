@@ -276,3 +276,31 @@ fn group_by_thing_orders_like_sorting_by_route_then_seq() {
         assert_eq!(got, want, "n {n}, sorted {sorted}");
     }
 }
+
+/// After a rebalance the old member's in-flight messages of a partition can arrive after the new
+/// member's later ones: they are new, not re-reads; the overlap is.
+#[test]
+fn kafka_offsets_from_two_members_interleaved_are_deduplicated_without_loss() {
+    let mut ranges = Vec::new();
+    let mut kept = Vec::new();
+    // Old member: 0..3; new member (from the commit at 6): 6..=20; then the old member's rest, 3..=10.
+    for o in (0..3).chain(6..=20).chain(3..=10) {
+        if !super::mark_processed(&mut ranges, o) {
+            kept.push(o);
+        }
+    }
+    let mut sorted = kept.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        (0..=20).collect::<Vec<i64>>(),
+        "every offset once: {kept:?}"
+    );
+    assert_eq!(ranges, vec![0..21]);
+    // Re-reads are dropped, gaps stay open until filled.
+    assert!(super::mark_processed(&mut ranges, 7));
+    assert!(!super::mark_processed(&mut ranges, 30));
+    assert_eq!(ranges, vec![0..21, 30..31]);
+    assert!(!super::mark_processed(&mut ranges, 29));
+    assert_eq!(ranges, vec![0..21, 29..31]);
+}

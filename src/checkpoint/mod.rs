@@ -12,7 +12,7 @@
 //! restored state never contains a reading whose outputs were not delivered.
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use crate::config::{at_least_one, positive_f64, DataflowConfig};
 use crate::event::Name;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 /// Simulated fleet telemetry: faults start after each thing's 300 quiet readings, so a state learned
 /// on the first part of the stream matters for the alerts of the second.
-fn readings(things: usize, per_thing: usize, seed: u64) -> Vec<Point> {
+/// Simulated fleet telemetry with faults, numbered in sequence (also used by the pipeline's tests).
+pub(crate) fn readings(things: usize, per_thing: usize, seed: u64) -> Vec<Point> {
     let mut sim = Simulator::new(SimulatorConfig {
         things,
         seed,

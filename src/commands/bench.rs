@@ -362,14 +362,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<BenchSummary> {
             };
             let rss_before = pipeline::rss_bytes();
             let report = pipeline::run(cfg, rules, input, Box::new(Discard), opts)?;
-            Measured {
-                elapsed_s: report.elapsed_s,
-                timed_points: report.counters.points,
-                report,
-                rss_before,
-                event_to_alert: None,
-                kafka: None,
-            }
+            Measured::in_process(report, rss_before)
         }
         BenchSource::Live => {
             let sim = Simulator::new(sim_config(args));
@@ -397,14 +390,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<BenchSummary> {
             });
             let report = pipeline::run(cfg, rules, Input::Live(rx), Box::new(Discard), opts)?;
             let _ = producer.join();
-            Measured {
-                elapsed_s: report.elapsed_s,
-                timed_points: report.counters.points,
-                report,
-                rss_before,
-                event_to_alert: None,
-                kafka: None,
-            }
+            Measured::in_process(report, rss_before)
         }
         BenchSource::Kafka => bench_kafka(args, points, cfg, rules, opts)?,
     };
@@ -420,6 +406,21 @@ struct Measured {
     rss_before: Option<u64>,
     event_to_alert: Option<hdrhistogram::Histogram<u64>>,
     kafka: Option<KafkaBench>,
+}
+
+impl Measured {
+    /// A run fed from inside the process (file or live source): every reading is timed, and event
+    /// time is ingest time.
+    fn in_process(report: RunReport, rss_before: Option<u64>) -> Measured {
+        Measured {
+            elapsed_s: report.elapsed_s,
+            timed_points: report.counters.points,
+            report,
+            rss_before,
+            event_to_alert: None,
+            kafka: None,
+        }
+    }
 }
 
 fn summarise(args: &BenchArgs, workers: usize, m: Measured) -> BenchSummary {

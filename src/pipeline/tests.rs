@@ -110,24 +110,6 @@ fn a_slow_sink_slows_a_live_source_and_bounds_what_is_in_flight() {
     assert!(ahead >= IN_FLIGHT as u64 / 2, "only {ahead} ahead");
 }
 
-/// Simulated fleet telemetry (13 features per thing: 10 sensors and 3 derived ones), in sequence.
-fn fleet(things: usize, per_thing: usize) -> Vec<crate::event::Point> {
-    use crate::sources::simulator::{Simulator, SimulatorConfig};
-    let mut sim = Simulator::new(SimulatorConfig {
-        things,
-        seed: 3,
-        faults_per_1000: 6.0,
-        ..SimulatorConfig::default()
-    });
-    (0..things * per_thing)
-        .map(|i| {
-            let mut p = sim.next_point();
-            p.seq = i as u64 + 1;
-            p
-        })
-        .collect()
-}
-
 /// Runs `points` through one engine of the dataflow file `flow` (with its rules).
 fn engine_after(flow: &str, points: &[crate::event::Point]) -> (super::Engine, usize) {
     use crate::rules::{RuleSet, RulesHandle};
@@ -150,7 +132,8 @@ fn a_thing_without_per_thing_models_takes_under_1_kib() {
     // Past the warm-up and with full windows, and with faults (so rules and the policy hold state);
     // then each thing's last reading repeated twice, 400 s and 401 s later, when every alert window
     // has closed.
-    let mut points = fleet(12, 400);
+    // Simulated fleet telemetry (13 features per thing: 10 sensors and 3 derived ones).
+    let mut points = crate::checkpoint::tests::readings(12, 400, 3);
     let end = points.iter().map(|p| p.ts).max().expect("readings");
     // Each thing's last healthy reading (label 0), so the repeats are normal.
     let mut last: Vec<crate::event::Point> = Vec::new();

@@ -75,7 +75,8 @@ pub struct BenchArgs {
     /// Simulator seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Records a live or Kafka source may have in flight per worker (backpressure bound).
+    /// Records a live or Kafka source may have in flight per worker (backpressure bound; also the live
+    /// source's channel).
     #[arg(long, default_value_t = pipeline::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
     /// Kafka bootstrap servers (`--source kafka`).
@@ -366,7 +367,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<BenchSummary> {
         }
         BenchSource::Live => {
             let sim = Simulator::new(sim_config(args));
-            let (tx, rx) = std::sync::mpsc::sync_channel(65_536);
+            // The channel holds readings in flight too: bounded like the dataflow, so a memory
+            // measurement with a small `--max-in-flight` is not dominated by queued readings.
+            let (tx, rx) = std::sync::mpsc::sync_channel(args.max_in_flight);
             let rss_before = pipeline::rss_bytes();
             let rate = args.rate;
             let producer = std::thread::spawn(move || {

@@ -287,3 +287,57 @@ impl Drop for Mosquitto {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// What a [`SlowSink`] saw, shared with the test that reads it after (or during) the run.
+#[derive(Debug, Default)]
+pub struct SinkProgress {
+    /// Score lines written (one per reading).
+    pub written: std::sync::atomic::AtomicU64,
+    /// The most the source count was ahead of `written` at any write.
+    pub max_ahead: std::sync::atomic::AtomicU64,
+}
+
+/// An output sink for backpressure tests: takes `delay` per write and records, at each write, how
+/// far a source's count of readings (`read`: handed to a channel, or read by the source) is ahead
+/// of the score lines written so far.
+pub struct SlowSink {
+    delay: Duration,
+    read: Box<dyn Fn() -> u64 + Send>,
+    progress: std::sync::Arc<SinkProgress>,
+}
+
+impl SlowSink {
+    pub fn new(delay: Duration, read: impl Fn() -> u64 + Send + 'static) -> SlowSink {
+        SlowSink {
+            delay,
+            read: Box::new(read),
+            progress: std::sync::Arc::default(),
+        }
+    }
+
+    /// The counts this sink updates.
+    pub fn progress(&self) -> std::sync::Arc<SinkProgress> {
+        std::sync::Arc::clone(&self.progress)
+    }
+}
+
+impl crate::pipeline::OutputSink for SlowSink {
+    fn write(&mut self, outputs: &[(u64, crate::pipeline::Output)]) -> anyhow::Result<()> {
+        use std::sync::atomic::Ordering;
+        let ahead = (self.read)().saturating_sub(self.progress.written.load(Ordering::SeqCst));
+        self.progress.max_ahead.fetch_max(ahead, Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        let scores = outputs
+            .iter()
+            .filter(|(_, o)| matches!(o, crate::pipeline::Output::Score(_)))
+            .count();
+        self.progress
+            .written
+            .fetch_add(scores as u64, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}

@@ -22,36 +22,6 @@ fn a_stop_before_any_chunk_reads_nothing() {
     assert!(!s.admit(1, false));
 }
 
-/// A sink that takes `delay` per write and checks, at every write, how far the source is ahead:
-/// readings the producer has handed to the source's channel minus score lines written.
-struct SlowSink {
-    delay: std::time::Duration,
-    produced: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    max_ahead: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl super::OutputSink for SlowSink {
-    fn write(&mut self, outputs: &[(u64, super::Output)]) -> anyhow::Result<()> {
-        use std::sync::atomic::Ordering;
-        let ahead = self
-            .produced
-            .load(Ordering::SeqCst)
-            .saturating_sub(self.written.load(Ordering::SeqCst));
-        self.max_ahead.fetch_max(ahead, Ordering::SeqCst);
-        std::thread::sleep(self.delay);
-        let scores = outputs
-            .iter()
-            .filter(|(_, o)| matches!(o, super::Output::Score(_)))
-            .count();
-        self.written.fetch_add(scores as u64, Ordering::SeqCst);
-        Ok(())
-    }
-    fn flush(&mut self) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn a_slow_sink_slows_a_live_source_and_bounds_what_is_in_flight() {
     use crate::sources::simulator::{Simulator, SimulatorConfig};
@@ -61,8 +31,6 @@ fn a_slow_sink_slows_a_live_source_and_bounds_what_is_in_flight() {
     const CHANNEL: usize = 100;
     const IN_FLIGHT: usize = 400;
     let produced = Arc::new(AtomicU64::new(0));
-    let written = Arc::new(AtomicU64::new(0));
-    let max_ahead = Arc::new(AtomicU64::new(0));
     let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL);
     let counter = Arc::clone(&produced);
     // As fast as the channel lets it: only backpressure can hold this producer back.
@@ -76,12 +44,11 @@ fn a_slow_sink_slows_a_live_source_and_bounds_what_is_in_flight() {
             counter.fetch_add(1, Ordering::SeqCst);
         }
     });
-    let sink = SlowSink {
-        delay: std::time::Duration::from_millis(3),
-        produced: Arc::clone(&produced),
-        written: Arc::clone(&written),
-        max_ahead: Arc::clone(&max_ahead),
-    };
+    // How far the producer is ahead of the sink: readings handed to the source's channel.
+    let sink = crate::testkit::SlowSink::new(std::time::Duration::from_millis(3), move || {
+        produced.load(Ordering::SeqCst)
+    });
+    let progress = sink.progress();
     let opts = super::RunOptions {
         workers: 2,
         emit_scores: true,
@@ -95,12 +62,12 @@ fn a_slow_sink_slows_a_live_source_and_bounds_what_is_in_flight() {
     producer.join().unwrap();
     // Nothing lost: every reading reached the sink.
     assert_eq!(report.counters.points, POINTS);
-    assert_eq!(written.load(Ordering::SeqCst), POINTS);
+    assert_eq!(progress.written.load(Ordering::SeqCst), POINTS);
     assert_eq!(flow.read.load(Ordering::SeqCst), POINTS);
     assert_eq!(flow.processed.load(Ordering::SeqCst), POINTS);
     // At every write the source was at most the in-flight bound (plus the channel, which the
     // producer fills before it blocks) ahead of the sink: it read at the sink's rate.
-    let ahead = max_ahead.load(Ordering::SeqCst);
+    let ahead = progress.max_ahead.load(Ordering::SeqCst);
     assert!(
         ahead <= (IN_FLIGHT + CHANNEL) as u64,
         "source ran {ahead} readings ahead of the sink (bound {})",

@@ -2,9 +2,9 @@
 //! (SIGTERM, SIGKILL) and restarted from its checkpoint: the restarted run does not re-learn, and the
 //! two runs together alert exactly as a replay of the whole stream that never stopped.
 
+use crate::common::{spawn_service, summary, wait_exit};
 use crate::kafka::{
-    consume_all, detected, parse_alerts, produce, producer, service_config, spawn_service,
-    wait_exit, workload,
+    consume_all, detected, parse_alerts, produce, producer, service_config, workload,
 };
 use egizml::testkit::Tansu;
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,10 +85,6 @@ fn stop(child: Child, signal: &str, log: &Path) -> String {
         return String::new();
     }
     wait_exit(child, Duration::from_secs(120), log)
-}
-
-fn summary(out: &str) -> serde_json::Value {
-    serde_json::from_str(out.lines().last().expect("a summary line")).expect("summary JSON")
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use crate::common::*;
 use egizml::testkit::free_port;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// Writes a hostfile of `n` free 127.0.0.1 ports.
@@ -26,20 +26,12 @@ pub(crate) fn spawn_member(
     workers: usize,
     log: &Path,
 ) -> Child {
-    Command::new(bin())
-        .args(["run", "--config"])
-        .arg(config)
+    run_command(config, log)
         .args(["--workers", &workers.to_string()])
         .args(["--processes", &processes.to_string()])
         .args(["--process-id", &id.to_string()])
         .arg("--hostfile")
         .arg(hosts)
-        .env(
-            "EGIZML_LOG",
-            std::env::var("EGIZML_TEST_LOG").unwrap_or("info".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .expect("egizml run starts")
 }
@@ -58,25 +50,8 @@ pub(crate) fn wait_all(
             let Some((child, log)) = slot.as_mut() else {
                 continue;
             };
-            if let Some(status) = child.try_wait().unwrap() {
-                let mut text = String::new();
-                use std::io::Read;
-                child
-                    .stdout
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut text)
-                    .unwrap();
-                assert!(
-                    status.success(),
-                    "process {i} failed: {status}\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-                let last = text.lines().last().unwrap_or("").to_string();
-                summaries[i] = Some(
-                    serde_json::from_str(&last)
-                        .unwrap_or_else(|e| panic!("process {i}: summary line `{last}`: {e}")),
-                );
+            if let Some(text) = exited(child, log, &format!("process {i}")) {
+                summaries[i] = Some(summary(&text));
                 *slot = None;
             }
         }
@@ -120,12 +95,8 @@ fn two_processes_of_two_workers_write_the_same_bytes_as_one_worker() {
 
     let single = file_config(dir.path(), "single", &input);
     let log = dir.path().join("single.log");
-    let child = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&single)
+    let child = run_command(&single, &log)
         .args(["--workers", "1"])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let one = wait_all(vec![(child, log)], Duration::from_secs(300));

@@ -5,6 +5,8 @@ use egizml::event::{Name, Origin, Point};
 use egizml::pipeline::RunReport;
 use egizml::sources::simulator::{write_jsonl, FaultEpisode, SimulatorConfig};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub const T0: i64 = 1_767_225_600_000;
 
@@ -126,4 +128,69 @@ pub fn sigterm_and_wait(
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// `egizml run --config CONFIG`, stdout piped (the summary line), stderr to `log`, logging at
+/// EGIZML_TEST_LOG's filter (default `info`); the caller may add arguments and environment, then spawns.
+pub fn run_command(config: &Path, log: &Path) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.args(["run", "--config"])
+        .arg(config)
+        .env(
+            "EGIZML_LOG",
+            std::env::var("EGIZML_TEST_LOG").unwrap_or("info".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap());
+    cmd
+}
+
+/// Starts `egizml run --config CONFIG` as [`run_command`] sets it up.
+pub fn spawn_service(config: &Path, log: &Path) -> Child {
+    run_command(config, log).spawn().expect("egizml run starts")
+}
+
+/// `None` while `child` runs; once it has exited, its stdout, after asserting it exited 0 (else
+/// panics naming `what`, with the text of its `log`).
+pub fn exited(child: &mut Child, log: &Path, what: &str) -> Option<String> {
+    let status = child.try_wait().unwrap()?;
+    let mut out = String::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(
+        status.success(),
+        "{what} failed: {status}\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    Some(out)
+}
+
+/// Waits up to `timeout` for a service started by [`spawn_service`] to exit 0; returns its stdout.
+/// Past the timeout it kills the service and panics with its log.
+pub fn wait_exit(mut child: Child, timeout: Duration, log: &Path) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(out) = exited(&mut child, log, "egizml run") {
+            return out;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "egizml run did not stop within {timeout:?}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A run's summary: the last line of its stdout, as JSON.
+pub fn summary(out: &str) -> serde_json::Value {
+    let last = out.lines().last().expect("a summary line");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("summary JSON: {e}\n{out}"))
 }

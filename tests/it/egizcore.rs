@@ -8,7 +8,7 @@ use crate::fake_egizcore::{FakeEgizCore, Put};
 use egizml::event::Alert;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The types the service subscribes to; the simulator's conveyors are pushed too and must be
@@ -162,46 +162,6 @@ fn service_config(
     path
 }
 
-fn spawn_service(config: &Path, log: &Path, envs: &[(&str, &str)]) -> Child {
-    Command::new(bin())
-        .args(["run", "--config"])
-        .arg(config)
-        .env("EGIZML_LOG", "info")
-        .envs(envs.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("egizml run starts")
-}
-
-fn wait_exit(mut child: Child, timeout: Duration, log: &Path) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut out = String::new();
-            use std::io::Read;
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            assert!(status.success(), "egizml run failed: {status}\n{log}");
-            return serde_json::from_str(out.lines().last().expect("summary line"))
-                .unwrap_or_else(|e| panic!("summary JSON: {e}\n{out}"));
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "egizml run did not stop within {timeout:?}\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Successful PUTs by alert_id (each alert at most once).
 fn published(puts: &[Put]) -> BTreeMap<String, Put> {
     let mut out = BTreeMap::new();
@@ -260,14 +220,17 @@ fn egizcore_websocket_to_rest_round_trip() {
         "token: s3cret\nmin_interval_s: 0\n",
     );
     let log = dir.path().join("run.log");
-    let child = spawn_service(&config, &log, &[("EGIZML_TEST_EGIZCORE_TOKEN", "s3cret")]);
+    let child = run_command(&config, &log)
+        .env("EGIZML_TEST_EGIZCORE_TOKEN", "s3cret")
+        .spawn()
+        .expect("egizml run starts");
     fake.wait_subscriptions(1, Duration::from_secs(60));
     let sub = &fake.subscriptions()[0];
     assert_eq!(sub.equipment_types, SUBSCRIBED);
     assert_eq!(sub.authorization.as_deref(), Some("Bearer s3cret"));
 
     assert_eq!(fake.push(&w.frames), 1);
-    let summary = wait_exit(child, Duration::from_secs(120), &log);
+    let summary = summary(&wait_exit(child, Duration::from_secs(120), &log));
     assert_eq!(summary["points"], w.delivered_points, "{summary}");
     assert_eq!(
         summary["malformed"], 3,
@@ -340,7 +303,10 @@ fn egizcore_source_reconnects_after_the_socket_drops() {
         "min_interval_s: 0\n",
     );
     let log = dir.path().join("run.log");
-    let child = spawn_service(&config, &log, &[("EGIZML_LOG_FORMAT", "json")]);
+    let child = run_command(&config, &log)
+        .env("EGIZML_LOG_FORMAT", "json")
+        .spawn()
+        .expect("egizml run starts");
     fake.wait_subscriptions(1, Duration::from_secs(60));
 
     let (first, second) = w.frames.split_at(w.frames.len() / 2);
@@ -351,7 +317,7 @@ fn egizcore_source_reconnects_after_the_socket_drops() {
     assert_eq!(fake.subscriptions()[1].equipment_types, SUBSCRIBED);
     assert_eq!(fake.push(second), 1);
 
-    let summary = wait_exit(child, Duration::from_secs(120), &log);
+    let summary = summary(&wait_exit(child, Duration::from_secs(120), &log));
     let text = std::fs::read_to_string(&log).unwrap();
     // The gauge as the source logged it: connected (1), dropped (0), connected again (1).
     let status = logged_status(&text);
@@ -398,10 +364,10 @@ fn egizcore_sink_retries_failed_puts_and_limits_each_thing() {
         "min_interval_s: 2\nmax_retries: 5\nretry_base_ms: 50\nretry_max_ms: 400\n",
     );
     let log = dir.path().join("run.log");
-    let child = spawn_service(&config, &log, &[]);
+    let child = spawn_service(&config, &log);
     fake.wait_subscriptions(1, Duration::from_secs(60));
     assert_eq!(fake.push(&w.frames), 1);
-    let summary = wait_exit(child, Duration::from_secs(120), &log);
+    let summary = summary(&wait_exit(child, Duration::from_secs(120), &log));
     let alerts = read_alerts(&dir.path().join("alerts.jsonl"));
     assert_eq!(alerts.len(), w.expected.len(), "{summary}");
     let by_alert: BTreeMap<&str, &Alert> =

@@ -10,7 +10,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub(crate) fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
@@ -125,50 +125,6 @@ pub(crate) fn service_config(
     path
 }
 
-pub(crate) fn spawn_service(config: &Path, log: &Path) -> Child {
-    Command::new(bin())
-        .args(["run", "--config"])
-        .arg(config)
-        .env(
-            "EGIZML_LOG",
-            std::env::var("EGIZML_TEST_LOG").unwrap_or("info".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("egizml run starts")
-}
-
-pub(crate) fn wait_exit(mut child: Child, timeout: Duration, log: &Path) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut out = String::new();
-            use std::io::Read;
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
-            assert!(
-                status.success(),
-                "egizml run failed: {status}\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-            return out;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "egizml run did not stop within {timeout:?}\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Labelled telemetry lines plus the alert ids a deterministic replay of the same lines gives.
 pub(crate) struct Workload {
     pub(crate) lines: Vec<String>,
@@ -260,7 +216,7 @@ fn kafka_to_kafka_alerts_every_episode_once_with_dead_letters() {
     );
     let log = dir.path().join("run.log");
     let out = wait_exit(spawn_service(&config, &log), Duration::from_secs(180), &log);
-    let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let summary = summary(&out);
     assert_eq!(summary["points"], 20_000, "{out}");
     assert_eq!(summary["malformed"], 3, "{out}");
 
@@ -480,7 +436,7 @@ fn broker_restarted_mid_stream_loses_no_alert() {
     broker.restart().expect("tansu restarts");
     produce(&producer(&bs), "line", second, 0.0);
     let out = wait_exit(child, Duration::from_secs(240), &log);
-    let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let summary = summary(&out);
     assert!(summary["points"].as_u64().unwrap() >= 20_000, "{out}");
 
     let alerts = parse_alerts(&consume_all(&bs, "line-alerts", Duration::from_secs(3)));

@@ -7,7 +7,6 @@ use egizml::sources::mqtt::publish::MqttPublisher;
 use egizml::testkit::Mosquitto;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Mosquitto, or `None` (skip) when it is not installed outside CI; under CI=true a missing broker
@@ -39,17 +38,6 @@ fn service_config(dir: &Path, broker: &str, client_id: &str) -> PathBuf {
     path
 }
 
-fn spawn_service(config: &Path, log: &Path) -> Child {
-    Command::new(bin())
-        .args(["run", "--config"])
-        .arg(config)
-        .env("EGIZML_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("egizml run starts")
-}
-
 /// Waits until the service log shows its subscription acknowledged `times` times.
 fn wait_subscribed(log: &Path, times: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -63,34 +51,6 @@ fn wait_subscribed(log: &Path, times: usize) {
             "service never subscribed\n{text}"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn wait_exit(mut child: Child, timeout: Duration, log: &Path) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut out = String::new();
-            use std::io::Read;
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            assert!(status.success(), "egizml run failed: {status}\n{log}");
-            return serde_json::from_str(out.lines().last().expect("summary line"))
-                .unwrap_or_else(|e| panic!("summary JSON: {e}\n{out}"));
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "egizml run did not stop within {timeout:?}\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -193,7 +153,7 @@ fn mqtt_wildcard_subscription_alerts_like_a_replay() {
         lines.len() as u64
     );
 
-    let summary = wait_exit(child, Duration::from_secs(120), &log);
+    let summary = summary(&wait_exit(child, Duration::from_secs(120), &log));
     assert_eq!(summary["points"], 10_000, "{summary}");
     assert_eq!(
         summary["malformed"], 3,
@@ -246,7 +206,7 @@ fn mqtt_source_reconnects_after_a_broker_restart() {
     publish(&mut p, second);
     p.finish(Duration::from_secs(60)).unwrap();
 
-    let summary = wait_exit(child, Duration::from_secs(120), &log);
+    let summary = summary(&wait_exit(child, Duration::from_secs(120), &log));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.matches("mqtt connected").count() >= 2, "{text}");
     // A message redelivered after the reconnection is dead-lettered as a duplicate timestamp.

@@ -166,25 +166,24 @@ fn run(input: &Path, out: &Path, config: &Path) -> Outcome {
     }
 }
 
+/// The plant's telemetry (`faults` as in [`oven_lines`]) run three ways: without regimes, with
+/// regimes by conveyor speed, and with regimes over every feature.
+fn run_variants(dir: &Path, faults: bool) -> (Outcome, Outcome, Outcome) {
+    let input = write_plant(dir, faults);
+    let run_as = |name: &str, regimes: Option<&str>| {
+        run(&input, &dir.join(name), &dataflow(dir, name, regimes))
+    };
+    (
+        run_as("plain", None),
+        run_as("speed", Some("{by: [speed_rpm]}")),
+        run_as("all", Some("{}")),
+    )
+}
+
 #[test]
 fn a_reading_normal_for_another_phase_is_alerted_within_its_regime_and_missed_without() {
     let dir = tempfile::tempdir().unwrap();
-    let input = write_plant(dir.path(), true);
-    let plain = run(
-        &input,
-        &dir.path().join("plain"),
-        &dataflow(dir.path(), "plain", None),
-    );
-    let by_speed = run(
-        &input,
-        &dir.path().join("speed"),
-        &dataflow(dir.path(), "speed", Some("{by: [speed_rpm]}")),
-    );
-    let all = run(
-        &input,
-        &dir.path().join("all"),
-        &dataflow(dir.path(), "all", Some("{}")),
-    );
+    let (plain, by_speed, all) = run_variants(dir.path(), true);
     let episodes = &plain.episodes;
     assert!(episodes.len() >= 12, "episodes: {}", episodes.len());
     for o in [&by_speed, &all] {
@@ -245,22 +244,7 @@ fn a_reading_normal_for_another_phase_is_alerted_within_its_regime_and_missed_wi
 #[test]
 fn clean_multi_phase_data_raises_no_more_alerts_with_regimes() {
     let dir = tempfile::tempdir().unwrap();
-    let input = write_plant(dir.path(), false);
-    let plain = run(
-        &input,
-        &dir.path().join("plain"),
-        &dataflow(dir.path(), "plain", None),
-    );
-    let by_speed = run(
-        &input,
-        &dir.path().join("speed"),
-        &dataflow(dir.path(), "speed", Some("{by: [speed_rpm]}")),
-    );
-    let all = run(
-        &input,
-        &dir.path().join("all"),
-        &dataflow(dir.path(), "all", Some("{}")),
-    );
+    let (plain, by_speed, all) = run_variants(dir.path(), false);
     assert!(plain.episodes.is_empty());
     println!(
         "clean data, alerts (anomalous readings): plain {} ({}), by speed {} ({}), all features {} ({})",

@@ -1208,6 +1208,10 @@ fn watermark(acked: &ProbeHandle<u64>) -> u64 {
     acked.with_frontier(|f| f.iter().min().copied().unwrap_or(u64::MAX))
 }
 
+/// Milliseconds between two turns of the Kafka feeding loop (normally about one) after which the
+/// gap counts as a stall, not as idle time (see [`feed_kafka`]).
+const STALL_MS: u64 = 250;
+
 /// A process's one Kafka consumer, on its first worker: epoch = wall-clock millisecond. Offsets
 /// read in an epoch are committed once the sink's acknowledged frontier has passed it.
 fn feed_kafka(
@@ -1233,8 +1237,19 @@ fn feed_kafka(
     // must not count every boundary since 1970 as crossed).
     let now = || wall_ms().saturating_sub(ctx.epoch_origin);
     input.advance_to(now());
+    let mut last_turn = now();
     loop {
         let epoch = now();
+        // A long gap between two turns of this loop means the process did not run (suspended,
+        // starved of CPU, or waiting on the dataflow below): it could not read either, so that time
+        // is not idleness. Without this, a process resumed after more than `stop_after_idle_s`
+        // stopped at its first turn, before the fetcher had delivered the backlog, leaving it unread.
+        if epoch.saturating_sub(last_turn) > STALL_MS
+            && ctx.last_message_ms.load(Ordering::SeqCst) > 0
+        {
+            ctx.last_message_ms.fetch_max(epoch, Ordering::SeqCst);
+        }
+        last_turn = epoch;
         if epoch > *input.time() {
             if let Some(c) = ctx.checkpoint {
                 feeds_advanced(c, *input.time(), epoch, ctx.workers, reader.positions());

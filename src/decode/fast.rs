@@ -24,19 +24,80 @@ const POW10: [f64; 23] = [
 /// Largest significand converted exactly by the fast path (2^53).
 const MAX_EXACT: u64 = 1 << 53;
 
-/// Reads a flat message into `scan` (a fresh one). `names` holds the sensor names of the previous
-/// message read by this pass, in order, and is updated; every name in it is free of `"`, `\` and control
-/// characters, so a key whose bytes equal it followed by `"` is that name. False means "not handled
-/// here": `scan` is then in an unspecified state and the caller must use the serde pass.
-pub(crate) fn scan_flat<'de>(raw: &'de [u8], scan: &mut Scan<'de>, names: &mut Vec<Name>) -> bool {
-    let mut p = Parser { b: raw, i: 0 };
+/// Equipment types whose sensor names [`NameCache`] remembers at most.
+const MAX_TEMPLATES: usize = 32;
+
+/// The sensor names of the last message of each equipment type read by the pass, in order: a fleet's
+/// messages interleave types (an oven's reading, then a mixer's), and each type's keys repeat. Every
+/// name held is free of `"`, `\` and control characters, so a key whose bytes equal it followed by
+/// `"` is that name.
+#[derive(Default)]
+pub(crate) struct NameCache {
+    /// `(equipment_type as raw string bytes, names)`; messages without an equipment type before
+    /// `values` share the empty key.
+    templates: Vec<(Box<[u8]>, Vec<Name>)>,
+}
+
+impl NameCache {
+    /// The names remembered for messages whose `equipment_type` string (raw bytes) is `key`.
+    #[inline]
+    fn template(&mut self, key: &[u8]) -> &mut Vec<Name> {
+        let i = match self.templates.iter().position(|(k, _)| **k == *key) {
+            Some(i) => i,
+            None if self.templates.len() < MAX_TEMPLATES => {
+                self.templates.push((key.into(), Vec::new()));
+                self.templates.len() - 1
+            }
+            None => {
+                // Full (an unusual fleet): the last slot serves every further type.
+                let last = self.templates.len() - 1;
+                self.templates[last].0 = key.into();
+                last
+            }
+        };
+        &mut self.templates[i].1
+    }
+}
+
+/// Reads a flat message into `scan` (a fresh one), reusing and updating the sensor names `names`
+/// remembers. False means "not handled here": `scan` is then in an unspecified state and the caller
+/// must use the serde pass.
+pub(crate) fn scan_flat<'de>(raw: &'de [u8], scan: &mut Scan<'de>, names: &mut NameCache) -> bool {
+    let mut p = Parser {
+        b: raw,
+        i: 0,
+        etype: b"",
+    };
     p.object(scan, names).is_some()
 }
 
 struct Parser<'a> {
     b: &'a [u8],
     i: usize,
+    /// The raw bytes of the `equipment_type` string read so far (empty: none): selects the names
+    /// template for `values`.
+    etype: &'a [u8],
 }
+
+/// Byte classes inside a string: 0 plain ASCII, 1 the closing quote, 2 an escape or a control
+/// character (left to the serde pass), 3 a byte of a multi-byte UTF-8 sequence.
+static STRING_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = if c < 0x20 || c == b'\\' as usize {
+            2
+        } else if c == b'"' as usize {
+            1
+        } else if c >= 0x80 {
+            3
+        } else {
+            0
+        };
+        c += 1;
+    }
+    t
+};
 
 impl<'a> Parser<'a> {
     #[inline]
@@ -62,7 +123,7 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn object(&mut self, scan: &mut Scan<'a>, names: &mut Vec<Name>) -> Option<()> {
+    fn object(&mut self, scan: &mut Scan<'a>, names: &mut NameCache) -> Option<()> {
         self.ws();
         self.eat(b'{')?;
         self.ws();
@@ -75,18 +136,27 @@ impl<'a> Parser<'a> {
                 self.ws();
                 match Field::of_key_bytes(key) {
                     Field::ThingId => scan.thing_id = Some(self.scalar()?),
-                    Field::EquipmentType => scan.equipment_type = Some(self.scalar()?),
+                    Field::EquipmentType => {
+                        let start = self.i;
+                        let v = self.scalar()?;
+                        if let Scalar::Str(_) = v {
+                            self.etype = &self.b[start + 1..self.i - 1];
+                        }
+                        scan.equipment_type = Some(v);
+                    }
                     Field::Ts => scan.ts = Some(self.scalar()?),
                     Field::Timestamp => scan.timestamp = Some(self.scalar()?),
                     Field::Label => scan.label = Some(self.scalar()?),
                     Field::Values => {
-                        self.values(scan, names)?;
+                        self.values(scan, names.template(self.etype))?;
                         scan.values_shape = Shape::Object;
                     }
                     // EgizCore: the serde pass (it streams the nested features).
                     Field::Event | Field::Features => return None,
                     Field::Other => {
-                        std::str::from_utf8(key).ok()?;
+                        if !key.is_ascii() {
+                            std::str::from_utf8(key).ok()?;
+                        }
                         self.scalar()?;
                     }
                 }
@@ -184,26 +254,43 @@ impl<'a> Parser<'a> {
     }
 
     /// A string without escapes or control characters (else None: the serde pass decodes or rejects
-    /// it), borrowed from the input.
+    /// it), borrowed from the input. Only a string with a non-ASCII byte is checked for UTF-8.
     #[inline]
     fn string(&mut self) -> Option<&'a str> {
-        std::str::from_utf8(self.string_bytes()?).ok()
+        let (bytes, ascii) = self.string_bytes_ascii()?;
+        if ascii {
+            // Safety: every byte is below 0x80, so this is ASCII and therefore UTF-8.
+            Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+        } else {
+            std::str::from_utf8(bytes).ok()
+        }
     }
 
     /// The bytes of a string without escapes or control characters (not checked for UTF-8).
     #[inline]
     fn string_bytes(&mut self) -> Option<&'a [u8]> {
+        self.string_bytes_ascii().map(|(b, _)| b)
+    }
+
+    /// [`Parser::string_bytes`], and whether they are all ASCII.
+    #[inline]
+    fn string_bytes_ascii(&mut self) -> Option<(&'a [u8], bool)> {
         self.eat(b'"')?;
         let start = self.i;
-        let rest = &self.b[start..];
-        let len = rest
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-        if rest[len] != b'"' {
-            return None;
+        let b = self.b;
+        let mut j = start;
+        let mut high = false;
+        loop {
+            match STRING_CLASS[*b.get(j)? as usize] {
+                0 => {}
+                1 => break,
+                2 => return None,
+                _ => high = true,
+            }
+            j += 1;
         }
-        self.i = start + len + 1;
-        Some(&rest[..len])
+        self.i = j + 1;
+        Some((&b[start..j], !high))
     }
 
     #[inline]

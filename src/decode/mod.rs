@@ -195,8 +195,9 @@ pub struct Decoder {
     /// Whether plain flat messages take the specialised pass (`fast`); off only in tests that
     /// compare it with the general serde pass.
     fast: bool,
-    /// The sensor names of the last message the specialised pass read, in order (see `fast`).
-    names: Vec<Name>,
+    /// The sensor names of the last message of each equipment type the specialised pass read (see
+    /// `fast`).
+    names: fast::NameCache,
 }
 
 impl Decoder {
@@ -207,7 +208,7 @@ impl Decoder {
             default_equipment_type: Name::from(cfg.default_equipment_type.as_str()),
             values_hint: 8,
             fast: true,
-            names: Vec::new(),
+            names: fast::NameCache::default(),
         }
     }
 

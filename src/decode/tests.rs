@@ -969,7 +969,7 @@ fn fast_pass_takes_plain_flat_messages_only() {
     let mapping = CompiledMapping::default();
     let takes = |msg: &str| {
         let mut scan = Scan::new(&mapping, 8);
-        fast::scan_flat(msg.as_bytes(), &mut scan, &mut Vec::new())
+        fast::scan_flat(msg.as_bytes(), &mut scan, &mut Default::default())
     };
     assert!(takes(FLAT_EXAMPLE));
     assert!(takes(&format!("  {FLAT_EXAMPLE}\r\n")));

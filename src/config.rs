@@ -430,7 +430,8 @@ impl Default for DetectorConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StatsConfig {
     /// `window` (default): a rolling window of the last `window` readings per feature, exact
-    /// mean/std/median/MAD/quartiles (2 x `window` f64 per feature: 960 bytes at 60). `streaming`:
+    /// mean/std/median/MAD/quartiles (`window` f64 per feature: 480 bytes at 60, plus a sorted copy
+    /// of as much while a feature's statistics are scored on consecutive readings). `streaming`:
     /// constant-size estimators, 32 bytes per feature (exponentially weighted mean and variance with
     /// the same mean data age as the window, `alpha = 2/(window+1)`; stochastic-approximation median,
     /// quartiles and MAD), for fleets where per-thing memory matters; see `detectors::streaming`.

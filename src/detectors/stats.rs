@@ -9,7 +9,7 @@
 //! a large but finite z (~2.2), and the 1e-9 absolute term covers signals centred on zero.
 
 use super::streaming::{StreamingParams, StreamingStats};
-use super::window::RollingWindow;
+use super::window::{OrderStats, RollingWindow};
 
 /// Signed detector statistics for one value of one feature (positive = above normal).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -144,6 +144,20 @@ impl FeatureStats {
         if !x.is_finite() || !self.warm() {
             return FeatureScores::default();
         }
+        self.score_with(x, self.window.order_stats())
+    }
+
+    /// [`FeatureStats::score`] for a caller that scores every reading for a while: the window keeps
+    /// its sorted copy for the next readings (see `detectors::window`). The same scores.
+    pub fn score_cached(&mut self, x: f64) -> FeatureScores {
+        if !x.is_finite() || !self.warm() {
+            return FeatureScores::default();
+        }
+        let o = self.window.order_stats_cached();
+        self.score_with(x, o)
+    }
+
+    fn score_with(&self, x: f64, o: OrderStats) -> FeatureScores {
         let w = &self.window;
         let e = match self.ewma {
             Some(prev) => self.alpha * x + (1.0 - self.alpha) * prev,
@@ -152,17 +166,17 @@ impl FeatureStats {
         ScoreInputs {
             mean: w.mean(),
             std: w.std(),
-            median: w.median(),
-            mad: w.mad(),
-            q1: w.quantile(0.25),
-            q3: w.quantile(0.75),
+            median: o.median,
+            mad: o.mad,
+            q1: o.q1,
+            q3: o.q3,
             ewma: e,
             ewma_sd_factor: self.ewma_sd_factor,
         }
         .score(x)
     }
 
-    /// Heap bytes owned (the window's two buffers).
+    /// Heap bytes owned (the window's ring and sorted copy).
     pub fn heap_bytes(&self) -> usize {
         self.window.heap_bytes()
     }
@@ -191,8 +205,8 @@ impl FeatureStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StatsEstimator {
-    /// A rolling window of the last `window` readings per feature (exact quantiles; 2 x `window` f64
-    /// per feature).
+    /// A rolling window of the last `window` readings per feature (exact quantiles; `window` f64 per
+    /// feature, twice that while a sorted copy is kept, see `detectors::window`).
     #[default]
     Window,
     /// Constant-size estimators (32 bytes per feature, see `detectors::streaming`).
@@ -275,10 +289,10 @@ impl StatsSet {
         };
     }
 
-    /// Scores `x` for feature `i` against the state before it (see [`FeatureStats::score`]).
-    pub fn score(&self, i: usize, x: f64, p: &StatsParams) -> FeatureScores {
+    /// Scores `x` for feature `i` against the state before it (see [`FeatureStats::score_cached`]).
+    pub fn score(&mut self, i: usize, x: f64, p: &StatsParams) -> FeatureScores {
         match self {
-            StatsSet::Window(v) => v[i].score(x),
+            StatsSet::Window(v) => v[i].score_cached(x),
             StatsSet::Streaming(v) => v[i].score(x, &p.streaming),
         }
     }

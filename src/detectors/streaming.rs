@@ -1,6 +1,7 @@
 //! Constant-size per-feature statistics (`detectors.stats.estimator: streaming`): the same four
 //! detectors as [`super::stats::FeatureStats`] (z, robust z, EWMA chart, IQR fences) from 32 bytes per
-//! feature instead of a rolling window (two copies of `window` f64: 960 bytes for 60 readings), for
+//! feature instead of a rolling window (`window` f64, 480 bytes for 60 readings, and as much again for a
+//! sorted copy while scored), for
 //! fleets where per-thing memory matters more than the window's exactness.
 //!
 //! Estimators (`w_n = max(1/n, alpha)` is the weight of the n-th reading, `alpha = 2 / (window + 1)`,

@@ -135,6 +135,51 @@ fn window_matches_naive_recomputation_on_long_sequences() {
 }
 
 #[test]
+fn window_sorted_copy_is_kept_while_asked_for_and_changes_no_result() {
+    // Two windows fed the same samples: `cached` is asked for its order statistics in bursts (so its
+    // sorted copy is made, maintained over pushes, freed when idle and made again), `plain` never keeps
+    // one. Mean and std (whose shift is re-centred on the median sample) must agree bit for bit, and
+    // the order statistics must match the naive ones at every step.
+    let mut rng = SmallRng::seed_from_u64(11);
+    for &cap in &[1usize, 2, 5, 60, 101] {
+        let xs = mixed_sequence(&mut rng, 3000 + 17 * cap);
+        let mut cached = RollingWindow::new(cap);
+        let mut plain = RollingWindow::new(cap);
+        let mut kept = 0;
+        for (i, &x) in xs.iter().enumerate() {
+            cached.push(x);
+            plain.push(x);
+            let ctx = format!("cap {cap} step {i}");
+            assert_eq!(cached.mean().to_bits(), plain.mean().to_bits(), "{ctx}");
+            assert_eq!(cached.std().to_bits(), plain.std().to_bits(), "{ctx}");
+            // Bursts of requests on every step, then requests every 4th step (the copy stays), then
+            // none for longer than the idle limit (the copy is freed).
+            let asked = (i / 30) % 2 == 0 || (i % 30 < 15 && i % 4 == 0);
+            if asked {
+                let win = &xs[(i + 1).saturating_sub(cap)..=i];
+                let o = cached.order_stats_cached();
+                assert_eq!(o, plain.order_stats(), "{ctx}");
+                assert_eq!(o.median, naive_median(win), "{ctx}: median");
+                assert_eq!(o.mad, naive_mad(win), "{ctx}: mad");
+                assert_eq!(o.q1, plain.quantile(0.25), "{ctx}: q1");
+                assert_eq!(o.q3, plain.quantile(0.75), "{ctx}: q3");
+                assert_eq!(cached.sorted(), naive_sorted(win), "{ctx}: sorted copy");
+                assert!(cached.has_sorted_copy(), "{ctx}");
+            }
+            kept += usize::from(cached.has_sorted_copy());
+            assert!(!plain.has_sorted_copy(), "{ctx}: only asking keeps a copy");
+        }
+        assert!(kept < xs.len(), "cap {cap}: the copy is freed when idle");
+        // Idle for the limit: freed, and the window's heap is its ring again.
+        for _ in 0..=super::window::SORTED_IDLE_PUSHES {
+            cached.push(1.0);
+        }
+        assert!(!cached.has_sorted_copy(), "cap {cap}");
+        assert_eq!(cached.heap_bytes(), cap * 8, "cap {cap}");
+    }
+}
+
+#[test]
 fn window_std_is_accurate_on_large_offset_after_a_level_step() {
     // 0.1 noise on a 1e8 level, after a step from 0: the textbook sum-of-squares formula loses every
     // digit here; the shifted sums must not.

@@ -1,10 +1,17 @@
-//! A fixed-capacity rolling window with O(1) mean/std/min/max/median and incrementally maintained order
-//! statistics.
+//! A fixed-capacity rolling window: O(1) push, O(1) mean/std, and order statistics (min, max, median,
+//! MAD, quantiles) on demand.
 //!
-//! The window keeps two views of the same samples: a ring buffer in arrival order (to know what to evict)
-//! and a sorted copy maintained by binary search plus one `memmove` per push. For the window sizes used
-//! here (tens to a few hundred samples) the memmove is cheaper than any tree, and the sorted slice gives
-//! median, quantiles and MAD without allocating.
+//! The samples live in a ring buffer in arrival order (to know what to evict). Order statistics need
+//! the samples sorted, but the detectors ask for them only for the readings scored in full (see
+//! `pipeline::engine::score`: the statistics are skipped for almost every reading), so a push does not
+//! keep a sorted copy up to date. [`RollingWindow::order_stats_cached`] sorts a copy when asked and
+//! keeps it while it keeps being asked for (an anomalous episode, or score lines for every reading):
+//! each push then maintains it by binary search plus one `memmove` (cheaper than any tree at the window
+//! sizes used here, tens to a few hundred samples). After [`SORTED_IDLE_PUSHES`] pushes without a
+//! request the copy is freed, and the next request sorts again: the copy never costs more than about
+//! twice what sorting on every request would, and most windows hold none. The copy is a cache, not
+//! state: checkpoints do not store it, and whichever way the samples are ordered, a median is the same
+//! number.
 //!
 //! Mean and variance come from running sums of `x - shift`, where `shift` is a sample near the centre of
 //! the window. Shifting avoids the catastrophic cancellation of the textbook `sum(x^2) - n*mean^2` on
@@ -17,7 +24,30 @@
 //! invalid value rather than a plausible zero. Non-finite samples are ignored by [`RollingWindow::push`]:
 //! one NaN or infinity would otherwise poison the running sums and the ordering until it is evicted.
 
+use std::cell::RefCell;
 use std::cmp::Ordering;
+
+/// Pushes without an order-statistics request after which a window frees its sorted copy. Maintaining
+/// the copy costs a binary search and a memmove per push (about an eighth of sorting 60 samples), so
+/// after this many pushes keeping it has cost about as much as sorting again would.
+pub const SORTED_IDLE_PUSHES: u32 = 8;
+
+thread_local! {
+    /// Scratch for order statistics of a window without a sorted copy.
+    static SCRATCH: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The order statistics the detectors use (see [`RollingWindow::order_stats`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OrderStats {
+    pub median: f64,
+    /// Unscaled median absolute deviation from the median.
+    pub mad: f64,
+    /// `quantile(0.25)`.
+    pub q1: f64,
+    /// `quantile(0.75)`.
+    pub q3: f64,
+}
 
 /// Rolling window over the last `capacity` samples of one feature.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -26,8 +56,6 @@ pub struct RollingWindow {
     /// Samples in arrival order; slot `head` holds the oldest once the buffer is full.
     ring: Vec<f64>,
     head: usize,
-    /// The same samples, ascending (by `f64::total_cmp`, which is a total order over finite values).
-    sorted: Vec<f64>,
     /// Reference value subtracted before summing (a recent central sample).
     shift: f64,
     /// Sum of `x - shift` over the window.
@@ -36,6 +64,13 @@ pub struct RollingWindow {
     s2: f64,
     /// Pushes since the running sums were last recomputed exactly.
     since_recompute: usize,
+    /// The same samples ascending (by `f64::total_cmp`, a total order over finite values), while order
+    /// statistics keep being asked for; a cache, not stored in checkpoints.
+    #[serde(skip)]
+    sorted: Option<Vec<f64>>,
+    /// Pushes since the sorted copy was last used.
+    #[serde(skip)]
+    idle: u32,
 }
 
 impl RollingWindow {
@@ -47,11 +82,12 @@ impl RollingWindow {
             capacity,
             ring: Vec::with_capacity(capacity),
             head: 0,
-            sorted: Vec::with_capacity(capacity),
             shift: 0.0,
             s1: 0.0,
             s2: 0.0,
             since_recompute: 0,
+            sorted: None,
+            idle: 0,
         }
     }
 
@@ -59,9 +95,15 @@ impl RollingWindow {
         self.capacity
     }
 
-    /// Heap bytes owned (the ring and the sorted copy, by allocated capacity).
+    /// Heap bytes owned (the ring, and the sorted copy while there is one, by allocated capacity).
     pub fn heap_bytes(&self) -> usize {
-        (self.ring.capacity() + self.sorted.capacity()) * std::mem::size_of::<f64>()
+        let sorted = self.sorted.as_ref().map_or(0, Vec::capacity);
+        (self.ring.capacity() + sorted) * std::mem::size_of::<f64>()
+    }
+
+    /// True while the window keeps a sorted copy (see the module docs).
+    pub fn has_sorted_copy(&self) -> bool {
+        self.sorted.is_some()
     }
 
     /// Checks that a deserialised window (a state checkpoint) is internally consistent, so a damaged
@@ -70,27 +112,23 @@ impl RollingWindow {
         let n = self.ring.len();
         if self.capacity == 0
             || n > self.capacity
-            || self.sorted.len() != n
             || (n == self.capacity && self.head >= self.capacity)
             || (n < self.capacity && self.head != 0)
         {
             return Err(format!(
-                "rolling window of capacity {} with {} samples ({} sorted, head {})",
-                self.capacity,
-                n,
-                self.sorted.len(),
-                self.head
+                "rolling window of capacity {} with {} samples (head {})",
+                self.capacity, n, self.head
             ));
         }
-        if !self.ring.iter().chain(&self.sorted).all(|v| v.is_finite())
-            || !self.sorted.is_sorted_by(|a, b| a.total_cmp(b).is_le())
-        {
-            return Err("rolling window with a non-finite or unsorted sample".into());
+        // `shift` is always a sample (or 0 when empty).
+        if !self.ring.iter().all(|v| v.is_finite()) || !self.shift.is_finite() {
+            return Err("rolling window with a non-finite sample".into());
         }
         Ok(())
     }
 
-    /// Adds a sample, evicting the oldest when full. Non-finite samples are ignored.
+    /// Adds a sample, evicting the oldest when full. Non-finite samples are ignored. O(1), plus a
+    /// binary search and a memmove while the window keeps a sorted copy.
     pub fn push(&mut self, x: f64) {
         if !x.is_finite() {
             return;
@@ -101,35 +139,31 @@ impl RollingWindow {
             self.s2 = 0.0;
             self.since_recompute = 0;
         }
-        let pos = match self.sorted.binary_search_by(|v| v.total_cmp(&x)) {
-            Ok(i) | Err(i) => i,
-        };
+        if self.sorted.is_some() {
+            self.idle += 1;
+            if self.idle > SORTED_IDLE_PUSHES {
+                self.sorted = None;
+            }
+        }
         let mut evicted_sq = 0.0;
         if self.ring.len() < self.capacity {
             self.ring.push(x);
-            self.sorted.insert(pos, x);
+            if let Some(s) = self.sorted.as_mut() {
+                let pos = match s.binary_search_by(|v| v.total_cmp(&x)) {
+                    Ok(i) | Err(i) => i,
+                };
+                s.insert(pos, x);
+            }
         } else {
             let old = std::mem::replace(&mut self.ring[self.head], x);
-            self.head = (self.head + 1) % self.capacity;
-            // Any index holding a bit-identical copy of `old` will do: equal samples are interchangeable.
-            let r = match self.sorted.binary_search_by(|v| v.total_cmp(&old)) {
-                Ok(i) => i,
-                // Unreachable while the two views agree; fall back to a full rebuild rather than panic.
-                Err(_) => {
-                    self.rebuild_sorted();
-                    self.recompute_sums();
-                    return;
-                }
-            };
-            // Remove at `r` and insert at `pos` with a single memmove of the span between them.
-            match pos.cmp(&r) {
-                Ordering::Less | Ordering::Equal => {
-                    self.sorted.copy_within(pos..r, pos + 1);
-                    self.sorted[pos] = x;
-                }
-                Ordering::Greater => {
-                    self.sorted.copy_within(r + 1..pos, r);
-                    self.sorted[pos - 1] = x;
+            self.head += 1;
+            if self.head == self.capacity {
+                self.head = 0;
+            }
+            if let Some(s) = self.sorted.as_mut() {
+                if !replace_sorted(s, old, x) {
+                    // Unreachable while the two views agree; forget the copy rather than panic.
+                    self.sorted = None;
                 }
             }
             let d = old - self.shift;
@@ -161,15 +195,25 @@ impl RollingWindow {
         m1 * m1 > 1e6 * (self.s2 / n - m1 * m1)
     }
 
-    /// Re-centres `shift` on the current median sample and recomputes the sums exactly.
+    /// Re-centres `shift` on the current median sample (the upper one for an even count) and recomputes
+    /// the sums exactly.
     fn recompute_sums(&mut self) {
         self.since_recompute = 0;
-        if self.sorted.is_empty() {
+        if self.ring.is_empty() {
             self.s1 = 0.0;
             self.s2 = 0.0;
             return;
         }
-        self.shift = self.sorted[self.sorted.len() / 2];
+        let k = self.ring.len() / 2;
+        self.shift = match &self.sorted {
+            Some(s) => s[k],
+            // The k-th smallest by `total_cmp` is one bit pattern, however it is found.
+            None => SCRATCH.with_borrow_mut(|v| {
+                v.clear();
+                v.extend_from_slice(&self.ring);
+                *v.select_nth_unstable_by(k, f64::total_cmp).1
+            }),
+        };
         let (mut s1, mut s2) = (0.0, 0.0);
         for &v in &self.ring {
             let d = v - self.shift;
@@ -180,16 +224,36 @@ impl RollingWindow {
         self.s2 = s2;
     }
 
-    fn rebuild_sorted(&mut self) {
-        self.sorted.clear();
-        self.sorted.extend_from_slice(&self.ring);
-        self.sorted.sort_unstable_by(f64::total_cmp);
+    /// Calls `f` with the samples ascending: the sorted copy if there is one, else a sorted scratch copy.
+    fn with_sorted<R>(&self, f: impl FnOnce(&[f64]) -> R) -> R {
+        if let Some(s) = &self.sorted {
+            return f(s);
+        }
+        SCRATCH.with_borrow_mut(|v| {
+            v.clear();
+            v.extend_from_slice(&self.ring);
+            v.sort_unstable_by(f64::total_cmp);
+            f(v)
+        })
     }
 
-    /// Forgets all samples (keeps the allocation).
+    /// The sorted copy, made if there is none; marks it used.
+    fn sorted_copy(&mut self) -> &[f64] {
+        self.idle = 0;
+        let (ring, capacity) = (&self.ring, self.capacity);
+        self.sorted.get_or_insert_with(|| {
+            let mut s = Vec::with_capacity(capacity);
+            s.extend_from_slice(ring);
+            s.sort_unstable_by(f64::total_cmp);
+            s
+        })
+    }
+
+    /// Forgets all samples (keeps the ring's allocation).
     pub fn clear(&mut self) {
         self.ring.clear();
-        self.sorted.clear();
+        self.sorted = None;
+        self.idle = 0;
         self.head = 0;
         self.shift = 0.0;
         self.s1 = 0.0;
@@ -216,9 +280,9 @@ impl RollingWindow {
         older.iter().chain(newer.iter()).copied()
     }
 
-    /// Samples in ascending order.
-    pub fn sorted(&self) -> &[f64] {
-        &self.sorted
+    /// Samples in ascending order (a copy).
+    pub fn sorted(&self) -> Vec<f64> {
+        self.with_sorted(<[f64]>::to_vec)
     }
 
     /// Arithmetic mean; NaN when empty.
@@ -251,32 +315,42 @@ impl RollingWindow {
 
     /// Smallest sample; NaN when empty.
     pub fn min(&self) -> f64 {
-        self.sorted.first().copied().unwrap_or(f64::NAN)
+        self.iter().min_by(f64::total_cmp).unwrap_or(f64::NAN)
     }
 
     /// Largest sample; NaN when empty.
     pub fn max(&self) -> f64 {
-        self.sorted.last().copied().unwrap_or(f64::NAN)
+        self.iter().max_by(f64::total_cmp).unwrap_or(f64::NAN)
     }
 
     /// Median (mean of the two middle samples for an even count); NaN when empty.
     pub fn median(&self) -> f64 {
-        median_of_sorted(&self.sorted)
+        self.with_sorted(median_of_sorted)
     }
 
-    /// Median absolute deviation from the median (unscaled); NaN when empty.
-    ///
-    /// O(n) without allocation: on sorted data the deviations `m - s[i]` left of the median and
-    /// `s[j] - m` right of it are two ascending sequences, so their merged median is found by walking both
-    /// with two pointers up to the middle rank.
+    /// Median, MAD and quartiles at once (one sort at most), leaving the window as it is: for occasional
+    /// callers. NaN when empty.
+    pub fn order_stats(&self) -> OrderStats {
+        self.with_sorted(order_stats_of_sorted)
+    }
+
+    /// [`RollingWindow::order_stats`] from the window's sorted copy, made if there is none and kept
+    /// (maintained by the next pushes) while requests keep coming: for a caller that asks on every
+    /// reading for a while.
+    pub fn order_stats_cached(&mut self) -> OrderStats {
+        order_stats_of_sorted(self.sorted_copy())
+    }
+
     /// Reads one value per cache line of the window's storage. The engine calls this for all of a
     /// thing's features before working on them, so the loads of a cold thing (thousands of things do
-    /// not fit in L2) overlap instead of stalling one binary search at a time.
+    /// not fit in L2) overlap instead of stalling one at a time.
     pub fn touch(&self) -> f64 {
         const PER_LINE: usize = 64 / std::mem::size_of::<f64>();
         let mut acc = 0.0;
-        for v in self.sorted.iter().step_by(PER_LINE) {
-            acc += v;
+        if let Some(s) = &self.sorted {
+            for v in s.iter().step_by(PER_LINE) {
+                acc += v;
+            }
         }
         for v in self.ring.iter().step_by(PER_LINE) {
             acc += v;
@@ -284,43 +358,15 @@ impl RollingWindow {
         acc
     }
 
+    /// Median absolute deviation from the median (unscaled); NaN when empty.
     pub fn mad(&self) -> f64 {
-        let s = &self.sorted;
-        let n = s.len();
-        if n == 0 {
-            return f64::NAN;
-        }
-        let m = median_of_sorted(s);
-        // Deviations from the median form two ascending sequences: to the left, m - s[split-1],
-        // m - s[split-2], ...; to the right, s[split] - m, s[split+1] - m, ... Their k-th smallest
-        // element is found by binary search in O(log n), without materialising the deviations.
-        let split = s.partition_point(|&v| v < m);
-        let left = |i: usize| m - s[split - 1 - i];
-        let right = |i: usize| s[split + i] - m;
-        let (nl, nr) = (split, n - split);
-        let lo = kth_of_two_sorted(left, nl, right, nr, (n - 1) / 2);
-        if n % 2 == 1 {
-            lo
-        } else {
-            (lo + kth_of_two_sorted(left, nl, right, nr, n / 2)) / 2.0
-        }
+        self.with_sorted(mad_of_sorted)
     }
 
     /// Linear-interpolated quantile, q in [0, 1] (numpy's default "linear", Hyndman-Fan type 7).
     /// `q` outside [0, 1] is clamped; NaN when empty or when `q` is NaN.
     pub fn quantile(&self, q: f64) -> f64 {
-        let s = &self.sorted;
-        let n = s.len();
-        if n == 0 || q.is_nan() {
-            return f64::NAN;
-        }
-        let h = (n - 1) as f64 * q.clamp(0.0, 1.0);
-        let lo = h.floor() as usize;
-        if lo + 1 >= n {
-            return s[n - 1];
-        }
-        let frac = h - lo as f64;
-        s[lo] + frac * (s[lo + 1] - s[lo])
+        self.with_sorted(|s| quantile_of_sorted(s, q))
     }
 
     /// Most recent sample.
@@ -333,6 +379,79 @@ impl RollingWindow {
             Some(self.ring[(self.head + self.capacity - 1) % self.capacity])
         }
     }
+}
+
+/// Replaces one copy of `old` in the ascending `s` by `new`, keeping it sorted, with a single memmove
+/// of the span between them. False (nothing changed) when `old` is not in `s`.
+fn replace_sorted(s: &mut [f64], old: f64, new: f64) -> bool {
+    let pos = match s.binary_search_by(|v| v.total_cmp(&new)) {
+        Ok(i) | Err(i) => i,
+    };
+    // Any index holding a bit-identical copy of `old` will do: equal samples are interchangeable.
+    let Ok(r) = s.binary_search_by(|v| v.total_cmp(&old)) else {
+        return false;
+    };
+    match pos.cmp(&r) {
+        Ordering::Less | Ordering::Equal => {
+            s.copy_within(pos..r, pos + 1);
+            s[pos] = new;
+        }
+        Ordering::Greater => {
+            s.copy_within(r + 1..pos, r);
+            s[pos - 1] = new;
+        }
+    }
+    true
+}
+
+fn order_stats_of_sorted(s: &[f64]) -> OrderStats {
+    OrderStats {
+        median: median_of_sorted(s),
+        mad: mad_of_sorted(s),
+        q1: quantile_of_sorted(s, 0.25),
+        q3: quantile_of_sorted(s, 0.75),
+    }
+}
+
+/// Median absolute deviation of ascending samples.
+///
+/// O(log n) without allocation: on sorted data the deviations `m - s[i]` left of the median and
+/// `s[j] - m` right of it are two ascending sequences, so their merged median is a k-th smallest
+/// element of two sorted sequences.
+fn mad_of_sorted(s: &[f64]) -> f64 {
+    let n = s.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let m = median_of_sorted(s);
+    // Deviations from the median form two ascending sequences: to the left, m - s[split-1],
+    // m - s[split-2], ...; to the right, s[split] - m, s[split+1] - m, ... Their k-th smallest
+    // element is found by binary search in O(log n), without materialising the deviations.
+    let split = s.partition_point(|&v| v < m);
+    let left = |i: usize| m - s[split - 1 - i];
+    let right = |i: usize| s[split + i] - m;
+    let (nl, nr) = (split, n - split);
+    let lo = kth_of_two_sorted(left, nl, right, nr, (n - 1) / 2);
+    if n % 2 == 1 {
+        lo
+    } else {
+        (lo + kth_of_two_sorted(left, nl, right, nr, n / 2)) / 2.0
+    }
+}
+
+/// Linear-interpolated quantile of ascending samples (see [`RollingWindow::quantile`]).
+fn quantile_of_sorted(s: &[f64], q: f64) -> f64 {
+    let n = s.len();
+    if n == 0 || q.is_nan() {
+        return f64::NAN;
+    }
+    let h = (n - 1) as f64 * q.clamp(0.0, 1.0);
+    let lo = h.floor() as usize;
+    if lo + 1 >= n {
+        return s[n - 1];
+    }
+    let frac = h - lo as f64;
+    s[lo] + frac * (s[lo + 1] - s[lo])
 }
 
 /// The k-th smallest (0-based) element of the union of two ascending sequences given by index

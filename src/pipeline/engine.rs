@@ -842,7 +842,7 @@ impl Engine {
     }
 
     fn dead(
-        &mut self,
+        counters: &mut Counters,
         p: &Point,
         reason: MalformedReason,
         detail: String,
@@ -857,7 +857,7 @@ impl Engine {
             origin: p.origin.clone(),
         };
         tracing::debug!(reason = %d.reason, detail = %d.detail, "reading rejected");
-        self.counters.count_dead(&d.reason);
+        counters.count_dead(&d.reason);
         out.push((p.seq, Output::Dead(d)));
     }
 
@@ -868,19 +868,29 @@ impl Engine {
         now_ns: u64,
         out: &mut Vec<(u64, Output)>,
     ) {
-        let cfg = Arc::clone(&self.cfg);
+        let cfg = &*self.cfg;
         // Stage spans (debug level: free when disabled) carry the thing, so every event of a stage
         // says which thing it is about.
         let window_span = tracing::debug_span!("window", thing_id = %p.thing_id).entered();
         if !self.things.contains_key(p.thing_id.as_str()) {
             tracing::debug!(equipment_type = %p.equipment_type, "first reading of a thing");
-            let t = ThingState::new(&p, &cfg, &mut self.shared);
+            let t = ThingState::new(&p, cfg, &mut self.shared);
             self.things.insert(p.thing_id.clone(), Box::new(t));
         }
-        let last_ts = self.things[p.thing_id.as_str()].last_ts;
+        let t = self
+            .things
+            .get_mut(p.thing_id.as_str())
+            .expect("inserted above");
+        let last_ts = t.last_ts;
         if p.ts == last_ts {
             let detail = format!("thing {} already has a reading at ts {}", p.thing_id, p.ts);
-            return self.dead(&p, MalformedReason::DuplicateTimestamp, detail, out);
+            return Self::dead(
+                &mut self.counters,
+                &p,
+                MalformedReason::DuplicateTimestamp,
+                detail,
+                out,
+            );
         }
         if last_ts != i64::MIN && p.ts < last_ts - cfg.allowed_lateness_ms {
             let detail = format!(
@@ -889,16 +899,12 @@ impl Engine {
                 last_ts - p.ts,
                 cfg.allowed_lateness_ms
             );
-            return self.dead(&p, MalformedReason::Late, detail, out);
+            return Self::dead(&mut self.counters, &p, MalformedReason::Late, detail, out);
         }
         if !p.learn_only {
             self.counters.points += 1;
         }
         let in_order = p.ts > last_ts;
-        let t = self
-            .things
-            .get_mut(p.thing_id.as_str())
-            .expect("inserted above");
         // The alert policy's state lives only while one of its windows is open for the readings the
         // thing still accepts (an expired state decides like a fresh one).
         let oldest = t.last_ts.saturating_sub(cfg.allowed_lateness_ms);
@@ -910,7 +916,7 @@ impl Engine {
         }
         // Start every cache miss of a cold thing at once (see RollingWindow::touch).
         std::hint::black_box(t.stats.touch());
-        let complete = t.load(&p, &cfg, &mut self.shared);
+        let complete = t.load(&p, cfg, &mut self.shared);
         if let Some(active) = cfg.active_models.as_ref() {
             let current = t
                 .registry
@@ -962,7 +968,7 @@ impl Engine {
 
         let scored = if complete && t.learned >= cfg.warmup as u64 {
             let _span = tracing::debug_span!("detect", thing_id = %p.thing_id).entered();
-            let s = score(t, &cfg, &mut self.scratch, self.emit_scores);
+            let s = score(t, cfg, &mut self.scratch, self.emit_scores);
             if s.anomalous {
                 tracing::debug!(score = s.ensemble, ts = p.ts, "anomalous reading");
             }
@@ -986,7 +992,7 @@ impl Engine {
                 .as_ref()
                 .is_some_and(|pol| pol.rate_limited(&self.windows, p.ts));
             candidates.push((
-                ensemble_alert(&p, t, s, &cfg, &self.scratch, explain_model),
+                ensemble_alert(&p, t, s, cfg, &self.scratch, explain_model),
                 false,
             ));
         }
@@ -1002,7 +1008,7 @@ impl Engine {
                 .record_anomaly(&self.windows, p.ts)
         {
             if let Some((first, _)) = candidates.first() {
-                candidates.push((burst_alert(first, &cfg), true));
+                candidates.push((burst_alert(first, cfg), true));
             }
         }
 
@@ -1014,7 +1020,7 @@ impl Engine {
         };
         learn(
             t,
-            &cfg,
+            cfg,
             t2_smoothed,
             regime,
             complete,
@@ -1481,8 +1487,9 @@ fn learn(
 /// reading with `stats_weight + model_weight * model < threshold` is not anomalous whatever they say
 /// (IEEE rounding is monotonic, so the bound holds in floating point too). Most readings are normal,
 /// and the statistics (median/MAD selection, quartiles, four mappings per feature) are the most
-/// expensive part of scoring.
-fn score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) -> Scored {
+/// expensive part of scoring. The windows sort their samples only for the readings scored in full,
+/// keeping a sorted copy while consecutive readings are (see `detectors::window`).
+fn score(t: &mut ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) -> Scored {
     let d = &cfg.detectors;
     let e = &cfg.ensemble;
     s.t2_smoothed = None;

@@ -147,7 +147,9 @@ fn a_thing_without_per_thing_models_takes_under_1_kib() {
         assert!(c.rules <= 4 * 16, "{c:?}");
         // The default keeps windows, the online model and sensor-fault windows: over 10x more.
         assert!(d.total() > 10 * c.total(), "{id}: {d:?} vs {c:?}");
-        assert!(d.stats > c.features * 900, "{d:?}");
+        // A ring of 60 samples per feature (plus a sorted copy while a feature's order statistics
+        // are being asked for, see detectors::window).
+        assert!(d.stats > c.features * 60 * 8, "{d:?}");
         assert!(d.model > (c.features - 1).pow(2) * 16, "{d:?}");
     }
     assert!(largest > 13 * 32, "no 13-feature thing: {largest}");

@@ -104,6 +104,15 @@ pub fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
     }
 }
 
+/// Sends `sig` (`kill`'s form: "-TERM", "-STOP", ...) to a child process; panics if it cannot be sent.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill {sig} {}", child.id());
+}
+
 /// Sends SIGTERM to a service under test and waits up to `limit` for it to exit (its graceful
 /// shutdown: stop the sources, drain, flush); panics naming `what` if the signal cannot be sent or the
 /// process outlives the limit. The caller checks the exit status and reads the output.
@@ -112,11 +121,7 @@ pub fn sigterm_and_wait(
     limit: std::time::Duration,
     what: &str,
 ) -> std::process::ExitStatus {
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success(), "kill -TERM {what}");
+    signal(child, "-TERM");
     let deadline = std::time::Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {

@@ -545,14 +545,6 @@ fn committed_total(bootstrap: &str, group: &str, topic: &str, partitions: i32) -
         .unwrap_or(0)
 }
 
-fn signal(child: &std::process::Child, sig: &str) {
-    let sent = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success(), "kill {sig}");
-}
-
 /// A service suspended for longer than `stop_after_idle_s` while telemetry kept arriving reads that
 /// backlog once it resumes, instead of stopping at its first turn as idle with the backlog unread (a
 /// two-process test once ended short of its points while the machine's other processes were being

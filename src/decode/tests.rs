@@ -1091,3 +1091,60 @@ fn fast_pass_agrees_with_serde_pass() {
         }
     });
 }
+
+#[test]
+fn fast_pass_names_follow_the_equipment_type() {
+    let mut fast = decoder();
+    let mut slow = decoder().serde_only();
+    let msg = |thing: &str, etype: Option<&str>, values: &str| {
+        let etype = etype.map_or(String::new(), |e| format!(r#""equipment_type":"{e}","#));
+        format!(r#"{{"thing_id":"{thing}",{etype}"ts":1767225600000,"values":{{{values}}}}}"#)
+    };
+    let mut msgs = vec![
+        msg(
+            "o1",
+            Some("oven"),
+            r#""v":1,"temp_zone_1":2,"temp_zone_2":3"#,
+        ),
+        msg(
+            "m1",
+            Some("mixer"),
+            r#""v":4,"vibration_rms":5,"speed_rpm":6"#,
+        ),
+        msg(
+            "o2",
+            Some("oven"),
+            r#""v":7,"temp_zone_2":8,"temp_zone_1":9"#,
+        ),
+        msg("x", None, r#""v":10,"speed_rpm":11"#),
+        msg(
+            "m2",
+            Some("mixer"),
+            r#""v":12,"vibration_rms":13,"torque":14"#,
+        ),
+        msg("e", Some("\u{e9}t\u{e9}"), "\"\u{e9}\":15,\"v\":16"),
+        msg(
+            "m3",
+            Some("mixer"),
+            r#""v":17,"vibration_rms":18,"torque":19,"extra":20"#,
+        ),
+    ];
+    // More types than the cache keeps templates for.
+    for t in 0..40 {
+        msgs.push(msg(
+            &format!("t{t}"),
+            Some(&format!("type{t}")),
+            &format!(r#""v":{t},"s{t}":1,"u":2"#),
+        ));
+    }
+    for _ in 0..3 {
+        for m in &msgs {
+            let (a, b) = (fast.decode(m.as_bytes()), slow.decode(m.as_bytes()));
+            assert!(a.is_ok(), "{m}");
+            assert_same(&a, &b, m.as_bytes());
+        }
+    }
+    let p = fast.decode(msgs[2].as_bytes()).unwrap();
+    assert_eq!(names(&p), ["v", "temp_zone_2", "temp_zone_1"]);
+    assert_eq!(p.equipment_type, "oven");
+}

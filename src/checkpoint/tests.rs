@@ -401,7 +401,7 @@ fn the_format_is_guarded_by_its_version() {
     let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
     assert_eq!(
         (FORMAT_VERSION, format!("{hash:016x}")),
-        (3, "f204fd52e5c85130".to_string()),
+        (4, "ed50d074af48bd85".to_string()),
         "checkpoint bytes changed"
     );
 }

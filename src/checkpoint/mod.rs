@@ -26,7 +26,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 /// Version of the checkpoint format (manifest and worker files). Bump it with any change to
 /// [`ThingSnapshot`] or to anything it contains: a checkpoint of another version is refused.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// First bytes of a worker file.
 const MAGIC: &[u8; 8] = b"EGZMLCKP";

@@ -401,7 +401,7 @@ fn the_format_is_guarded_by_its_version() {
     let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
     assert_eq!(
         (FORMAT_VERSION, format!("{hash:016x}")),
-        (4, "d2bd5bb3c7218702".to_string()),
+        (5, "5be2be7a5eb63756".to_string()),
         "checkpoint bytes changed"
     );
 }

@@ -6,13 +6,15 @@
 //! - Deterministic per thing: the state depends only on that thing's readings in event-time order, so the
 //!   scores are identical for any worker count or sharding. A streaming forest or any model shared across
 //!   things would make results depend on how things interleave on workers.
-//! - Cheap: O(d^2) per reading for the update and the triangular solves, plus an O(d^3/6) Cholesky
-//!   refactorisation; with d ~ 10-20 features that is a few hundred flops.
+//! - Cheap: O(d^2) per reading for the update and one triangular solve (T^2 = ||L^-1 d||^2 with L the
+//!   Cholesky factor), plus an O(d^3/6) Cholesky refactorisation every few readings; with d ~ 10-20
+//!   features that is a few hundred flops. Matrices are stored as packed lower triangles.
 //! - Catches correlation breaks: phase currents that move together, or zone temperatures that track each
 //!   other, can diverge while every feature stays within its own normal range. Univariate detectors miss
 //!   this; T^2 = d^T S^-1 d measures it directly.
-//! - Explainable exactly: T^2 = sum_i d_i (S^-1 d)_i, so per-feature contributions add up to the score
-//!   (a contribution can be negative when a feature moves "with" the pattern and partly explains
+//! - Explainable exactly: T^2 = sum_i d_i (S^-1 d)_i, so per-feature contributions add up to the score,
+//!   up to rounding (they take the back substitution too, so they are computed only to explain an
+//!   alert; a contribution can be negative when a feature moves "with" the pattern and partly explains
 //!   another's deviation).
 //!
 //! Estimation: exponentially weighted with `alpha = 1 - 0.5^(1/half_life)`, but the n-th sample gets
@@ -22,7 +24,7 @@
 //! `(1e-3*|mean_i|)^2 + 1e-12`, the same 0.1% resolution floor as the univariate detectors, so a constant
 //! feature neither makes the matrix singular nor yields NaN.
 //!
-//! Linear algebra is written by hand (Cholesky, two triangular solves): it is ~30 lines for a 13x13
+//! Linear algebra is written by hand (Cholesky, triangular solves): it is ~30 lines for a 13x13
 //! symmetric positive-definite system, and a linear-algebra crate would be a heavy dependency for that.
 
 use crate::config::ModelConfig;
@@ -34,7 +36,7 @@ pub struct ModelScore {
     pub t2: f64,
     /// Normal-equivalent z of T^2 (Wilson-Hilferty), >= 0.
     pub z: f64,
-    /// Signed per-dimension contributions; they sum to T^2.
+    /// Signed per-dimension contributions; they sum to T^2 (up to rounding).
     pub contributions: Vec<f64>,
 }
 
@@ -58,6 +60,19 @@ pub fn wilson_hilferty_z(t2: f64, k: usize) -> f64 {
     z.max(0.0)
 }
 
+/// Length of a packed lower triangle of an `n` x `n` matrix.
+const fn packed_len(n: usize) -> usize {
+    n * (n + 1) / 2
+}
+
+/// Index of the diagonal entry `(i, i)` in a packed lower triangle.
+const fn diag(i: usize) -> usize {
+    i * (i + 1) / 2 + i
+}
+
+/// `update` keeps the deviation `x - mean` on the stack for models up to this dimension.
+const DEV_ON_STACK: usize = 16;
+
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct OnlineMahalanobis {
     dim: usize,
@@ -65,13 +80,12 @@ pub struct OnlineMahalanobis {
     shrinkage: f64,
     count: u64,
     mean: Vec<f64>,
-    /// Weighted covariance, row-major dim x dim, kept exactly symmetric.
+    /// Weighted covariance, lower triangle packed row by row: entry `(i, j)`, `j <= i`, at
+    /// `i(i+1)/2 + j` (the matrix is symmetric).
     cov: Vec<f64>,
-    /// Lower Cholesky factor of the scoring matrix, row-major; valid when `factored`.
+    /// Lower Cholesky factor of the scoring matrix, packed like `cov`; valid when `factored`.
     chol: Vec<f64>,
     factored: bool,
-    /// Update scratch: the deviation `x - mean`.
-    dev: Vec<f64>,
 }
 
 impl OnlineMahalanobis {
@@ -94,10 +108,9 @@ impl OnlineMahalanobis {
             shrinkage,
             count: 0,
             mean: vec![0.0; dim],
-            cov: vec![0.0; dim * dim],
-            chol: vec![0.0; dim * dim],
+            cov: vec![0.0; packed_len(dim)],
+            chol: vec![0.0; packed_len(dim)],
             factored: false,
-            dev: vec![0.0; dim],
         }
     }
 
@@ -105,9 +118,9 @@ impl OnlineMahalanobis {
         self.dim
     }
 
-    /// Heap bytes owned (mean, covariance, Cholesky factor, update scratch; by capacity).
+    /// Heap bytes owned (mean, covariance, Cholesky factor; by capacity).
     pub fn heap_bytes(&self) -> usize {
-        (self.mean.capacity() + self.cov.capacity() + self.chol.capacity() + self.dev.capacity())
+        (self.mean.capacity() + self.cov.capacity() + self.chol.capacity())
             * std::mem::size_of::<f64>()
     }
 
@@ -115,9 +128,8 @@ impl OnlineMahalanobis {
     pub fn check(&self) -> Result<(), String> {
         let d = self.dim;
         if self.mean.len() != d
-            || self.cov.len() != d * d
-            || self.chol.len() != d * d
-            || self.dev.len() != d
+            || self.cov.len() != packed_len(d)
+            || self.chol.len() != packed_len(d)
         {
             return Err(format!(
                 "online model of dimension {d} with inconsistent matrices"
@@ -151,9 +163,17 @@ impl OnlineMahalanobis {
         &self.mean
     }
 
-    /// Current weighted covariance (row-major, dim x dim, before shrinkage and floors).
-    pub fn covariance(&self) -> &[f64] {
-        &self.cov
+    /// Entry `(i, j)` of the current weighted covariance (before shrinkage and floors).
+    ///
+    /// # Panics
+    /// If `i` or `j` is not below [`OnlineMahalanobis::dim`].
+    pub fn covariance(&self, i: usize, j: usize) -> f64 {
+        assert!(
+            i < self.dim && j < self.dim,
+            "covariance index out of range"
+        );
+        let (i, j) = if j > i { (j, i) } else { (i, j) };
+        self.cov[i * (i + 1) / 2 + j]
     }
 
     /// Scores `x` (len == dim) against the state before it; None until enough samples are learned, or
@@ -170,42 +190,100 @@ impl OnlineMahalanobis {
 
     /// Allocation-free form of [`OnlineMahalanobis::score`] (once `scratch` and `out.contributions` have
     /// grown to size): writes the score into `out` and returns true, or returns false (leaving `out`
-    /// unspecified) where `score` would return None.
+    /// unspecified) where `score` would return None. On the hot path, [`OnlineMahalanobis::t2`] gives
+    /// the T^2 alone (half the work) and [`OnlineMahalanobis::contributions_into`] the rest when needed.
     pub fn score_into(&self, x: &[f64], scratch: &mut Vec<f64>, out: &mut ModelScore) -> bool {
+        let Some(t2) = self.t2(x, scratch) else {
+            return false;
+        };
+        if !self.contributions_into(x, scratch, &mut out.contributions) {
+            return false;
+        }
+        out.t2 = t2;
+        out.z = self.z(t2);
+        true
+    }
+
+    /// Hotelling T^2 of `x` (len == dim) against the state before it: `||L^-1 (x - mean)||^2`, one
+    /// forward solve. None where [`OnlineMahalanobis::score`] returns None. `scratch` is resized to
+    /// `dim` (no allocation once grown).
+    pub fn t2(&self, x: &[f64], scratch: &mut Vec<f64>) -> Option<f64> {
+        if !self.warm() || x.len() != self.dim {
+            return None;
+        }
+        scratch.clear();
+        scratch.resize(self.dim, 0.0);
+        let t2 = self.forward(x, scratch);
+        // A non-finite entry of `x` makes T^2 NaN or infinite, so `x` is checked only then (a finite
+        // `x` far enough out can overflow T^2 too: that is a score).
+        if !t2.is_finite() && !x.iter().all(|v| v.is_finite()) {
+            return None;
+        }
+        Some(t2)
+    }
+
+    /// Normal-equivalent z of a T^2 of this model: Wilson-Hilferty of T^2 deflated by the
+    /// [small-sample factor](OnlineMahalanobis::small_sample_factor).
+    pub fn z(&self, t2: f64) -> f64 {
+        wilson_hilferty_z(t2 / self.small_sample_factor(), self.dim)
+    }
+
+    /// The signed per-dimension contributions `(x - mean)_i (S^-1 (x - mean))_i` of `x` into `out`
+    /// (they sum to its T^2, up to rounding); false (leaving `out` unspecified) where
+    /// [`OnlineMahalanobis::score`] returns None. The forward and the back substitution: twice the work
+    /// of [`OnlineMahalanobis::t2`], so it is computed for explanations only.
+    pub fn contributions_into(
+        &self,
+        x: &[f64],
+        scratch: &mut Vec<f64>,
+        out: &mut Vec<f64>,
+    ) -> bool {
         let n = self.dim;
         if !self.warm() || x.len() != n || !x.iter().all(|v| v.is_finite()) {
             return false;
         }
         scratch.clear();
-        scratch.resize(2 * n, 0.0);
-        let (d, u) = scratch.split_at_mut(n);
-        for ((d, &x), &m) in d.iter_mut().zip(x).zip(&self.mean) {
-            *d = x - m;
-        }
-        // u = S^-1 d via L y = d, then L^T u = y (in place). Rows of L are walked as slices (no index
-        // checks in the inner loops); the operations and their order are those of the textbook loops.
-        let l = &self.chol[..n * n];
-        for (i, row) in l.chunks_exact(n).enumerate() {
-            let (done, rest) = u.split_at_mut(i);
-            let s: f64 = row[..i].iter().zip(&*done).map(|(a, b)| a * b).sum();
-            rest[0] = (d[i] - s) / row[i];
-        }
+        scratch.resize(n, 0.0);
+        self.forward(x, scratch);
+        // L^T u = y in place, walking column i of L (row i of L^T) down the packed rows below it.
+        let l = &self.chol[..packed_len(n)];
+        let u = &mut scratch[..n];
         for i in (0..n).rev() {
             let (head, tail) = u.split_at_mut(i + 1);
             let mut s = head[i];
-            for (row, &uk) in l[(i + 1) * n..].chunks_exact(n).zip(&*tail) {
-                s -= row[i] * uk;
+            let mut row = diag(i) + 1;
+            for (k, &uk) in (i + 1..n).zip(&*tail) {
+                s -= l[row + i] * uk;
+                row += k + 1;
             }
-            head[i] = s / l[i * n + i];
+            head[i] = s / l[diag(i)];
         }
-        out.contributions.clear();
-        out.contributions
-            .extend(d.iter().zip(u.iter()).map(|(a, b)| a * b));
-        // The contributions are the definition of T^2 here, so the decomposition is exact; rounding can
-        // only make a ~0 sum slightly negative.
-        out.t2 = out.contributions.iter().sum::<f64>().max(0.0);
-        out.z = wilson_hilferty_z(out.t2 / self.small_sample_factor(), n);
+        out.clear();
+        out.extend(
+            x.iter()
+                .zip(&self.mean)
+                .zip(u.iter())
+                .map(|((&x, &m), &u)| (x - m) * u),
+        );
         true
+    }
+
+    /// Solves `L y = x - mean` into `y` (len == dim) and returns `||y||^2`, the T^2.
+    fn forward(&self, x: &[f64], y: &mut [f64]) -> f64 {
+        let n = self.dim;
+        let l = &self.chol[..packed_len(n)];
+        let mut t2 = 0.0;
+        let mut start = 0;
+        for (i, (&xi, &mi)) in x[..n].iter().zip(&self.mean[..n]).enumerate() {
+            let row = &l[start..=start + i];
+            let (done, rest) = y.split_at_mut(i);
+            let s: f64 = row[..i].iter().zip(&*done).map(|(a, b)| a * b).sum();
+            let yi = ((xi - mi) - s) / row[i];
+            rest[0] = yi;
+            t2 += yi * yi;
+            start += i + 1;
+        }
+        t2
     }
 
     /// Hotelling's correction for a covariance estimated from few samples: a new observation's T^2
@@ -235,12 +313,11 @@ impl OnlineMahalanobis {
             return None;
         }
         let mut scratch = Vec::new();
-        let mut out = ModelScore::default();
         let mut smooth: Option<f64> = None;
         let mut seen = Vec::new();
         for x in rows {
-            if self.score_into(x, &mut scratch, &mut out) {
-                let v = smooth.map_or(out.t2, |p| smoothing * out.t2 + (1.0 - smoothing) * p);
+            if let Some(t2) = self.t2(x, &mut scratch) {
+                let v = smooth.map_or(t2, |p| smoothing * t2 + (1.0 - smoothing) * p);
                 smooth = Some(v);
                 seen.push(v);
             }
@@ -263,25 +340,30 @@ impl OnlineMahalanobis {
         }
         self.count += 1;
         let w = (1.0 / self.count as f64).max(self.alpha);
-        for ((&xi, mean), dev) in x.iter().zip(&mut self.mean).zip(&mut self.dev) {
-            let d = xi - *mean;
-            *dev = d;
-            *mean += w * d;
-        }
         let keep = 1.0 - w;
-        // The lower triangle row by row (independent lanes, so the compiler vectorises it), then the
-        // upper one mirrored: the same values as updating both halves entry by entry.
-        let cov = &mut self.cov[..n * n];
-        for (i, row) in cov.chunks_exact_mut(n).enumerate() {
-            let wdi = w * self.dev[i];
-            for (c, &dj) in row[..=i].iter_mut().zip(&self.dev[..=i]) {
+        let mut stack = [0.0; DEV_ON_STACK];
+        let mut heap = Vec::new();
+        let dev: &mut [f64] = if n <= DEV_ON_STACK {
+            &mut stack[..n]
+        } else {
+            heap.resize(n, 0.0);
+            &mut heap
+        };
+        // One pass: the mean and then the covariance's packed row i, which needs the deviations of
+        // features 0..=i only. Each row's entries are independent lanes, so the compiler vectorises
+        // them; the upper triangle is never stored.
+        let cov = &mut self.cov[..packed_len(n)];
+        let mut start = 0;
+        for (i, (&xi, mean)) in x.iter().zip(&mut self.mean[..n]).enumerate() {
+            let d = xi - *mean;
+            dev[i] = d;
+            *mean += w * d;
+            let wdi = w * d;
+            let row = &mut cov[start..=start + i];
+            for (c, &dj) in row.iter_mut().zip(&dev[..=i]) {
                 *c = keep * (*c + wdi * dj);
             }
-        }
-        for i in 1..n {
-            for j in 0..i {
-                cov[j * n + i] = cov[i * n + j];
-            }
+            start += i + 1;
         }
         // Factorising before the model can score would be wasted work. Once the estimate has settled
         // (each reading moves it by ~alpha), refactoring every REFACTOR_EVERY readings changes scores by
@@ -300,18 +382,16 @@ impl OnlineMahalanobis {
     fn factor_with_ridge(&mut self, ridge: f64) -> bool {
         let n = self.dim;
         let off = 1.0 - self.shrinkage;
-        let rows = self.chol[..n * n]
-            .chunks_exact_mut(n)
-            .zip(self.cov[..n * n].chunks_exact(n));
-        for (i, ((l, c), &mean)) in rows.zip(&self.mean).enumerate() {
-            for (l, &c) in l[..i].iter_mut().zip(&c[..i]) {
-                *l = off * c;
-            }
-            let floor = (RELATIVE_SD_FLOOR * mean).powi(2) + ABSOLUTE_VAR_FLOOR;
-            l[i] = c[i].max(floor) + ridge;
-            l[i + 1..].fill(0.0);
+        let len = packed_len(n);
+        let (l, c) = (&mut self.chol[..len], &self.cov[..len]);
+        for (l, &c) in l.iter_mut().zip(c) {
+            *l = off * c;
         }
-        cholesky_in_place(&mut self.chol, n)
+        for (i, &mean) in self.mean[..n].iter().enumerate() {
+            let floor = (RELATIVE_SD_FLOOR * mean).powi(2) + ABSOLUTE_VAR_FLOOR;
+            l[diag(i)] = c[diag(i)].max(floor) + ridge;
+        }
+        cholesky_packed(l, n)
     }
 
     fn refactor(&mut self) {
@@ -321,7 +401,7 @@ impl OnlineMahalanobis {
             return;
         }
         // Nearly collinear features (little shrinkage): add a growing ridge relative to the mean variance.
-        let mean_var = (0..n).map(|i| self.cov[i * n + i]).sum::<f64>() / n as f64;
+        let mean_var = (0..n).map(|i| self.cov[diag(i)]).sum::<f64>() / n as f64;
         let mut ridge = 1e-9 * mean_var.max(ABSOLUTE_VAR_FLOOR);
         for _ in 0..8 {
             if self.factor_with_ridge(ridge) {
@@ -341,23 +421,29 @@ impl OnlineMahalanobis {
 const REFACTOR_EVERY: u64 = 8;
 
 /// In-place Cholesky factorisation `A = L L^T` of a symmetric matrix whose lower triangle is in `a`
-/// (row-major n x n); the lower triangle becomes L. False if `a` is not (numerically) positive definite.
-fn cholesky_in_place(a: &mut [f64], n: usize) -> bool {
+/// (packed row by row, see `OnlineMahalanobis::cov`); it becomes L. False if `a` is not (numerically)
+/// positive definite.
+fn cholesky_packed(a: &mut [f64], n: usize) -> bool {
     for j in 0..n {
-        let ajj = a[j * n + j];
-        let s = ajj - a[j * n..j * n + j].iter().map(|v| v * v).sum::<f64>();
+        let rj = j * (j + 1) / 2;
+        let ajj = a[rj + j];
+        let s = ajj - a[rj..rj + j].iter().map(|v| v * v).sum::<f64>();
         // A pivot that lost all but ~1e-13 of its diagonal means the matrix is singular to working
         // precision; accepting it would give a meaningless, huge inverse.
         if !s.is_finite() || s <= 1e-13 * ajj {
             return false;
         }
         let ljj = s.sqrt();
-        a[j * n + j] = ljj;
-        let (upper, lower) = a.split_at_mut((j + 1) * n);
-        let row_j = &upper[j * n..j * n + j];
-        for row_i in lower.chunks_exact_mut(n) {
+        a[rj + j] = ljj;
+        // Rows below j follow row j directly in the packed layout.
+        let (upper, lower) = a.split_at_mut(rj + j + 1);
+        let row_j = &upper[rj..rj + j];
+        let mut start = 0;
+        for i in j + 1..n {
+            let row_i = &mut lower[start..=start + j];
             let dot: f64 = row_i[..j].iter().zip(row_j).map(|(x, y)| x * y).sum();
             row_i[j] = (row_i[j] - dot) / ljj;
+            start += i + 1;
         }
     }
     true

@@ -529,7 +529,7 @@ fn model_early_estimates_are_plain_averages() {
                 .map(|x| (x[i] - mean[i]) * (x[j] - mean[j]))
                 .sum::<f64>()
                 / n;
-            assert_close(m.covariance()[i * 2 + j], c, 1e-12, "population covariance");
+            assert_close(m.covariance(i, j), c, 1e-12, "population covariance");
         }
     }
     assert_close(m.alpha(), 1.0 - 0.5f64.powf(1.0 / 500.0), 1e-15, "alpha");

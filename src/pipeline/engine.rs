@@ -6,7 +6,7 @@
 
 use crate::config::DataflowConfig;
 use crate::decode::{DeadLetter, MalformedReason};
-use crate::detectors::mahalanobis::{wilson_hilferty_z, ModelScore, OnlineMahalanobis};
+use crate::detectors::mahalanobis::OnlineMahalanobis;
 use crate::detectors::normalise;
 use crate::detectors::regimes::{self, Assignment, Regimes};
 use crate::detectors::sensor_faults::{FaultEvent, SensorFaultDetector};
@@ -127,7 +127,9 @@ pub struct Engine {
 
 struct Scratch {
     model: Vec<f64>,
-    model_score: ModelScore,
+    /// Per-feature contributions to T^2 of the online (or regime) model that scored the reading,
+    /// filled only when it is anomalous (for its alert's explanation).
+    model_contributions: Vec<f64>,
     feature_scores: Vec<FeatureScores>,
     per_feature: Vec<f64>,
     /// The model's smoothed T^2 of the reading being scored (learned into the thing's state after).
@@ -153,11 +155,7 @@ impl Default for Scratch {
     fn default() -> Self {
         Scratch {
             model: Vec::new(),
-            model_score: ModelScore {
-                t2: 0.0,
-                z: 0.0,
-                contributions: Vec::new(),
-            },
+            model_contributions: Vec::new(),
             feature_scores: Vec::new(),
             per_feature: Vec::new(),
             t2_smoothed: None,
@@ -1506,21 +1504,15 @@ fn score(t: &mut ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) 
         Some(normalise(m.model.threshold_ratio(s.registry_score), 1.0))
     } else if let Some(m) = regime_score(t, cfg, s) {
         Some(m)
-    } else if let Some(o) = t.online.as_deref().filter(|o| {
-        o.model
-            .score_into(&o.model_x, &mut s.model, &mut s.model_score)
-    }) {
+    } else if let Some((o, t2)) = t
+        .online
+        .as_deref()
+        .and_then(|o| Some((o, o.model.t2(&o.model_x, &mut s.model)?)))
+    {
         let m = &d.model;
-        let t2 = s.model_score.t2;
         let smoothed = t2_smooth_step(o.t2_smooth, t2, m.smoothing);
         s.t2_smoothed = Some(smoothed);
-        Some(model_normalised(
-            &o.model,
-            o.t2_threshold,
-            smoothed,
-            s.model_score.z,
-            m,
-        ))
+        Some(model_normalised(&o.model, o.t2_threshold, smoothed, m))
     } else {
         None
     };
@@ -1565,32 +1557,46 @@ fn score(t: &mut ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) 
     }
     let stats = best.iter().sum::<f64>() / 4.0;
     let ensemble = stats_weight * stats + model_part;
+    let anomalous = ensemble >= e.threshold;
+    if anomalous && model.is_some() && !by_registry {
+        online_contributions(t, s);
+    }
     Scored {
         ensemble,
         stats,
         model,
         by_registry,
-        anomalous: ensemble >= e.threshold,
+        anomalous,
+    }
+}
+
+/// The per-feature contributions to T^2 of the loaded reading under the model that scored it (its
+/// regime's when a regime did, else the thing's online model) into `s.model_contributions`, for the
+/// alert's explanation; scoring needs the T^2 alone, which takes half the work.
+fn online_contributions(t: &ThingState, s: &mut Scratch) {
+    let by_regime = match (s.regime_scores, s.regime, t.regimes.as_deref()) {
+        (Some(_), Some(a), Some(RegimePhase::Fitted(r))) => Some(&r.regimes[a.regime].model),
+        _ => None,
+    };
+    s.model_contributions.clear();
+    if let Some(m) = by_regime.or(t.online.as_deref().map(|o| &o.model)) {
+        // It scored this reading, so it explains it too.
+        m.contributions_into(t.model_x(), &mut s.model, &mut s.model_contributions);
     }
 }
 
 /// The online model's normalised score of a reading: its smoothed T^2 against the calibrated threshold
 /// when there is one (which maps to 0.8, like every detector's threshold), else its normal-equivalent z
-/// against `detectors.model.threshold`.
+/// against `detectors.model.threshold` (without smoothing, `smoothed` is the reading's T^2).
 fn model_normalised(
     model: &OnlineMahalanobis,
     threshold: Option<f64>,
     smoothed: f64,
-    z: f64,
     m: &crate::config::ModelConfig,
 ) -> f64 {
     match threshold {
         Some(thr) => normalise((smoothed / thr).sqrt(), 1.0),
-        None if m.smoothing >= 1.0 => normalise(z, m.threshold),
-        None => normalise(
-            wilson_hilferty_z(smoothed / model.small_sample_factor(), model.dim()),
-            m.threshold,
-        ),
+        None => normalise(model.z(smoothed), m.threshold),
     }
 }
 
@@ -1603,18 +1609,13 @@ fn regime_score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch) -> Option
         return None;
     };
     let reg = &r.regimes[a.regime];
-    if !reg
-        .model
-        .score_into(t.model_x(), &mut s.model, &mut s.model_score)
-    {
-        return None;
-    }
+    let t2 = reg.model.t2(t.model_x(), &mut s.model)?;
     let m = &cfg.detectors.model;
     // A regime just entered starts its smoothing afresh.
     let prev = if a.since == 0 { None } else { r.t2_smooth };
-    let smoothed = t2_smooth_step(prev, s.model_score.t2, m.smoothing);
+    let smoothed = t2_smooth_step(prev, t2, m.smoothing);
     s.regime_t2_smoothed = Some(smoothed);
-    let within = model_normalised(&reg.model, reg.threshold, smoothed, s.model_score.z, m);
+    let within = model_normalised(&reg.model, reg.threshold, smoothed, m);
     let distance = normalise(r.distance_z(&a), m.threshold);
     s.regime_scores = Some((within, distance));
     Some(within.max(distance))
@@ -1727,7 +1728,7 @@ fn ensemble_alert(
                     _ => {
                         for (slot, pos) in t.layout.model_pos.iter().enumerate() {
                             if let Some(k) = pos {
-                                model_by_slot[slot] = sc.model_score.contributions[*k];
+                                model_by_slot[slot] = sc.model_contributions[*k];
                             }
                         }
                     }

@@ -341,3 +341,25 @@ impl crate::pipeline::OutputSink for SlowSink {
         Ok(())
     }
 }
+
+/// An alert of `thing` at `ts` with made-up details, for tests of what carries alerts.
+pub fn alert(thing: &str, ts: i64) -> crate::event::Alert {
+    use crate::event::{Alert, Name, Origin, Severity};
+    Alert {
+        alert_id: crate::event::alert_id(thing, "test", ts),
+        thing_id: Name::new(thing),
+        equipment_type: Name::new("oven"),
+        ts,
+        severity: Severity::Warning,
+        source: "ensemble".into(),
+        alert_type: "test".into(),
+        score: 0.9,
+        model_version: String::new(),
+        top_features: Vec::new(),
+        families: Default::default(),
+        explanation: String::new(),
+        input_offsets: Origin::None,
+        label: None,
+        detectors: Vec::new(),
+    }
+}

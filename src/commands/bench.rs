@@ -103,6 +103,12 @@ pub struct BenchArgs {
     /// Extra librdkafka consumer property `KEY=VALUE` (repeatable).
     #[arg(long = "consumer-property", value_parser = parse_property)]
     pub consumer_properties: Vec<(String, String)>,
+    /// `--source kafka`: also produce the alerts to a fresh topic (`<topic>-alerts`, `--partitions`)
+    /// through the Kafka sink of `egizml run`, and time each alert until a consumer of that topic
+    /// receives it (`kafka.event_to_alert_consumed_us`); `event_to_alert_us` then ends at the
+    /// broker's acknowledgement of the alert.
+    #[arg(long)]
+    pub kafka_sink: bool,
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -134,6 +140,7 @@ impl Default for BenchArgs {
             fetch_wait_ms: 1,
             settle_s: 1.0,
             consumer_properties: Vec::new(),
+            kafka_sink: false,
         }
     }
 }
@@ -195,6 +202,16 @@ pub struct KafkaBench {
     /// Alerts whose reading's produce instant was unknown (no delivery report): not in
     /// `event_to_alert_us`.
     pub unmatched_alerts: u64,
+    /// `--kafka-sink`: the alerts topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts_topic: Option<String>,
+    /// `--kafka-sink`: alerts a consumer of the alerts topic received.
+    #[serde(default)]
+    pub alerts_consumed: u64,
+    /// `--kafka-sink`: per alert, the bench producer's send() of its reading to a consumer of the
+    /// alerts topic receiving the alert (the whole way, as a downstream consumer sees it).
+    #[serde(default)]
+    pub event_to_alert_consumed_us: Percentiles,
 }
 
 /// The last stdout line of `bench` (a contract, see DESIGN.md: the first seven fields are the
@@ -252,16 +269,33 @@ impl OutputSink for Discard {
     }
 }
 
-/// Drops outputs, remembering when each alert's Kafka input offset was flushed.
+/// Remembers when each alert's Kafka input offset became durable: when `inner` (if any) acknowledged
+/// it, else when it was written.
 struct AlertClock {
+    inner: Option<Box<dyn OutputSink>>,
     unflushed: Vec<(i32, i64)>,
+    /// Flushes started: the inner sink's ticket and the alerts written before it.
+    flushing: std::collections::VecDeque<(u64, Vec<(i32, i64)>)>,
     flushed: Arc<Mutex<Vec<(i32, i64, u64)>>>,
+    /// Alerts written.
+    written: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl AlertClock {
+    fn durable(&mut self, alerts: Vec<(i32, i64)>) {
+        if !alerts.is_empty() {
+            let now = clock_ns();
+            let mut f = self.flushed.lock().unwrap_or_else(|e| e.into_inner());
+            f.extend(alerts.into_iter().map(|(p, o)| (p, o, now)));
+        }
+    }
 }
 
 impl OutputSink for AlertClock {
     fn write(&mut self, outputs: &[(u64, Output)]) -> anyhow::Result<()> {
         for (_, o) in outputs {
             if let Output::Alert(a) = o {
+                self.written.fetch_add(1, Ordering::Relaxed);
                 if let Origin::Kafka {
                     partition, offset, ..
                 } = a.input_offsets
@@ -270,15 +304,84 @@ impl OutputSink for AlertClock {
                 }
             }
         }
-        Ok(())
+        match self.inner.as_mut() {
+            Some(inner) => inner.write(outputs),
+            None => Ok(()),
+        }
     }
     fn flush(&mut self) -> anyhow::Result<()> {
-        if !self.unflushed.is_empty() {
-            let now = clock_ns();
-            let mut f = self.flushed.lock().unwrap_or_else(|e| e.into_inner());
-            f.extend(self.unflushed.drain(..).map(|(p, o)| (p, o, now)));
+        if let Some(inner) = self.inner.as_mut() {
+            inner.flush()?;
         }
+        let mut alerts: Vec<_> = self.flushing.drain(..).flat_map(|(_, a)| a).collect();
+        alerts.append(&mut self.unflushed);
+        self.durable(alerts);
         Ok(())
+    }
+    fn flush_start(&mut self) -> anyhow::Result<u64> {
+        let Some(inner) = self.inner.as_mut() else {
+            self.flush()?;
+            return Ok(0);
+        };
+        let ticket = inner.flush_start()?;
+        self.flushing
+            .push_back((ticket, std::mem::take(&mut self.unflushed)));
+        Ok(ticket)
+    }
+    fn flushed(&mut self) -> anyhow::Result<u64> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Ok(u64::MAX);
+        };
+        let done = inner.flushed()?;
+        while self.flushing.front().is_some_and(|(t, _)| *t <= done) {
+            let (_, alerts) = self.flushing.pop_front().expect("front");
+            self.durable(alerts);
+        }
+        Ok(done)
+    }
+}
+
+/// Consumes the alerts topic from its start until `stop`, then until `expected` alerts arrived (at
+/// most 10 s more): per alert, its reading's partition and offset and the instant it was received.
+fn consume_alerts(
+    brokers: &str,
+    topic: &str,
+    fetch_wait_ms: u64,
+    stop: &AtomicBool,
+    expected: &std::sync::atomic::AtomicU64,
+) -> anyhow::Result<Vec<(i32, i64, u64)>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-bench-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+        .create()
+        .context("cannot create the alerts consumer")?;
+    consumer.subscribe(&[topic])?;
+    let mut received = Vec::new();
+    let mut deadline = None;
+    loop {
+        if let Some(m) = consumer.poll(Duration::from_millis(1)) {
+            let now = clock_ns();
+            let m = m.with_context(|| format!("kafka topic {topic}"))?;
+            let alert: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default())
+                .context("an alert that is not JSON")?;
+            let at = &alert["input_offsets"];
+            if let (Some(p), Some(o)) = (at["partition"].as_i64(), at["offset"].as_i64()) {
+                received.push((p as i32, o, now));
+            }
+            continue;
+        }
+        if stop.load(Ordering::SeqCst) {
+            let deadline =
+                *deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(10));
+            if received.len() as u64 >= expected.load(Ordering::SeqCst) || Instant::now() > deadline
+            {
+                return Ok(received);
+            }
+        }
     }
 }
 
@@ -661,10 +764,36 @@ fn bench_kafka(
     let flow = Arc::clone(&opts.flow);
     let stop = Arc::clone(&opts.stop);
     let flushed: Arc<Mutex<Vec<(i32, i64, u64)>>> = Arc::default();
-    let sink = AlertClock {
-        unflushed: Vec::new(),
-        flushed: Arc::clone(&flushed),
+    // `--kafka-sink`: alerts through the Kafka sink to a fresh topic, read back by a consumer.
+    let alerts_topic = args.kafka_sink.then(|| format!("{topic}-alerts"));
+    let inner: Option<Box<dyn OutputSink>> = match &alerts_topic {
+        Some(alerts) => {
+            create_topic(&brokers, alerts, args.partitions)?;
+            let cfg = crate::sinks::kafka::KafkaSinkConfig::new(&brokers, alerts);
+            Some(Box::new(crate::sinks::kafka::KafkaSink::new(&cfg)?))
+        }
+        None => None,
     };
+    let alerts_written: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+    let sink = AlertClock {
+        inner,
+        unflushed: Vec::new(),
+        flushing: Default::default(),
+        flushed: Arc::clone(&flushed),
+        written: Arc::clone(&alerts_written),
+    };
+    let reader_stop = Arc::new(AtomicBool::new(false));
+    let reader = alerts_topic.clone().map(|alerts| {
+        let (brokers, stop, expected) = (
+            brokers.clone(),
+            Arc::clone(&reader_stop),
+            Arc::clone(&alerts_written),
+        );
+        let fetch_wait_ms = args.fetch_wait_ms;
+        std::thread::spawn(move || {
+            consume_alerts(&brokers, &alerts, fetch_wait_ms, &stop, &expected)
+        })
+    });
     let rss_before = pipeline::rss_bytes();
     let done = Arc::new(AtomicBool::new(false));
     let done2 = Arc::clone(&done);
@@ -756,9 +885,16 @@ fn bench_kafka(
     })();
     let end = Instant::now();
     stop.store(true, Ordering::SeqCst);
-    let report = pipeline
-        .join()
-        .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
+    let joined = pipeline.join();
+    reader_stop.store(true, Ordering::SeqCst);
+    let report = joined.map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
+    let consumed = match reader {
+        Some(r) => Some(
+            r.join()
+                .map_err(|_| anyhow::anyhow!("the alerts consumer panicked"))??,
+        ),
+        None => None,
+    };
     // Readings processed from the first timed send on (throughput).
     let (t0, produced_at, timed) = result?;
     let ctx = producer.context();
@@ -775,6 +911,16 @@ fn bench_kafka(
         {
             Some(s) => e2a.saturating_record(ns.saturating_sub(*s).max(1)),
             None => unmatched += 1,
+        }
+    }
+    let mut e2a_consumed = pipeline::new_histogram();
+    for (p, o, ns) in consumed.iter().flatten() {
+        if let Some(s) = sent_ns
+            .get(*p as usize)
+            .and_then(|v| v.get(*o as usize))
+            .filter(|s| **s > 0)
+        {
+            e2a_consumed.saturating_record(ns.saturating_sub(*s).max(1));
         }
     }
     let send_to_ack = {
@@ -798,6 +944,9 @@ fn bench_kafka(
             produce_per_sec: points as f64 / produce_s.max(1e-9),
             send_to_ack_us: send_to_ack,
             unmatched_alerts: unmatched,
+            alerts_topic,
+            alerts_consumed: consumed.as_ref().map_or(0, |c| c.len() as u64),
+            event_to_alert_consumed_us: Percentiles::of(&e2a_consumed),
         }),
     })
 }
@@ -836,6 +985,13 @@ pub fn describe(s: &BenchSummary) -> Vec<String> {
             k.topic, k.partitions, k.produced, k.produce_per_sec
         ));
         lines.push(p("send->ack", &k.send_to_ack_us));
+        if let Some(alerts) = &k.alerts_topic {
+            lines.push(format!(
+                "  alerts topic {alerts}: {} alerts consumed",
+                k.alerts_consumed
+            ));
+            lines.push(p("event->alert consumed", &k.event_to_alert_consumed_us));
+        }
     }
     lines
 }

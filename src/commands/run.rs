@@ -290,8 +290,23 @@ impl ServiceConfig {
 }
 
 /// Writes every output to each configured sink; a flush succeeds only when all sinks' do.
+#[derive(Default)]
 pub struct FanOut {
     pub sinks: Vec<Box<dyn OutputSink>>,
+    /// Flushes started and not yet durable: this fan-out's ticket and each sink's.
+    flushing: std::collections::VecDeque<(u64, Vec<u64>)>,
+    /// The last ticket handed out, and the newest durable one.
+    issued: u64,
+    durable: u64,
+}
+
+impl FanOut {
+    pub fn new(sinks: Vec<Box<dyn OutputSink>>) -> FanOut {
+        FanOut {
+            sinks,
+            ..FanOut::default()
+        }
+    }
 }
 
 impl OutputSink for FanOut {
@@ -305,7 +320,37 @@ impl OutputSink for FanOut {
         for s in &mut self.sinks {
             s.flush()?;
         }
+        self.flushing.clear();
+        self.durable = self.issued;
         Ok(())
+    }
+    fn flush_start(&mut self) -> anyhow::Result<u64> {
+        let tickets = self
+            .sinks
+            .iter_mut()
+            .map(|s| s.flush_start())
+            .collect::<anyhow::Result<Vec<u64>>>()?;
+        self.issued += 1;
+        self.flushing.push_back((self.issued, tickets));
+        Ok(self.issued)
+    }
+    fn flushed(&mut self) -> anyhow::Result<u64> {
+        if self.flushing.is_empty() {
+            return Ok(self.durable);
+        }
+        let done = self
+            .sinks
+            .iter_mut()
+            .map(|s| s.flushed())
+            .collect::<anyhow::Result<Vec<u64>>>()?;
+        while let Some((ticket, tickets)) = self.flushing.front() {
+            if tickets.iter().zip(&done).any(|(t, d)| t > d) {
+                break;
+            }
+            self.durable = *ticket;
+            self.flushing.pop_front();
+        }
+        Ok(self.durable)
     }
 }
 
@@ -391,7 +436,7 @@ pub fn build_sinks(cfg: &SinksConfig) -> anyhow::Result<FanOut> {
     if let Some(e) = &cfg.egizcore {
         sinks.push(Box::new(EgizCoreSink::new(e)?));
     }
-    Ok(FanOut { sinks })
+    Ok(FanOut::new(sinks))
 }
 
 /// Runs the service described by `cfg` until its source ends or `stop` is set.
@@ -418,7 +463,7 @@ pub fn run_service(
     let mut sink = if writes {
         build_sinks(&cfg.sinks)?
     } else {
-        FanOut { sinks: Vec::new() }
+        FanOut::default()
     };
     let service = if writes {
         super::serve::attach(cfg, &rules, &stop, &mut sink)?
@@ -564,5 +609,71 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.contains("retrain.params"), "{e}");
+    }
+
+    /// Acknowledges its flushes when told to (like a Kafka producer's delivery reports).
+    struct Deferred {
+        started: u64,
+        durable: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl OutputSink for Deferred {
+        fn write(&mut self, _: &[(u64, Output)]) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> anyhow::Result<()> {
+            self.durable
+                .store(self.started, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        fn flush_start(&mut self) -> anyhow::Result<u64> {
+            self.started += 1;
+            Ok(self.started)
+        }
+        fn flushed(&mut self) -> anyhow::Result<u64> {
+            Ok(self.durable.load(std::sync::atomic::Ordering::SeqCst))
+        }
+    }
+
+    /// Flushes at once (the trait's defaults).
+    struct Immediate;
+
+    impl OutputSink for Immediate {
+        fn write(&mut self, _: &[(u64, Output)]) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_fan_out_flush_is_durable_once_every_sink_has_acknowledged_it() {
+        use std::sync::atomic::Ordering;
+        let (a, b) = (std::sync::Arc::default(), std::sync::Arc::default());
+        let mut fan = FanOut::new(vec![
+            Box::new(Deferred {
+                started: 0,
+                durable: std::sync::Arc::clone(&a),
+            }),
+            Box::new(Immediate),
+            Box::new(Deferred {
+                started: 10,
+                durable: std::sync::Arc::clone(&b),
+            }),
+        ]);
+        let first = fan.flush_start().unwrap();
+        let second = fan.flush_start().unwrap();
+        assert!(first < second);
+        assert_eq!(fan.flushed().unwrap(), 0, "nothing acknowledged yet");
+        a.store(2, Ordering::SeqCst);
+        b.store(11, Ordering::SeqCst);
+        assert_eq!(fan.flushed().unwrap(), first, "b has only the first");
+        b.store(12, Ordering::SeqCst);
+        assert_eq!(fan.flushed().unwrap(), second);
+        let third = fan.flush_start().unwrap();
+        assert_eq!(fan.flushed().unwrap(), second);
+        fan.flush().unwrap();
+        assert_eq!(fan.flushed().unwrap(), third, "flush waits for everything");
     }
 }

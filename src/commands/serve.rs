@@ -539,6 +539,14 @@ impl OutputSink for WithoutScores {
     fn flush(&mut self) -> anyhow::Result<()> {
         self.0.flush()
     }
+
+    fn flush_start(&mut self) -> anyhow::Result<u64> {
+        self.0.flush_start()
+    }
+
+    fn flushed(&mut self) -> anyhow::Result<u64> {
+        self.0.flushed()
+    }
 }
 
 /// `egizml run`: starts the API of the service config's `api` section (if any) and adds its sink to
@@ -561,9 +569,9 @@ pub fn attach(
         let configured = std::mem::take(&mut sinks.sinks);
         sinks
             .sinks
-            .push(Box::new(WithoutScores(Box::new(super::run::FanOut {
-                sinks: configured,
-            }))));
+            .push(Box::new(WithoutScores(Box::new(super::run::FanOut::new(
+                configured,
+            )))));
     }
     sinks.sinks.push(Box::new(sink));
     tracing::info!(listen = %service.local_addr(), "service API started");

@@ -1,26 +1,10 @@
 use super::episodes::*;
-use crate::event::{Alert, Name, Origin, Severity};
+use crate::event::{Alert, Name};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 fn alert(thing: &str, ts: i64) -> Alert {
-    Alert {
-        alert_id: crate::event::alert_id(thing, "test", ts),
-        thing_id: Name::new(thing),
-        equipment_type: Name::new("oven"),
-        ts,
-        severity: Severity::Warning,
-        source: "ensemble".into(),
-        alert_type: "test".into(),
-        score: 0.9,
-        model_version: String::new(),
-        top_features: Vec::new(),
-        families: Default::default(),
-        explanation: String::new(),
-        input_offsets: Origin::None,
-        label: None,
-        detectors: Vec::new(),
-    }
+    crate::testkit::alert(thing, ts)
 }
 
 fn ep(thing: &str, start_ts: i64, end_ts: i64) -> Episode {

@@ -61,9 +61,28 @@ pub enum Input {
 }
 
 /// Receives the dataflow's outputs on worker 0, in input order.
+///
+/// An epoch's input is acknowledged (Kafka offsets committed, a checkpoint completed) only once
+/// everything the sink wrote for it is durable. [`flush`](Self::flush) waits for that. A sink that
+/// learns it later by itself (a Kafka producer's delivery reports) also implements
+/// [`flush_start`](Self::flush_start) and [`flushed`](Self::flushed): worker 0, which also reads the
+/// source, then does not wait for a broker round trip after every epoch with outputs.
 pub trait OutputSink: Send {
     fn write(&mut self, outputs: &[(u64, Output)]) -> anyhow::Result<()>;
+    /// Returns once everything written is durable, or fails.
     fn flush(&mut self) -> anyhow::Result<()>;
+    /// Starts making everything written so far durable and returns at once: the writes are durable
+    /// when [`flushed`](Self::flushed) returns this ticket or a later one. The default flushes,
+    /// and its ticket is done at once.
+    fn flush_start(&mut self) -> anyhow::Result<u64> {
+        self.flush()?;
+        Ok(0)
+    }
+    /// The newest ticket whose writes (and all before them) are durable; an error once a write has
+    /// failed.
+    fn flushed(&mut self) -> anyhow::Result<u64> {
+        Ok(u64::MAX)
+    }
 }
 
 /// Records a live source or a process's Kafka consumer may have in the dataflow by default (see
@@ -503,14 +522,19 @@ pub fn run(
                 );
             let mut my_sink = my_sink;
             let mut sink_healthy = true;
-            // Readings (`seq`) whose alerts were written since the last flush.
+            // Readings (`seq`) whose alerts were written since the last flush started.
             let mut unflushed_alerts: Vec<u64> = Vec::new();
+            let sink_scope = scored.scope();
             scored
                 .probe_with(&probe)
-                .unary_frontier(Exchange::new(|_: &(u64, Output)| 0), "sink", move |_cap, _info| {
+                .unary_frontier(Exchange::new(|_: &(u64, Output)| 0), "sink", move |_cap, info| {
+                    let activator = sink_scope.activator_for(info.address);
                     let mut stash: BTreeMap<u64, (Capability<u64>, Outputs)> = BTreeMap::new();
-                    // Capabilities of epochs written but not yet flushed.
+                    // Capabilities of epochs written since the last flush started.
                     let mut written: Vec<Capability<u64>> = Vec::new();
+                    // Epochs written and being flushed: the flush's ticket, the epochs' capabilities
+                    // (released once the ticket is durable) and the readings that caused alerts.
+                    let mut flushing: VecDeque<(u64, Vec<Capability<u64>>, Vec<u64>)> = VecDeque::new();
                     // After a failed write or flush, the first failed epoch's capability: held until
                     // the input ends, so nothing from it on is acknowledged and the source re-reads
                     // it on the next start.
@@ -550,37 +574,81 @@ pub fn run(
                             }
                             written.push(cap);
                         }
-                        if !written.is_empty() || frontier.is_empty() {
-                            if let Some(sink) = my_sink.as_mut() {
-                                if let Err(e) = sink.flush() {
-                                    sink_healthy = false;
-                                    record_sink_error(&sink_error, e);
+                        let Some(sink) = my_sink.as_mut() else {
+                            // Not the sink's worker: its outputs were exchanged to worker 0.
+                            written.clear();
+                            return;
+                        };
+                        let mut durable = Vec::new();
+                        if frontier.is_empty() {
+                            // The input has ended: wait for everything written.
+                            if let Err(e) = sink.flush() {
+                                sink_healthy = false;
+                                record_sink_error(&sink_error, e);
+                            }
+                            durable.extend(flushing.drain(..));
+                            durable.push((0, std::mem::take(&mut written), std::mem::take(&mut unflushed_alerts)));
+                        } else {
+                            if !written.is_empty() {
+                                match sink.flush_start() {
+                                    Ok(ticket) => flushing.push_back((ticket, std::mem::take(&mut written), std::mem::take(&mut unflushed_alerts))),
+                                    Err(e) => {
+                                        sink_healthy = false;
+                                        record_sink_error(&sink_error, e);
+                                    }
                                 }
-                                if !unflushed_alerts.is_empty() {
-                                    let now = clock_ns();
-                                    let mut ingest = alert_ingest_sink.lock().unwrap_or_else(|e| e.into_inner());
-                                    let mut h = sink_histograms.borrow_mut();
-                                    for seq in unflushed_alerts.drain(..) {
-                                        if let Some(ns) = ingest.remove(&seq) {
-                                            if sink_healthy {
-                                                h.ingest_to_alert.saturating_record(now.saturating_sub(ns).max(1));
-                                            }
+                            }
+                            if !flushing.is_empty() {
+                                match sink.flushed() {
+                                    Ok(done) => {
+                                        while flushing.front().is_some_and(|(ticket, _, _)| *ticket <= done) {
+                                            durable.extend(flushing.pop_front());
                                         }
+                                    }
+                                    Err(e) => {
+                                        sink_healthy = false;
+                                        record_sink_error(&sink_error, e);
                                     }
                                 }
                             }
                         }
                         if !sink_healthy && failed.is_none() {
-                            failed = written.iter().min_by_key(|c| *c.time()).cloned();
+                            failed = flushing
+                                .iter()
+                                .flat_map(|(_, caps, _)| caps)
+                                .chain(&written)
+                                .chain(durable.iter().flat_map(|(_, caps, _)| caps))
+                                .min_by_key(|c| *c.time())
+                                .cloned();
                         }
-                        // Flushed: these epochs are acknowledged (unless `failed` holds an earlier one).
-                        written.clear();
+                        if !sink_healthy {
+                            // Nothing after the failure is acknowledged before the input ends.
+                            durable.extend(flushing.drain(..));
+                            durable.push((0, std::mem::take(&mut written), std::mem::take(&mut unflushed_alerts)));
+                        }
+                        if durable.iter().any(|(_, _, alerts)| !alerts.is_empty()) {
+                            let now = clock_ns();
+                            let mut ingest = alert_ingest_sink.lock().unwrap_or_else(|e| e.into_inner());
+                            let mut h = sink_histograms.borrow_mut();
+                            for seq in durable.iter().flat_map(|(_, _, alerts)| alerts) {
+                                if let Some(ns) = ingest.remove(seq) {
+                                    if sink_healthy {
+                                        h.ingest_to_alert.saturating_record(now.saturating_sub(ns).max(1));
+                                    }
+                                }
+                            }
+                        }
+                        // Durable: these epochs are acknowledged (unless `failed` holds an earlier one).
+                        drop(durable);
                         if frontier.is_empty() {
                             failed = None;
                             // Everything was written and flushed: the shutdown checkpoint may complete.
-                            if my_sink.is_some() && sink_healthy {
+                            if sink_healthy {
                                 acked_end.store(u64::MAX, Ordering::SeqCst);
                             }
+                        } else if !flushing.is_empty() {
+                            // Look again for delivery reports (nothing else may wake this operator).
+                            activator.activate_after(Duration::from_micros(200));
                         }
                     }
                 })

@@ -105,6 +105,45 @@ fn bench_from_kafka_times_event_to_alert_from_the_producer_send() {
         "{clock}"
     );
     assert_eq!(s["memory"]["things"], 5 + partitions, "{s}");
+    assert!(s["kafka"].get("alerts_topic").is_none(), "{s}");
+}
+
+#[test]
+fn bench_with_the_kafka_sink_times_alerts_until_a_consumer_reads_them() {
+    let broker = Tansu::start().expect("tansu starts");
+    let s = bench(&[
+        "--source",
+        "kafka",
+        "--brokers",
+        &broker.bootstrap(),
+        "--points",
+        "4000",
+        "--things",
+        "5",
+        "--workers",
+        "2",
+        "--rate",
+        "4000",
+        "--faults",
+        "20",
+        "--settle-s",
+        "0",
+        "--kafka-sink",
+    ]);
+    let alerts = s["alerts"].as_u64().unwrap();
+    assert!(alerts > 0, "faults were injected: {s}");
+    let topic = s["kafka"]["topic"].as_str().unwrap();
+    assert_eq!(s["kafka"]["alerts_topic"], format!("{topic}-alerts"), "{s}");
+    // Every alert went through the broker and was read back from the alerts topic.
+    assert_eq!(s["kafka"]["alerts_consumed"], alerts, "{s}");
+    assert_eq!(
+        count(&s["kafka"], "event_to_alert_consumed_us"),
+        alerts,
+        "{s}"
+    );
+    assert_eq!(count(&s, "event_to_alert_us"), alerts, "{s}");
+    check_percentiles(&s["kafka"], "event_to_alert_consumed_us");
+    check_percentiles(&s, "event_to_alert_us");
 }
 
 #[test]

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 /// Write alerts (and optionally per-reading scores and dead letters) to Kafka topics.
 ///
 /// Alerts are keyed by `thing_id` (one thing's alerts stay in order on one partition) and written by
-/// an idempotent producer; the sink reports a flush as done only once the broker has acknowledged
-/// every message, which is what lets the Kafka source commit its offsets.
+/// an idempotent producer; an epoch's outputs count as acknowledged only once the broker has
+/// acknowledged every message of it (the sink reads the delivery reports instead of waiting), which
+/// is what lets the Kafka source commit its offsets.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
@@ -30,7 +31,8 @@ pub struct KafkaSinkConfig {
     /// Messages buffered in the producer before writes wait (backpressure on the dataflow).
     #[serde(default = "default_queue")]
     pub queue_messages: usize,
-    /// Extra librdkafka producer properties.
+    /// Extra librdkafka producer properties (they override the sink's own: `acks: all`,
+    /// idempotence, no compression, `linger.ms: 1`).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }

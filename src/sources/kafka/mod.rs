@@ -111,6 +111,14 @@ impl OutputSink for SkipReplayed {
     fn flush(&mut self) -> anyhow::Result<()> {
         self.inner.flush()
     }
+
+    fn flush_start(&mut self) -> anyhow::Result<u64> {
+        self.inner.flush_start()
+    }
+
+    fn flushed(&mut self) -> anyhow::Result<u64> {
+        self.inner.flushed()
+    }
 }
 
 /// How often librdkafka reports statistics, from which `egizml_kafka_consumer_lag` is set (a

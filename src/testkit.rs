@@ -342,17 +342,18 @@ impl crate::pipeline::OutputSink for SlowSink {
     }
 }
 
-/// An alert of `thing` at `ts` with made-up details, for tests of what carries alerts.
-pub fn alert(thing: &str, ts: i64) -> crate::event::Alert {
+/// An alert of `thing` of type `alert_type` at `ts` with made-up details (a warning from the
+/// ensemble, no features), for tests of what carries alerts; tests set the fields they look at.
+pub fn alert(thing: &str, alert_type: &str, ts: i64) -> crate::event::Alert {
     use crate::event::{Alert, Name, Origin, Severity};
     Alert {
-        alert_id: crate::event::alert_id(thing, "test", ts),
+        alert_id: crate::event::alert_id(thing, alert_type, ts),
         thing_id: Name::new(thing),
         equipment_type: Name::new("oven"),
         ts,
         severity: Severity::Warning,
         source: "ensemble".into(),
-        alert_type: "test".into(),
+        alert_type: alert_type.into(),
         score: 0.9,
         model_version: String::new(),
         top_features: Vec::new(),

@@ -1,5 +1,5 @@
 use super::*;
-use crate::event::{alert_id, Alert, FeatureContribution, Origin};
+use crate::event::{Alert, FeatureContribution};
 use crate::sinks::sqlite::SqliteStore;
 use std::collections::BTreeMap;
 
@@ -7,14 +7,8 @@ fn alert(thing: &str, alert_type: &str, ts: i64, severity: Severity) -> Alert {
     let mut families = BTreeMap::new();
     families.insert("voltage".to_string(), 1.0);
     Alert {
-        alert_id: alert_id(thing, alert_type, ts),
-        thing_id: thing.into(),
-        equipment_type: "oven".into(),
-        ts,
         severity,
         source: "rule".to_string(),
-        alert_type: alert_type.to_string(),
-        score: 0.9,
         model_version: "oven/online/1".to_string(),
         top_features: vec![FeatureContribution {
             feature: "voltage_a".into(),
@@ -22,9 +16,7 @@ fn alert(thing: &str, alert_type: &str, ts: i64, severity: Severity) -> Alert {
         }],
         families,
         explanation: "voltage_a high".to_string(),
-        input_offsets: Origin::None,
-        label: None,
-        detectors: Vec::new(),
+        ..crate::testkit::alert(thing, alert_type, ts)
     }
 }
 

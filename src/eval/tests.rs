@@ -4,7 +4,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 fn alert(thing: &str, ts: i64) -> Alert {
-    crate::testkit::alert(thing, ts)
+    crate::testkit::alert(thing, "test", ts)
 }
 
 fn ep(thing: &str, start_ts: i64, end_ts: i64) -> Episode {

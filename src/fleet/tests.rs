@@ -1,5 +1,4 @@
 use super::*;
-use crate::event::{alert_id, Origin};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -8,21 +7,11 @@ fn alert(thing: &str, kind: &str, ts: i64, severity: Severity, family: &str) -> 
     families.insert(family.to_string(), 0.7);
     families.insert("other".to_string(), 0.3);
     Alert {
-        alert_id: alert_id(thing, kind, ts),
-        thing_id: thing.into(),
-        equipment_type: "oven".into(),
-        ts,
         severity,
         source: "rule".to_string(),
-        alert_type: kind.to_string(),
-        score: 0.9,
         model_version: "m/1".to_string(),
-        top_features: Vec::new(),
         families,
-        explanation: String::new(),
-        input_offsets: Origin::None,
-        label: None,
-        detectors: Vec::new(),
+        ..crate::testkit::alert(thing, kind, ts)
     }
 }
 

@@ -1,18 +1,12 @@
 use super::config::{encode_path_segment, EgizCoreSinkConfig};
 use super::{Admit, AlertQueue, Limiter, StatusBody};
 use crate::config::parse_yaml;
-use crate::event::{Alert, FeatureContribution, Origin, Severity};
+use crate::event::{Alert, FeatureContribution, Severity};
 use std::time::{Duration, Instant};
 
 fn alert(thing: &str, ts: i64, severity: Severity) -> Alert {
     Alert {
-        alert_id: crate::event::alert_id(thing, "phase_imbalance", ts),
-        thing_id: thing.into(),
-        equipment_type: "oven".into(),
-        ts,
         severity,
-        source: "ensemble".into(),
-        alert_type: "phase_imbalance".into(),
         score: 0.86,
         model_version: "oven/online_mahalanobis/1".into(),
         top_features: vec![
@@ -27,9 +21,7 @@ fn alert(thing: &str, ts: i64, severity: Severity) -> Alert {
         ],
         families: [("current".to_string(), 1.0)].into_iter().collect(),
         explanation: "current_b below its rolling mean".into(),
-        input_offsets: Origin::None,
-        label: None,
-        detectors: Vec::new(),
+        ..crate::testkit::alert(thing, "phase_imbalance", ts)
     }
 }
 

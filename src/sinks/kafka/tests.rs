@@ -7,7 +7,7 @@ use rdkafka::mocking::MockCluster;
 fn alert_outputs(n: usize) -> Vec<(u64, Output)> {
     (0..n)
         .map(|i| {
-            let alert = crate::testkit::alert("oven-1", 1_700_000_000_000 + i as i64);
+            let alert = crate::testkit::alert("oven-1", "test", 1_700_000_000_000 + i as i64);
             (i as u64, Output::Alert(alert))
         })
         .collect()

@@ -1337,6 +1337,10 @@ fn feed_kafka(
     let mut batch: Vec<Record> = Vec::new();
     let idle_ms = ctx.cfg.stop_after_idle_s.map(|s| (s * 1e3) as u64);
     let mut next_assignment_check = 0;
+    // Until the first assignment: when to say (again) that none came. A member that never gets a
+    // partition reads nothing, and without this would say nothing either.
+    let mut assigned = false;
+    let mut next_unassigned_warning = wall_ms() + 10_000;
     let mut in_flight = InFlight::new(ctx.max_in_flight);
     // Start at the current epoch (nothing was sent below it; with wall-clock epochs, a checkpoint
     // must not count every boundary since 1970 as crossed).
@@ -1398,6 +1402,23 @@ fn feed_kafka(
             if reader.has_assignment() {
                 ctx.last_message_ms.fetch_max(epoch, Ordering::SeqCst);
                 last = epoch;
+            }
+        }
+        if !assigned {
+            let now_ms = wall_ms();
+            if n > 0 {
+                assigned = true;
+            } else if now_ms >= next_unassigned_warning {
+                assigned = reader.has_assignment();
+                if !assigned {
+                    tracing::warn!(
+                        group = %ctx.cfg.group_id,
+                        member = ctx.member,
+                        "kafka source: no partition assigned yet (the group may still be \
+                         rebalancing, or has more members than the topics have partitions)"
+                    );
+                }
+                next_unassigned_warning = now_ms + 10_000;
             }
         }
         let idle = idle_ms.is_some_and(|ms| last > 0 && epoch.saturating_sub(last) > ms);

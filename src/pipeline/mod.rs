@@ -13,7 +13,7 @@ mod wire;
 
 use crate::config::DataflowConfig;
 use crate::decode::{DeadLetter, Decoder};
-use crate::event::{Origin, Point};
+use crate::event::{Name, Origin, Point};
 use crate::rules::RulesHandle;
 pub use engine::{Counters, Engine, Footprint, Output, Record};
 use std::cell::RefCell;
@@ -459,10 +459,6 @@ pub fn run(
                                     (cap, Vec::new())
                                 });
                                 for batch in data {
-                                    // In arrival order, which is each partition's offset order.
-                                    if from_kafka {
-                                        batch.retain(|r| !seen.is_duplicate(r));
-                                    }
                                     if entry.1.is_empty() {
                                         std::mem::swap(&mut entry.1, batch);
                                     } else {
@@ -480,7 +476,14 @@ pub fn run(
                                 // then touched once per epoch instead of once per reading (thousands of
                                 // things don't fit in cache). Each thing still sees its readings in input
                                 // order, and the sink restores the global order by `seq`.
-                                let records = group_by_thing(records);
+                                let mut records = group_by_thing(records);
+                                // After grouping, not on arrival: timely hands over an epoch's
+                                // batches in no particular order, but grouping restores each
+                                // member's reading order per thing (by `seq`), which `KafkaSeen`
+                                // relies on.
+                                if from_kafka {
+                                    records.retain(|r| !seen.is_duplicate(r));
+                                }
                                 let mut engine = engine.borrow_mut();
                                 let mut latency = latency.borrow_mut();
                                 engine.refresh_rules();
@@ -857,7 +860,12 @@ pub fn thing_route(thing_id: &str) -> u64 {
 fn route(r: &Record) -> u64 {
     match r {
         Record::Point(p, _) => thing_route(&p.thing_id),
-        Record::Dead(d) => d.seq,
+        // A Kafka partition's dead letters all go to one worker, which then sees them in each
+        // member's offset order (what `KafkaSeen` relies on); other dead letters are spread.
+        Record::Dead(d) => match &d.origin {
+            Origin::Kafka { partition, .. } => *partition as u64,
+            _ => d.seq,
+        },
     }
 }
 
@@ -1468,32 +1476,35 @@ fn feed_kafka(
     Ok(())
 }
 
-/// Per worker, the Kafka offsets processed per partition: a message read again in the same run (a
-/// partition that moved between group members in a rebalance is re-read by its new member from the
-/// last commit) is dropped instead of being processed twice.
+/// Per worker, the newest Kafka offset processed of each thing on each partition: a message read
+/// again in the same run (a partition that moved between group members in a rebalance is re-read by
+/// its new member from the last commit) is dropped instead of being processed twice.
 ///
-/// Why ranges and not one "next offset": each member's messages reach a worker in offset order (a
-/// timely channel keeps its sender's order), but after a rebalance two members' messages of one
-/// partition arrive interleaved. The old member may still have offsets 3,000-5,999 in flight while
-/// the new one, which started at the commit 6,000, is already delivering 6,000 and on; with a single
-/// high-water mark the late 3,000-5,999 would be taken for re-reads and lost (seen as lost points in
-/// the two-process Kafka test on a loaded machine). A partition's processed offsets are kept as
-/// disjoint ranges instead: contiguous offsets extend one range, so a partition normally holds one
-/// or two. Offset gaps that are never filled (transaction markers, compaction) would keep ranges
-/// apart, so past [`KafkaSeen::MAX_RANGES`] the two lowest are joined: a message still in flight
-/// from far below the newest offsets is the only thing that could then be dropped.
+/// Why this never drops a message that was not processed: a member reads a partition in offset
+/// order from where it started, and the thing's worker looks at its messages of one thing in that
+/// order: epochs in time order, and within an epoch by `seq` (a member numbers what it reads in
+/// reading order), once [`group_by_thing`] has sorted them. Not in arrival order: timely hands over
+/// an epoch's batches sorted by time only, in no fixed order among themselves (losing readings
+/// when this was checked on arrival, in the two-process Kafka test on a loaded machine). A member starts at a
+/// commit, and everything below a commit was processed. So if offset `o'` of a thing was processed,
+/// coming from a member that started at or below `o`, that member delivered the thing's `o` before
+/// `o'`; if it started above `o`, `o` was below a commit. Either way `o <= o'` was processed. After
+/// a rebalance two members' messages of one partition can arrive interleaved (the old member's still
+/// in flight, the new member's re-reads); the newest offset per thing sorts them out.
+///
+/// Dead letters have no thing: a partition's all go to one worker (see [`route`]) and count as one
+/// thing there. Per thing, not per partition, because a worker sees only its own things' offsets,
+/// with gaps between them that never fill.
 #[derive(Default)]
 struct KafkaSeen {
-    done: HashMap<String, HashMap<i32, Vec<std::ops::Range<i64>>>>,
+    newest: HashMap<String, rustc_hash::FxHashMap<(i32, Name), i64>>,
 }
 
 impl KafkaSeen {
-    const MAX_RANGES: usize = 64;
-
     fn is_duplicate(&mut self, record: &Record) -> bool {
-        let origin = match record {
-            Record::Point(p, _) => &p.origin,
-            Record::Dead(d) => &d.origin,
+        let (origin, thing) = match record {
+            Record::Point(p, _) => (&p.origin, p.thing_id.clone()),
+            Record::Dead(d) => (&d.origin, Name::default()),
         };
         let Origin::Kafka {
             topic,
@@ -1503,42 +1514,24 @@ impl KafkaSeen {
         else {
             return false;
         };
-        let partitions = match self.done.get_mut(topic.as_str()) {
-            Some(p) => p,
-            None => self.done.entry(topic.clone()).or_default(),
+        let things = match self.newest.get_mut(topic.as_str()) {
+            Some(t) => t,
+            None => self.newest.entry(topic.clone()).or_default(),
         };
-        let ranges = partitions.entry(*partition).or_default();
-        if mark_processed(ranges, *offset) {
-            tracing::debug!(topic, partition, offset, "re-read message dropped");
+        let newest = things.entry((*partition, thing)).or_insert(-1);
+        if *offset <= *newest {
+            tracing::debug!(
+                topic,
+                partition,
+                offset,
+                newest = *newest,
+                "re-read message dropped"
+            );
             return true;
         }
-        if ranges.len() > Self::MAX_RANGES {
-            let second = ranges.remove(1);
-            ranges[0].end = second.end;
-        }
+        *newest = *offset;
         false
     }
-}
-
-/// Adds `offset` to the sorted, disjoint, non-adjacent `ranges`; true if it was already in one.
-fn mark_processed(ranges: &mut Vec<std::ops::Range<i64>>, offset: i64) -> bool {
-    let i = ranges.partition_point(|r| r.start <= offset);
-    if i > 0 && offset < ranges[i - 1].end {
-        return true;
-    }
-    let joins_next = i < ranges.len() && ranges[i].start == offset + 1;
-    if i > 0 && ranges[i - 1].end == offset {
-        ranges[i - 1].end = offset + 1;
-        if joins_next {
-            ranges[i - 1].end = ranges[i].end;
-            ranges.remove(i);
-        }
-    } else if joins_next {
-        ranges[i].start = offset;
-    } else {
-        ranges.insert(i, offset..offset + 1);
-    }
-    false
 }
 
 #[cfg(test)]

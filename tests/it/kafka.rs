@@ -492,8 +492,15 @@ fn two_processes_of_two_workers_alert_like_one_worker_from_kafka() {
             .map(|s| s[k].as_u64().unwrap())
             .sum::<u64>()
     };
+    let logs: String = (0..2)
+        .map(|id| {
+            let log = dir.path().join(format!("member-{id}.log"));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            format!("--- member {id}\n{text}")
+        })
+        .collect();
     // A message re-read after a rebalance is dropped before processing: every reading once.
-    assert_eq!(sum("points"), 20_000, "{summaries:?}");
+    assert_eq!(sum("points"), 20_000, "{summaries:?}\n{logs}");
     assert_eq!(sum("malformed"), 3, "{summaries:?}");
     assert!(
         summaries.iter().all(|s| s["points"].as_u64().unwrap() > 0),

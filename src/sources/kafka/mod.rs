@@ -323,7 +323,15 @@ impl KafkaReader {
             if !admitted {
                 continue;
             }
-            let pos = self.positions.entry(part.clone()).or_insert(offset + 1);
+            let pos = self.positions.entry(part.clone()).or_insert_with(|| {
+                tracing::debug!(topic = %part.0, partition = part.1, offset, "kafka partition: first message");
+                offset
+            });
+            if *pos != offset {
+                // Not where this consumer's last message of the partition left off: it was
+                // (re)assigned the partition and starts at the group's committed offset.
+                tracing::debug!(topic = %part.0, partition = part.1, from = *pos, to = offset, "kafka partition position moved");
+            }
             *pos = (*pos).max(offset + 1);
             n += 1;
             self.received += 1;

@@ -149,6 +149,8 @@ struct Scratch {
     t2_smoothed: Option<f64>,
     /// Sensor faults that started or cleared on the reading being processed.
     fault_events: Vec<FaultEvent>,
+    /// The layout slot of each value of the reading being processed (`usize::MAX`: none).
+    value_slots: Vec<usize>,
     /// The registry model's input row of the reading being scored, and its raw score.
     registry_row: Vec<f64>,
     registry_score: f64,
@@ -173,6 +175,7 @@ impl Default for Scratch {
             per_feature: Vec::new(),
             t2_smoothed: None,
             fault_events: Vec::new(),
+            value_slots: Vec::new(),
             registry_row: Vec::new(),
             registry_score: f64::NAN,
             regime: None,
@@ -565,16 +568,22 @@ impl ThingState {
         }
     }
 
-    /// Writes the reading's values into their slots; false if a name has no slot yet.
-    fn write_values(&mut self, p: &Point) -> bool {
+    /// Writes the reading's values into their slots, and each value's slot into `slots` (`usize::MAX`
+    /// for none); false if a name has no slot yet.
+    fn write_values(&mut self, p: &Point, slots: &mut Vec<usize>) -> bool {
         let mut all = true;
+        slots.clear();
         for (i, (name, v)) in p.values.iter().enumerate() {
             match self.slot_of(i, name) {
                 Some(s) => {
                     self.values[s] = *v;
                     self.present[s] = true;
+                    slots.push(s);
                 }
-                None => all = false,
+                None => {
+                    all = false;
+                    slots.push(usize::MAX);
+                }
             }
         }
         all
@@ -590,10 +599,17 @@ impl ThingState {
 
     /// Writes the reading into the slots (missing sensors keep their last value). Returns false when
     /// a slot has no value yet (a sensor never seen), so the reading cannot be scored as a whole.
-    fn load(&mut self, p: &Point, cfg: &DataflowConfig, shared: &mut Shared) -> bool {
+    /// `slots` receives each value's slot (see [`ThingState::write_values`]).
+    fn load(
+        &mut self,
+        p: &Point,
+        cfg: &DataflowConfig,
+        shared: &mut Shared,
+        slots: &mut Vec<usize>,
+    ) -> bool {
         self.prev_values.copy_from_slice(&self.values);
         self.present.iter_mut().for_each(|x| *x = false);
-        if !self.write_values(p) {
+        if !self.write_values(p, slots) {
             // A sensor this thing has not reported before: rebuild the layout (rare), then write again.
             let new: Vec<Name> = p
                 .values
@@ -610,7 +626,7 @@ impl ThingState {
             tracing::info!(thing = %p.thing_id, features = raw.len(), "feature set changed; model restarts");
             self.set_layout(raw, cfg, shared);
             self.present.iter_mut().for_each(|x| *x = false);
-            let complete = self.write_values(p);
+            let complete = self.write_values(p, slots);
             debug_assert!(complete, "every name has a slot after the layout update");
         }
         let (raw, derived) = self.values.split_at_mut(self.layout.n_raw);
@@ -948,7 +964,7 @@ impl Engine {
         }
         // Start every cache miss of a cold thing at once (see RollingWindow::touch).
         std::hint::black_box(t.stats.touch());
-        let complete = t.load(&p, cfg, &mut self.shared);
+        let complete = t.load(&p, cfg, &mut self.shared, &mut self.scratch.value_slots);
         if let Some(active) = cfg.active_models.as_ref() {
             let current = t
                 .registry
@@ -970,7 +986,10 @@ impl Engine {
         }
         self.scratch.fault_events.clear();
         if let (Some(faults), true) = (t.faults.as_mut(), in_order) {
-            faults.observe_into(p.ts, &p.values, &mut self.scratch.fault_events);
+            // The values' slots (just resolved) find their features without matching names again.
+            let s = &mut self.scratch;
+            let slots = Some((t.layout.id, s.value_slots.as_slice()));
+            faults.observe_slots(p.ts, &p.values, slots, &mut s.fault_events);
         }
         drop(window_span);
 

@@ -205,7 +205,17 @@ pub struct SensorFaultDetector {
     /// sensors in the same order, so the i-th value is almost always the i-th feature).
     names: Vec<Name>,
     features: Vec<FeatureState>,
+    /// The feature of each slot of the caller's feature layout `by_slot_layout`, as far as seen
+    /// ([`NO_FEATURE`] for a slot not seen yet): lets [`SensorFaultDetector::observe_slots`] find a
+    /// value's feature without matching its name. A cache, not stored in checkpoints.
+    #[serde(skip)]
+    by_slot: Vec<u32>,
+    #[serde(skip)]
+    by_slot_layout: u64,
 }
+
+/// A slot of [`SensorFaultDetector::by_slot`] without a feature yet.
+const NO_FEATURE: u32 = u32::MAX;
 
 impl SensorFaultDetector {
     pub fn new(cfg: impl Into<Arc<SensorFaultConfig>>) -> Self {
@@ -213,6 +223,8 @@ impl SensorFaultDetector {
             cfg: cfg.into(),
             names: Vec::new(),
             features: Vec::new(),
+            by_slot: Vec::new(),
+            by_slot_layout: 0,
         }
     }
 
@@ -241,6 +253,7 @@ impl SensorFaultDetector {
                 .iter()
                 .map(|f| f.recent.values.capacity() * std::mem::size_of::<f64>())
                 .sum::<usize>()
+            + self.by_slot.capacity() * std::mem::size_of::<u32>()
     }
 
     /// Checks that a deserialised detector (a state checkpoint) is consistent.
@@ -292,12 +305,49 @@ impl SensorFaultDetector {
         values: &[(N, f64)],
         events: &mut Vec<FaultEvent>,
     ) {
+        self.observe_slots(ts, values, None, events)
+    }
+
+    /// [`SensorFaultDetector::observe_into`] with the caller's resolution of the values' names:
+    /// `slots` = (an id of the caller's feature layout, the layout slot of each value). The detector
+    /// then finds each value's feature by its slot (remembered per layout id) instead of matching
+    /// names: a layout maps each slot to one name, so the result is the same. A slot out of range
+    /// (`usize::MAX`: no slot) falls back to the name.
+    pub fn observe_slots<N: AsRef<str>>(
+        &mut self,
+        ts: i64,
+        values: &[(N, f64)],
+        slots: Option<(u64, &[usize])>,
+        events: &mut Vec<FaultEvent>,
+    ) {
+        if let Some((layout, _)) = slots {
+            if layout != self.by_slot_layout {
+                self.by_slot.clear();
+                self.by_slot_layout = layout;
+            }
+        }
         for (hint, (name, v)) in values.iter().enumerate() {
             let (name, v) = (name.as_ref(), *v);
             if !v.is_finite() {
                 continue;
             }
-            let i = self.index_of(hint, name);
+            let slot = slots.and_then(|(_, s)| s.get(hint).copied());
+            let i = match slot.and_then(|s| self.by_slot.get(s)) {
+                Some(&f) if f != NO_FEATURE => f as usize,
+                _ => {
+                    let i = self.index_of(hint, name);
+                    if let (Some(s), Ok(f)) = (slot, u32::try_from(i)) {
+                        // Layout slots are few (tens): the table stays small.
+                        if s < (1 << 16) {
+                            if self.by_slot.len() <= s {
+                                self.by_slot.resize(s + 1, NO_FEATURE);
+                            }
+                            self.by_slot[s] = f;
+                        }
+                    }
+                    i
+                }
+            };
             let cfg = &self.cfg;
             let st = &mut self.features[i];
             st.seen = true;
@@ -412,7 +462,25 @@ impl SensorFaultDetector {
 }
 
 /// Moves one fault's state, recording an event on a change (the detail is formatted only then).
+#[inline(always)]
 fn set(
+    st: &mut FeatureState,
+    name: &str,
+    kind: FaultKind,
+    on: bool,
+    ts: i64,
+    detail: impl FnOnce() -> String,
+    events: &mut Vec<FaultEvent>,
+) {
+    // Called four times per feature per reading; a change is rare.
+    if st.active[kind as usize] != on {
+        change(st, name, kind, on, ts, detail, events);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn change(
     st: &mut FeatureState,
     name: &str,
     kind: FaultKind,
@@ -473,6 +541,60 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Finding features by the caller's layout slots gives the same events and state as matching
+    /// their names, across a layout change, reordered values, a missing sensor and a value without a
+    /// slot.
+    #[test]
+    fn observing_by_slot_equals_observing_by_name() {
+        let mut by_name = SensorFaultDetector::new(cfg());
+        let mut by_slot = SensorFaultDetector::new(cfg());
+        // Layout 1: slots flow=0, pressure=1. Layout 2 (a sensor appeared): temp=0, flow=1, pressure=2.
+        let slot_in = |layout: u64, name: &str| -> usize {
+            let names: &[&str] = if layout == 1 {
+                &["flow", "pressure"]
+            } else {
+                &["temp", "flow", "pressure"]
+            };
+            names.iter().position(|n| *n == name).unwrap_or(usize::MAX)
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for i in 0..900usize {
+            let layout = if i < 400 { 1 } else { 2 };
+            let flow = if (150..250).contains(&i) {
+                31.25
+            } else {
+                32.0 + noise(i)
+            };
+            let pressure = if (500..520).contains(&i) {
+                10.0
+            } else {
+                5.0 + noise(i + 1)
+            };
+            let mut values = vec![("pressure", pressure), ("flow", flow)];
+            if i % 3 == 0 {
+                values.reverse();
+            }
+            if layout == 2 {
+                values.push(("temp", 80.0 + noise(i + 2)));
+            }
+            if (600..610).contains(&i) {
+                values.retain(|(n, _)| *n != "flow");
+            }
+            let mut slots: Vec<usize> = values.iter().map(|(n, _)| slot_in(layout, n)).collect();
+            if i == 700 {
+                // A value the caller has no slot for falls back to its name.
+                slots[0] = usize::MAX;
+            }
+            let ts = i as i64 * 1000;
+            by_name.observe_into(ts, &values, &mut a);
+            by_slot.observe_slots(ts, &values, Some((layout, &slots)), &mut b);
+        }
+        assert_eq!(a, b);
+        assert!(a.len() >= 4, "the run has faults: {a:?}");
+        assert_eq!(by_name.active(), by_slot.active());
+        assert_eq!(by_name.names, by_slot.names);
     }
 
     #[test]

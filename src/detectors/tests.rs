@@ -842,3 +842,34 @@ mod regimes {
         assert!(silhouette(&z, 1, &bad, 2) < 0.05);
     }
 }
+
+#[test]
+fn total_keys_order_like_total_cmp_and_invert() {
+    use super::window::total_key;
+    let mut rng = SmallRng::seed_from_u64(11);
+    let mut xs = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        f64::MIN_POSITIVE,
+        -f64::MIN_POSITIVE,
+        5e-324,
+        -5e-324,
+        f64::MAX,
+        f64::MIN,
+        230.1,
+        230.1,
+    ];
+    xs.extend((0..200).map(|_| rng.random_range(-1e6..1e6)));
+    let key = |x: f64| total_key(x.to_bits() as i64);
+    for &a in &xs {
+        assert_eq!(
+            f64::from_bits(total_key(key(a)) as u64).to_bits(),
+            a.to_bits()
+        );
+        for &b in &xs {
+            assert_eq!(key(a).cmp(&key(b)), a.total_cmp(&b), "{a} vs {b}");
+        }
+    }
+}

@@ -35,6 +35,16 @@ pub const SORTED_IDLE_PUSHES: u32 = 8;
 thread_local! {
     /// Scratch for order statistics of a window without a sorted copy.
     static SCRATCH: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+    /// Scratch for [`RollingWindow::recompute_sums`]' median: the samples as [`total_key`]s.
+    static KEYS: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An integer that orders like `f64::total_cmp` orders the float (its definition), so a selection
+/// over the keys picks the same sample, bit for bit, as one over the floats with `total_cmp`, with
+/// plain integer comparisons. Its own inverse.
+#[inline]
+pub(crate) fn total_key(x: i64) -> i64 {
+    x ^ (((x >> 63) as u64) >> 1) as i64
 }
 
 /// The order statistics the detectors use (see [`RollingWindow::order_stats`]).
@@ -208,10 +218,10 @@ impl RollingWindow {
         self.shift = match &self.sorted {
             Some(s) => s[k],
             // The k-th smallest by `total_cmp` is one bit pattern, however it is found.
-            None => SCRATCH.with_borrow_mut(|v| {
+            None => KEYS.with_borrow_mut(|v| {
                 v.clear();
-                v.extend_from_slice(&self.ring);
-                *v.select_nth_unstable_by(k, f64::total_cmp).1
+                v.extend(self.ring.iter().map(|x| total_key(x.to_bits() as i64)));
+                f64::from_bits(total_key(*v.select_nth_unstable(k).1) as u64)
             }),
         };
         let (mut s1, mut s2) = (0.0, 0.0);

@@ -76,6 +76,19 @@ impl Counters {
     pub fn malformed_total(&self) -> u64 {
         self.malformed.iter().sum()
     }
+    /// Counts an alert candidate the policy suppressed.
+    fn suppressed(&mut self, why: Suppressed, alert_type: &str) {
+        match why {
+            Suppressed::Dedup => {
+                tracing::trace!(alert_type, "alert suppressed (dedup)");
+                self.suppressed_dedup += 1;
+            }
+            Suppressed::RateLimit => {
+                tracing::debug!(alert_type, "alert suppressed (rate limit)");
+                self.suppressed_rate += 1;
+            }
+        }
+    }
     fn count_dead(&mut self, reason: &str) {
         if let Some(i) = MalformedReason::ALL
             .iter()
@@ -136,6 +149,8 @@ struct Scratch {
     t2_smoothed: Option<f64>,
     /// Sensor faults that started or cleared on the reading being processed.
     fault_events: Vec<FaultEvent>,
+    /// The layout slot of each value of the reading being processed (`usize::MAX`: none).
+    value_slots: Vec<usize>,
     /// The registry model's input row of the reading being scored, and its raw score.
     registry_row: Vec<f64>,
     registry_score: f64,
@@ -160,6 +175,7 @@ impl Default for Scratch {
             per_feature: Vec::new(),
             t2_smoothed: None,
             fault_events: Vec::new(),
+            value_slots: Vec::new(),
             registry_row: Vec::new(),
             registry_score: f64::NAN,
             regime: None,
@@ -552,16 +568,22 @@ impl ThingState {
         }
     }
 
-    /// Writes the reading's values into their slots; false if a name has no slot yet.
-    fn write_values(&mut self, p: &Point) -> bool {
+    /// Writes the reading's values into their slots, and each value's slot into `slots` (`usize::MAX`
+    /// for none); false if a name has no slot yet.
+    fn write_values(&mut self, p: &Point, slots: &mut Vec<usize>) -> bool {
         let mut all = true;
+        slots.clear();
         for (i, (name, v)) in p.values.iter().enumerate() {
             match self.slot_of(i, name) {
                 Some(s) => {
                     self.values[s] = *v;
                     self.present[s] = true;
+                    slots.push(s);
                 }
-                None => all = false,
+                None => {
+                    all = false;
+                    slots.push(usize::MAX);
+                }
             }
         }
         all
@@ -577,10 +599,17 @@ impl ThingState {
 
     /// Writes the reading into the slots (missing sensors keep their last value). Returns false when
     /// a slot has no value yet (a sensor never seen), so the reading cannot be scored as a whole.
-    fn load(&mut self, p: &Point, cfg: &DataflowConfig, shared: &mut Shared) -> bool {
+    /// `slots` receives each value's slot (see [`ThingState::write_values`]).
+    fn load(
+        &mut self,
+        p: &Point,
+        cfg: &DataflowConfig,
+        shared: &mut Shared,
+        slots: &mut Vec<usize>,
+    ) -> bool {
         self.prev_values.copy_from_slice(&self.values);
         self.present.iter_mut().for_each(|x| *x = false);
-        if !self.write_values(p) {
+        if !self.write_values(p, slots) {
             // A sensor this thing has not reported before: rebuild the layout (rare), then write again.
             let new: Vec<Name> = p
                 .values
@@ -597,7 +626,7 @@ impl ThingState {
             tracing::info!(thing = %p.thing_id, features = raw.len(), "feature set changed; model restarts");
             self.set_layout(raw, cfg, shared);
             self.present.iter_mut().for_each(|x| *x = false);
-            let complete = self.write_values(p);
+            let complete = self.write_values(p, slots);
             debug_assert!(complete, "every name has a slot after the layout update");
         }
         let (raw, derived) = self.values.split_at_mut(self.layout.n_raw);
@@ -859,6 +888,27 @@ impl Engine {
         out.push((p.seq, Output::Dead(d)));
     }
 
+    /// Emits an admitted alert.
+    fn emit(
+        counters: &mut Counters,
+        latencies_ns: &mut Vec<u64>,
+        latency_ns: u64,
+        seq: u64,
+        alert: Alert,
+        out: &mut Vec<(u64, Output)>,
+    ) {
+        tracing::debug!(
+            alert_id = %alert.alert_id,
+            alert_type = %alert.alert_type,
+            severity = alert.severity.as_str(),
+            ts = alert.ts,
+            "alert emitted"
+        );
+        counters.alerts += 1;
+        latencies_ns.push(latency_ns);
+        out.push((seq, Output::Alert(alert)));
+    }
+
     fn process_point(
         &mut self,
         p: Point,
@@ -914,7 +964,7 @@ impl Engine {
         }
         // Start every cache miss of a cold thing at once (see RollingWindow::touch).
         std::hint::black_box(t.stats.touch());
-        let complete = t.load(&p, cfg, &mut self.shared);
+        let complete = t.load(&p, cfg, &mut self.shared, &mut self.scratch.value_slots);
         if let Some(active) = cfg.active_models.as_ref() {
             let current = t
                 .registry
@@ -936,7 +986,10 @@ impl Engine {
         }
         self.scratch.fault_events.clear();
         if let (Some(faults), true) = (t.faults.as_mut(), in_order) {
-            faults.observe_into(p.ts, &p.values, &mut self.scratch.fault_events);
+            // The values' slots (just resolved) find their features without matching names again.
+            let s = &mut self.scratch;
+            let slots = Some((t.layout.id, s.value_slots.as_slice()));
+            faults.observe_slots(p.ts, &p.values, slots, &mut s.fault_events);
         }
         drop(window_span);
 
@@ -976,12 +1029,10 @@ impl Engine {
         };
         let anomalous = scored.as_ref().is_some_and(|s| s.anomalous);
 
-        // Explanations read the state before this reading is learned.
-        let mut candidates: Vec<(Alert, bool)> = Vec::new();
-        for hit in &hits {
-            candidates.push((rule_alert(&p, t, hit, self.rule_generation), false));
-        }
-        if let Some(s) = scored.as_ref().filter(|s| s.anomalous) {
+        // The alert candidates of this reading, in the order the policy sees them. Only the admitted
+        // ones are built (most are suppressed by dedup or the rate limit), and before the reading is
+        // learned: explanations read the state before it.
+        let ensemble = scored.as_ref().filter(|s| s.anomalous).map(|s| {
             // A registry model's exact attribution (TreeSHAP: about a millisecond for a 100-tree
             // forest) is computed only for an alert the rate limit lets through; a suppressed one is
             // explained by the statistics (only a burst alert built from it would show that).
@@ -989,24 +1040,73 @@ impl Engine {
                 .policy
                 .as_ref()
                 .is_some_and(|pol| pol.rate_limited(&self.windows, p.ts));
-            candidates.push((
-                ensemble_alert(&p, t, s, cfg, &self.scratch, explain_model),
-                false,
-            ));
+            (s, ensemble_lead(t, s, cfg, &self.scratch, explain_model))
+        });
+        let mut candidates: Vec<(Candidate<'_>, bool)> =
+            hits.iter().map(|h| (Candidate::Rule(h), false)).collect();
+        if let Some((s, lead)) = &ensemble {
+            candidates.push((Candidate::Ensemble(s, lead), false));
         }
         // Instrument faults are their own class: alerted when they start (edge-triggered, so they
         // bypass the per-thing rate limit that an anomaly of the same reading may have used up; dedup
         // still applies) and never counted as anomalies of the machine (no burst).
         for ev in self.scratch.fault_events.iter().filter(|e| e.started) {
-            candidates.push((sensor_alert(&p, t, ev), true));
+            candidates.push((Candidate::Sensor(ev), true));
         }
         if (anomalous || !hits.is_empty())
             && t.policy
                 .get_or_insert_with(Box::default)
                 .record_anomaly(&self.windows, p.ts)
+            && !candidates.is_empty()
         {
-            if let Some((first, _)) = candidates.first() {
-                candidates.push((burst_alert(first, cfg), true));
+            candidates.push((Candidate::Burst, true));
+        }
+        if !p.learn_only && (anomalous || !hits.is_empty()) {
+            self.counters.anomalies += 1;
+        }
+        {
+            let _policy = (!candidates.is_empty())
+                .then(|| tracing::debug_span!("policy", thing_id = %p.thing_id).entered());
+            for (c, bypass) in &candidates {
+                let (alert_type, severity) = c.kind(cfg);
+                if !p.learn_only {
+                    self.anomaly_kinds.push((alert_type.to_string(), severity));
+                }
+                let admitted = t.policy.get_or_insert_with(Box::default).admit(
+                    &self.windows,
+                    alert_type,
+                    p.ts,
+                    *bypass,
+                );
+                if p.learn_only {
+                    // Re-read for state only: the policy learns these candidates (so its dedup and
+                    // rate-limit windows end up as they were when the readings were first processed)
+                    // but nothing is emitted or counted.
+                    continue;
+                }
+                if let Err(why) = admitted {
+                    self.counters.suppressed(why, alert_type);
+                    continue;
+                }
+                let sc = &self.scratch;
+                let alert = match c {
+                    // A burst escalates the reading's first candidate (never itself a burst).
+                    Candidate::Burst => candidates[0]
+                        .0
+                        .alert(&p, t, sc, self.rule_generation)
+                        .map(|first| burst_alert(&first, cfg)),
+                    c => c.alert(&p, t, sc, self.rule_generation),
+                };
+                if let Some(alert) = alert {
+                    Self::emit(
+                        &mut self.counters,
+                        &mut self.alert_latencies_ns,
+                        now_ns.saturating_sub(ingest_ns),
+                        p.seq,
+                        alert,
+                        out,
+                    );
+                }
             }
         }
 
@@ -1030,6 +1130,7 @@ impl Engine {
         // Remaining useful life: in-order readings only (its features are sequences of cycles). The
         // maintenance alert joins the candidates so the same policy (dedup, rate limit) applies.
         let mut prediction = None;
+        let mut rul_alert = None;
         if let (Some(tracker), Some(rc)) = (self.rul.as_mut(), cfg.rul.as_ref()) {
             let tracked = rc
                 .equipment_type
@@ -1039,9 +1140,7 @@ impl Engine {
                 match tracker.observe_with_alert(&p) {
                     Ok((pred, alert)) => {
                         prediction = pred;
-                        if let Some(a) = alert {
-                            candidates.push((a, false));
-                        }
+                        rul_alert = alert;
                     }
                     Err(e) => {
                         if !p.learn_only {
@@ -1053,68 +1152,41 @@ impl Engine {
             }
         }
 
-        if p.learn_only {
-            // Re-read for state only: the policy learns these candidates (so its dedup and rate-limit
-            // windows end up as they were when the readings were first processed) but nothing is
-            // emitted or counted.
-            for (alert, bypass) in candidates {
-                let admitted = t.policy.get_or_insert_with(Box::default).admit(
-                    &self.windows,
-                    &alert.alert_type,
-                    alert.ts,
-                    bypass,
-                );
-                if admitted == Err(Suppressed::RateLimit) && alert.source == "rul" {
-                    if let Some(tracker) = self.rul.as_mut() {
-                        tracker.rearm(&alert.thing_id);
-                    }
-                }
+        // The maintenance alert comes last, under the same policy (dedup, rate limit).
+        if let Some(alert) = rul_alert {
+            if !p.learn_only {
+                self.anomaly_kinds
+                    .push((alert.alert_type.clone(), alert.severity));
             }
-            return;
-        }
-        if anomalous || !hits.is_empty() {
-            self.counters.anomalies += 1;
-        }
-        let _policy = (!candidates.is_empty())
-            .then(|| tracing::debug_span!("policy", thing_id = %p.thing_id).entered());
-        for (alert, bypass) in candidates {
-            self.anomaly_kinds
-                .push((alert.alert_type.clone(), alert.severity));
-            match t.policy.get_or_insert_with(Box::default).admit(
+            let admitted = t.policy.get_or_insert_with(Box::default).admit(
                 &self.windows,
                 &alert.alert_type,
                 alert.ts,
-                bypass,
-            ) {
-                Ok(()) => {
-                    tracing::debug!(
-                        alert_id = %alert.alert_id,
-                        alert_type = %alert.alert_type,
-                        severity = alert.severity.as_str(),
-                        ts = alert.ts,
-                        "alert emitted"
-                    );
-                    self.counters.alerts += 1;
-                    self.alert_latencies_ns
-                        .push(now_ns.saturating_sub(ingest_ns));
-                    out.push((p.seq, Output::Alert(alert)));
-                }
-                Err(Suppressed::Dedup) => {
-                    tracing::trace!(alert_type = %alert.alert_type, "alert suppressed (dedup)");
-                    self.counters.suppressed_dedup += 1
-                }
-                Err(Suppressed::RateLimit) => {
-                    tracing::debug!(alert_type = %alert.alert_type, "alert suppressed (rate limit)");
-                    self.counters.suppressed_rate += 1;
-                    // A maintenance alert hidden by the rate limit is raised again at the thing's
-                    // next prediction inside the horizon, so it is delayed, never lost.
-                    if alert.source == "rul" {
-                        if let Some(tracker) = self.rul.as_mut() {
-                            tracker.rearm(&alert.thing_id);
-                        }
-                    }
+                false,
+            );
+            if admitted == Err(Suppressed::RateLimit) {
+                // A maintenance alert hidden by the rate limit is raised again at the thing's next
+                // prediction inside the horizon, so it is delayed, never lost.
+                if let Some(tracker) = self.rul.as_mut() {
+                    tracker.rearm(&alert.thing_id);
                 }
             }
+            if !p.learn_only {
+                match admitted {
+                    Ok(()) => Self::emit(
+                        &mut self.counters,
+                        &mut self.alert_latencies_ns,
+                        now_ns.saturating_sub(ingest_ns),
+                        p.seq,
+                        alert,
+                        out,
+                    ),
+                    Err(why) => self.counters.suppressed(why, &alert.alert_type),
+                }
+            }
+        }
+        if p.learn_only {
+            return;
         }
         if let Some(pred) = prediction {
             self.counters.predictions += 1;
@@ -1146,6 +1218,46 @@ impl Engine {
                 }),
             ));
         }
+    }
+}
+
+/// An alert candidate of the reading being processed: its alert is built only if the policy admits
+/// it.
+enum Candidate<'a> {
+    Rule(&'a RuleHit),
+    /// The ensemble anomaly.
+    Ensemble(&'a Scored, &'a EnsembleLead),
+    /// A sensor fault that started.
+    Sensor(&'a FaultEvent),
+    /// The burst escalation of the reading's first candidate.
+    Burst,
+}
+
+impl Candidate<'_> {
+    /// The alert's type and severity (what the policy and the metrics see).
+    fn kind<'c>(&'c self, cfg: &'c DataflowConfig) -> (&'c str, Severity) {
+        match self {
+            Candidate::Rule(hit) => (&hit.alert_type, hit.severity),
+            Candidate::Ensemble(_, lead) => (lead.alert_type, lead.severity),
+            Candidate::Sensor(ev) => (ev.kind.alert_type(), Severity::Warning),
+            Candidate::Burst => ("burst", cfg.policy.burst_severity),
+        }
+    }
+
+    /// The alert (None for a burst, which is built from the candidate it escalates).
+    fn alert(
+        &self,
+        p: &Point,
+        t: &ThingState,
+        sc: &Scratch,
+        rule_generation: u64,
+    ) -> Option<Alert> {
+        Some(match self {
+            Candidate::Rule(hit) => rule_alert(p, t, hit, rule_generation),
+            Candidate::Ensemble(s, lead) => ensemble_alert(p, t, s, sc, lead),
+            Candidate::Sensor(ev) => sensor_alert(p, t, ev),
+            Candidate::Burst => return None,
+        })
     }
 }
 
@@ -1686,22 +1798,37 @@ fn rule_alert(p: &Point, t: &ThingState, hit: &RuleHit, generation: u64) -> Aler
     )
 }
 
+/// What decides an ensemble anomaly's admission, worked out before its alert is built: the signed
+/// per-feature contributions, the alert type they imply (from the leading feature) and the severity.
+/// Most candidates are suppressed by the policy (dedup, rate limit), so the alert itself (explanation,
+/// sentence, detectors' attributions) is built by [`ensemble_alert`] only for those it admits.
+struct EnsembleLead {
+    /// The scoring model's raw attribution per slot (0 for features it does not take).
+    model_by_slot: Vec<f64>,
+    /// Signed per-feature contributions (see [`ensemble_lead`]).
+    contributions: Vec<f64>,
+    /// The scoring model: its detector kind, whether it is the thing's registry model, and whether
+    /// it attributed the reading.
+    model_detector: Option<(&'static str, bool, bool)>,
+    alert_type: &'static str,
+    severity: Severity,
+}
+
 /// Signed per-feature contributions of an ensemble anomaly: each detector family's share of the
-/// evidence, weighted like the ensemble, signed by the direction of the deviation. The alert also
-/// carries each detector's own attribution: the statistics' per-feature z, and the scoring model's
-/// (exact TreeSHAP for an Isolation Forest, per-feature reconstruction error for an autoencoder, the
-/// online model's per-feature share of T^2).
-fn ensemble_alert(
-    p: &Point,
+/// evidence, weighted like the ensemble, signed by the direction of the deviation, and the alert type
+/// of the leading one. The alert also carries each detector's own attribution (see
+/// [`ensemble_alert`]): the statistics' per-feature z, and the scoring model's (exact TreeSHAP for an
+/// Isolation Forest, per-feature reconstruction error for an autoencoder, the online model's
+/// per-feature share of T^2).
+fn ensemble_lead(
     t: &ThingState,
     s: &Scored,
     cfg: &DataflowConfig,
     sc: &Scratch,
     explain_model: bool,
-) -> Alert {
+) -> EnsembleLead {
     let e = &cfg.ensemble;
     let n = t.names().len();
-    // The scoring model's raw attribution per slot (0 for features it does not take).
     let mut model_by_slot = vec![0.0; n];
     let mut model_detector = None;
     if s.model.is_some() {
@@ -1715,7 +1842,7 @@ fn ensemble_alert(
                         model_by_slot[slot] += v;
                     }
                 }
-                model_detector = Some((m.model.kind(), m.id.clone(), explain_model));
+                model_detector = Some((m.model.kind(), true, explain_model));
             }
             None => {
                 match sc.regime_scores {
@@ -1733,15 +1860,10 @@ fn ensemble_alert(
                         }
                     }
                 }
-                model_detector = Some((
-                    "online_mahalanobis",
-                    format!("{}/online_mahalanobis/1", t.equipment_type),
-                    true,
-                ));
+                model_detector = Some(("online_mahalanobis", false, true));
             }
         }
     }
-    let regime = regime_attribution(t, s, sc);
     let stats_total: f64 = sc.per_feature.iter().sum();
     let model_total: f64 = model_by_slot.iter().map(|c| c.abs()).sum();
     let contributions: Vec<f64> = (0..n)
@@ -1762,7 +1884,46 @@ fn ensemble_alert(
             sign * (e.stats_weight * stats_share + e.model_weight * model_share)
         })
         .collect();
-    let ex = explain(t.names().iter().zip(contributions.iter().copied()));
+    let lead = lead_feature(t.names(), &contributions).unwrap_or("multivariate");
+    EnsembleLead {
+        model_by_slot,
+        contributions,
+        model_detector,
+        alert_type: alert_type_for(lead),
+        severity: severity_for(s.ensemble, cfg),
+    }
+}
+
+/// The feature [`explain`] puts first for these contributions, without building the explanation: the
+/// largest finite non-zero contribution by absolute value, ties broken by the smaller name.
+pub(super) fn lead_feature<'a>(names: &'a [Name], contributions: &[f64]) -> Option<&'a str> {
+    let mut best: Option<(&str, f64)> = None;
+    for (name, &c) in names.iter().zip(contributions) {
+        if !c.is_finite() || c == 0.0 {
+            continue;
+        }
+        let a = c.abs();
+        let better = match best {
+            None => true,
+            Some((bn, ba)) => a > ba || (a == ba && name.as_str() < bn),
+        };
+        if better {
+            best = Some((name.as_str(), a));
+        }
+    }
+    best.map(|(name, _)| name)
+}
+
+/// The alert of an ensemble anomaly whose admission [`ensemble_lead`] decided.
+fn ensemble_alert(
+    p: &Point,
+    t: &ThingState,
+    s: &Scored,
+    sc: &Scratch,
+    lead: &EnsembleLead,
+) -> Alert {
+    let regime = regime_attribution(t, s, sc);
+    let ex = explain(t.names().iter().zip(lead.contributions.iter().copied()));
     let mut detectors = vec![DetectorAttribution {
         detector: "statistics".to_string(),
         model_version: None,
@@ -1775,28 +1936,34 @@ fn ensemble_alert(
         ),
         regime: None,
     }];
-    let mut model_version = format!("{}/online_mahalanobis/1", t.equipment_type);
-    if let (Some((kind, id, explained)), Some(score)) = (model_detector, s.model) {
-        model_version = id.clone();
+    let online_version = || format!("{}/online_mahalanobis/1", t.equipment_type);
+    let mut model_version = None;
+    if let (Some((kind, by_registry, explained)), Some(score)) = (lead.model_detector, s.model) {
+        let id = match t.registry.as_deref().and_then(|b| b.model.as_ref()) {
+            Some(m) if by_registry => m.id.clone(),
+            _ => online_version(),
+        };
+        model_version = Some(id.clone());
         detectors.push(DetectorAttribution {
             detector: kind.to_string(),
             model_version: Some(id),
             score: round4(score),
             top_features: if explained {
-                top_contributions(t.names().iter().zip(model_by_slot.iter().copied()))
+                top_contributions(t.names().iter().zip(lead.model_by_slot.iter().copied()))
             } else {
                 Vec::new()
             },
             regime: regime.clone(),
         });
     }
-    let lead = ex
+    let model_version = model_version.unwrap_or_else(online_version);
+    let lead_name = ex
         .top_features
         .first()
         .map(|f| f.feature.clone())
         .unwrap_or_else(|| Name::from("multivariate"));
-    let alert_type = alert_type_for(&lead);
-    let sentence = match t.names().iter().position(|n| *n == lead) {
+    debug_assert_eq!(alert_type_for(&lead_name), lead.alert_type);
+    let sentence = match t.names().iter().position(|n| *n == lead_name) {
         Some(i) => {
             let value = t.values[i];
             let mean = t.stats.mean(i);
@@ -1817,7 +1984,7 @@ fn ensemble_alert(
                 format!("; also {}", others.join(", "))
             };
             format!(
-                "{lead} {:.1}% {} its rolling mean ({value:.3} vs {mean:.3}, z={:.1}){also}; score {:.2} (stats {:.2}, model {:.2})",
+                "{lead_name} {:.1}% {} its rolling mean ({value:.3} vs {mean:.3}, z={:.1}){also}; score {:.2} (stats {:.2}, model {:.2})",
                 pct.abs(),
                 if value >= mean { "above" } else { "below" },
                 sc.feature_scores[i].z,
@@ -1855,8 +2022,8 @@ fn ensemble_alert(
         t,
         AlertParts {
             source: "ensemble",
-            alert_type,
-            severity: severity_for(s.ensemble, cfg),
+            alert_type: lead.alert_type,
+            severity: lead.severity,
             score: s.ensemble,
             model_version,
             explained: ex,

@@ -317,3 +317,50 @@ fn kafka_offsets_from_two_members_interleaved_are_deduplicated_without_loss() {
         }
     }
 }
+
+/// The ensemble alert's type is decided from `lead_feature` before the alert (and its explanation) is
+/// built: it must name the feature the explanation puts first, ties and non-finite values included.
+#[test]
+fn lead_feature_is_the_explanations_first_feature() {
+    use crate::event::Name;
+    let names: Vec<Name> = ["voltage_a", "current_b", "current_a", "temp_zone_1", "pf"]
+        .iter()
+        .map(|n| Name::from(*n))
+        .collect();
+    // Values drawn from a small set so that ties (in absolute value) are frequent.
+    let pool = [
+        0.0,
+        -0.0,
+        0.25,
+        -0.25,
+        0.5,
+        -0.5,
+        1.0,
+        f64::NAN,
+        f64::INFINITY,
+    ];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut with_lead = 0;
+    for _ in 0..2_000 {
+        let contributions: Vec<f64> = (0..names.len())
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                pool[(state % pool.len() as u64) as usize]
+            })
+            .collect();
+        let ex = crate::explain::explain(names.iter().zip(contributions.iter().copied()));
+        let expected = ex.top_features.first().map(|f| f.feature.as_str());
+        assert_eq!(
+            super::engine::lead_feature(&names, &contributions),
+            expected,
+            "{contributions:?}"
+        );
+        with_lead += usize::from(expected.is_some());
+    }
+    assert!(
+        with_lead > 1_000,
+        "the cases mostly have a lead ({with_lead})"
+    );
+}

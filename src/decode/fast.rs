@@ -33,29 +33,41 @@ const MAX_TEMPLATES: usize = 32;
 /// `"` is that name.
 #[derive(Default)]
 pub(crate) struct NameCache {
-    /// `(equipment_type as raw string bytes, names)`; messages without an equipment type before
-    /// `values` share the empty key.
-    templates: Vec<(Box<[u8]>, Vec<Name>)>,
+    templates: Vec<Template>,
+}
+
+/// The sensor names of one equipment type's last message.
+struct Template {
+    /// The `equipment_type` string's raw bytes; messages without an equipment type before `values`
+    /// share the empty key.
+    etype: Box<[u8]>,
+    names: Vec<Name>,
+    /// Whether `names` has no name twice; None: not known since they last changed.
+    distinct: Option<bool>,
 }
 
 impl NameCache {
-    /// The names remembered for messages whose `equipment_type` string (raw bytes) is `key`.
+    /// The template for messages whose `equipment_type` string (raw bytes) is `key`.
     #[inline]
-    fn template(&mut self, key: &[u8]) -> &mut Vec<Name> {
-        let i = match self.templates.iter().position(|(k, _)| **k == *key) {
+    fn template(&mut self, key: &[u8]) -> &mut Template {
+        let i = match self.templates.iter().position(|t| *t.etype == *key) {
             Some(i) => i,
             None if self.templates.len() < MAX_TEMPLATES => {
-                self.templates.push((key.into(), Vec::new()));
+                self.templates.push(Template {
+                    etype: key.into(),
+                    names: Vec::new(),
+                    distinct: Some(true),
+                });
                 self.templates.len() - 1
             }
             None => {
                 // Full (an unusual fleet): the last slot serves every further type.
                 let last = self.templates.len() - 1;
-                self.templates[last].0 = key.into();
+                self.templates[last].etype = key.into();
                 last
             }
         };
-        &mut self.templates[i].1
+        &mut self.templates[i]
     }
 }
 
@@ -108,7 +120,11 @@ impl<'a> Parser<'a> {
     /// Skips JSON whitespace (the four characters serde_json accepts).
     #[inline]
     fn ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+        while let Some(&c) = self.b.get(self.i) {
+            // Most bytes are above the space: one comparison.
+            if c > b' ' || !matches!(c, b' ' | b'\n' | b'\t' | b'\r') {
+                break;
+            }
             self.i += 1;
         }
     }
@@ -131,9 +147,7 @@ impl<'a> Parser<'a> {
             loop {
                 // Known keys are ASCII by construction; any other key is checked for UTF-8 below.
                 let key = self.string_bytes()?;
-                self.ws();
-                self.eat(b':')?;
-                self.ws();
+                self.colon()?;
                 match Field::of_key_bytes(key) {
                     Field::ThingId => scan.thing_id = Some(self.scalar()?),
                     Field::EquipmentType => {
@@ -160,17 +174,8 @@ impl<'a> Parser<'a> {
                         self.scalar()?;
                     }
                 }
-                self.ws();
-                match self.peek()? {
-                    b',' => {
-                        self.i += 1;
-                        self.ws();
-                    }
-                    b'}' => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return None,
+                if !self.next_member()? {
+                    break;
                 }
             }
         }
@@ -180,59 +185,103 @@ impl<'a> Parser<'a> {
 
     /// The `values` object: numbers are kept, nulls skipped; anything else is left to the serde pass
     /// (which records the bad value with its detail).
-    fn values(&mut self, scan: &mut Scan<'a>, names: &mut Vec<Name>) -> Option<()> {
+    fn values(&mut self, scan: &mut Scan<'a>, t: &mut Template) -> Option<()> {
         self.eat(b'{')?;
         scan.values.clear();
         scan.bad_value = None;
         if scan.values.capacity() == 0 {
-            scan.values.reserve(scan.values_hint.max(4));
+            // One allocation of the expected size (cheaper than `reserve`'s growth path).
+            scan.values = Vec::with_capacity(scan.values_hint.max(4));
         }
         self.ws();
         if self.eat(b'}').is_some() {
             return Some(());
         }
-        // The same 64-bit filter of names seen as the serde pass (see `flat::ValuesSeed`).
+        // A repeated key must replace the earlier value. While every key so far is the template's at
+        // its position and the template has no name twice, none can repeat; from the first other key
+        // on, the same 64-bit filter of names seen as the serde pass (see `flat::ValuesSeed`).
+        let mut filtering = t.distinct != Some(true);
         let mut seen = 0u64;
         let mut k = 0;
         loop {
-            let name = self.name(names, k)?;
+            let (name, hit) = self.name(&mut t.names, k)?;
+            if !hit {
+                t.distinct = None;
+                if !filtering {
+                    filtering = true;
+                    for (n, _) in &scan.values {
+                        seen |= 1u64 << name_bucket(n);
+                    }
+                }
+            }
             k += 1;
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
+            self.colon()?;
             match self.peek()? {
                 b'n' => self.literal(b"null")?,
                 b'-' | b'0'..=b'9' => {
                     let v = self.number()?.as_f64();
-                    let bit = 1u64 << name_bucket(&name);
-                    if seen & bit == 0 {
-                        seen |= bit;
+                    if !filtering {
                         scan.values.push((name, v));
                     } else {
-                        upsert(&mut scan.values, name, v);
+                        let bit = 1u64 << name_bucket(&name);
+                        if seen & bit == 0 {
+                            seen |= bit;
+                            scan.values.push((name, v));
+                        } else {
+                            upsert(&mut scan.values, name, v);
+                        }
                     }
                 }
                 _ => return None,
             }
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
-                }
-                b'}' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if !self.next_member()? {
+                break;
             }
+        }
+        if t.distinct.is_none() {
+            let n = &t.names;
+            t.distinct = Some((1..n.len()).all(|i| !n[..i].contains(&n[i])));
+        }
+        Some(())
+    }
+
+    /// After a member's value: `,` (true: another member follows, whitespace after it skipped) or `}`
+    /// (false: the object ends), each possibly after whitespace; anything else is None.
+    #[inline]
+    fn next_member(&mut self) -> Option<bool> {
+        let mut c = self.peek()?;
+        if !matches!(c, b',' | b'}') {
+            self.ws();
+            c = self.peek()?;
+        }
+        self.i += 1;
+        match c {
+            b',' => {
+                self.ws();
+                Some(true)
+            }
+            b'}' => Some(false),
+            _ => None,
         }
     }
 
-    /// The `k`-th key of `values`: the previous message's `k`-th name when the bytes match, else read
-    /// (and remembered in its place).
+    /// The `:` after a key, with any whitespace around it.
     #[inline]
-    fn name(&mut self, names: &mut Vec<Name>, k: usize) -> Option<Name> {
+    fn colon(&mut self) -> Option<()> {
+        if self.peek() == Some(b':') {
+            self.i += 1;
+        } else {
+            self.ws();
+            self.eat(b':')?;
+        }
+        self.ws();
+        Some(())
+    }
+
+    /// The `k`-th key of `values`: the previous message's `k`-th name when the bytes match (true), else
+    /// read (and remembered in its place; false).
+    #[inline]
+    fn name(&mut self, names: &mut Vec<Name>, k: usize) -> Option<(Name, bool)> {
         if let Some(prev) = names.get(k) {
             let n = prev.len();
             let start = self.i + 1;
@@ -241,7 +290,7 @@ impl<'a> Parser<'a> {
                 && self.b.get(start + n) == Some(&b'"')
             {
                 self.i = start + n + 1;
-                return Some(prev.clone());
+                return Some((prev.clone(), true));
             }
         }
         let name = Name::from(self.string()?);
@@ -250,7 +299,7 @@ impl<'a> Parser<'a> {
         } else if k == names.len() {
             names.push(name.clone());
         }
-        Some(name)
+        Some((name, false))
     }
 
     /// A string without escapes or control characters (else None: the serde pass decodes or rejects
@@ -281,6 +330,15 @@ impl<'a> Parser<'a> {
         let mut j = start;
         let mut high = false;
         loop {
+            // Eight bytes at a time up to the first one that may end the plain run.
+            if let Some(v) = load8(b, j) {
+                let special = special_bytes(v);
+                if special == 0 {
+                    j += 8;
+                    continue;
+                }
+                j += (special.trailing_zeros() / 8) as usize;
+            }
             match STRING_CLASS[*b.get(j)? as usize] {
                 0 => {}
                 1 => break,
@@ -416,6 +474,30 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// `0x01` in every byte.
+const ONES: u64 = 0x0101_0101_0101_0101;
+/// The high bit of every byte.
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The 8 bytes of `b` from `i` as a little-endian word (the first byte lowest), if there are 8.
+#[inline]
+fn load8(b: &[u8], i: usize) -> Option<u64> {
+    let chunk = b.get(i..)?.first_chunk::<8>()?;
+    Some(u64::from_le_bytes(*chunk))
+}
+
+/// The bytes of `v` (eight string bytes, see [`load8`]) that may end a plain run of a string: `"`, `\`,
+/// control characters and non-ASCII bytes get their high bit set. The lowest flagged byte is the first
+/// such byte (a borrow can only flag bytes above a flagged one).
+#[inline]
+fn special_bytes(v: u64) -> u64 {
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x;
+    let quote = has_zero(v ^ (ONES * b'"' as u64));
+    let backslash = has_zero(v ^ (ONES * b'\\' as u64));
+    let control = v.wrapping_sub(ONES * 0x20) & !v;
+    (quote | backslash | control | v) & HIGH
+}
+
 /// Reads ASCII digits from `b[i..]` into `m` (`m = 10 m + digit`, wrapping: the caller bounds the count)
 /// and returns the index after them.
 #[inline]
@@ -429,4 +511,41 @@ fn digits(b: &[u8], mut i: usize, m: &mut u64) -> usize {
         i += 1;
     }
     i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Bytes that matter to the word-at-a-time helpers: digits, their neighbours, string specials,
+    /// non-ASCII and arbitrary ones.
+    fn interesting(rng: &mut SmallRng) -> u8 {
+        const PICKS: &[u8] = b"0123456789/:.-eE\"\\\x00\x1f\x20\x7f";
+        match rng.random_range(0..4) {
+            0 | 1 => PICKS[rng.random_range(0..PICKS.len())],
+            2 => rng.random_range(0x80..=0xff),
+            _ => rng.random(),
+        }
+    }
+
+    #[test]
+    fn special_bytes_finds_the_first_special_byte() {
+        let mut rng = SmallRng::seed_from_u64(0x5b);
+        for _ in 0..200_000 {
+            let mut bytes = [0u8; 8];
+            for b in bytes.iter_mut() {
+                *b = if rng.random_range(0..3) == 0 {
+                    interesting(&mut rng)
+                } else {
+                    rng.random_range(0x20..0x7f)
+                };
+            }
+            let first = bytes.iter().position(|&c| STRING_CLASS[c as usize] != 0);
+            let special = special_bytes(u64::from_le_bytes(bytes));
+            let got = (special != 0).then(|| (special.trailing_zeros() / 8) as usize);
+            assert_eq!(got, first, "{bytes:?}");
+        }
+    }
 }

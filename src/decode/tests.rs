@@ -1148,3 +1148,40 @@ fn fast_pass_names_follow_the_equipment_type() {
     assert_eq!(names(&p), ["v", "temp_zone_2", "temp_zone_1"]);
     assert_eq!(p.equipment_type, "oven");
 }
+
+/// Repeated keys are merged (the last value at the first position) whether they first appear in a
+/// message whose other keys follow the remembered names or in one whose names are all remembered,
+/// and a message after them with distinct keys again keeps every value.
+#[test]
+fn fast_pass_repeated_keys_against_remembered_names() {
+    let mut fast = decoder();
+    let mut slow = decoder().serde_only();
+    let msg = |values: &str| {
+        format!(
+            r#"{{"thing_id":"t","equipment_type":"oven","ts":1767225600000,"values":{{{values}}}}}"#
+        )
+    };
+    let msgs = [
+        msg(r#""a":1,"b":2,"c":3"#),
+        msg(r#""a":1,"b":2,"c":3"#),
+        msg(r#""a":4,"b":5,"a":6"#),
+        msg(r#""a":4,"b":5,"a":6"#),
+        msg(r#""a":7,"b":null,"a":8,"c":9"#),
+        msg(r#""a":1,"b":2,"c":3"#),
+        msg(r#""a":1,"b":2,"c":3,"b":4"#),
+        msg(r#""a":1,"b":2,"c":3"#),
+    ];
+    for m in &msgs {
+        let (a, b) = (fast.decode(m.as_bytes()), slow.decode(m.as_bytes()));
+        assert!(a.is_ok(), "{m}");
+        assert_same(&a, &b, m.as_bytes());
+    }
+    let p = fast.decode(msgs[3].as_bytes()).unwrap();
+    assert_eq!(names(&p), ["a", "b"]);
+    assert_eq!(p.value("a"), Some(6.0));
+    let p = fast.decode(msgs[6].as_bytes()).unwrap();
+    assert_eq!(names(&p), ["a", "b", "c"]);
+    assert_eq!(p.value("b"), Some(4.0));
+    let p = fast.decode(msgs[7].as_bytes()).unwrap();
+    assert_eq!(names(&p), ["a", "b", "c"]);
+}

@@ -882,22 +882,18 @@ fn group_by_thing(mut records: Vec<Record>) -> Vec<Record> {
         return records;
     }
     // Each record's bucket (its route's index in `keys`, in order of first appearance).
-    let mut index: rustc_hash::FxHashMap<u64, u32> = Default::default();
-    let mut keys: Vec<u64> = Vec::new();
+    let mut index = RouteIndex::new();
     let mut counts: Vec<u32> = Vec::new();
-    let bucket: Vec<u32> = records
-        .iter()
-        .map(|r| {
-            let key = route(r);
-            let b = *index.entry(key).or_insert_with(|| {
-                keys.push(key);
-                counts.push(0);
-                (keys.len() - 1) as u32
-            });
-            counts[b as usize] += 1;
-            b
-        })
-        .collect();
+    let mut dest: Vec<u32> = Vec::with_capacity(n);
+    for r in &records {
+        let b = index.bucket(route(r));
+        if b as usize == counts.len() {
+            counts.push(0);
+        }
+        counts[b as usize] += 1;
+        dest.push(b);
+    }
+    let keys = index.keys;
     let mut by_key: Vec<u32> = (0..keys.len() as u32).collect();
     by_key.sort_unstable_by_key(|&b| keys[b as usize]);
     // Where each bucket's next record goes.
@@ -907,17 +903,80 @@ fn group_by_thing(mut records: Vec<Record>) -> Vec<Record> {
         next[b as usize] = at;
         at += counts[b as usize];
     }
-    let mut dest = vec![0u32; n];
-    for (d, &b) in dest.iter_mut().zip(&bucket) {
-        *d = next[b as usize];
-        next[b as usize] += 1;
+    // Each record's bucket becomes its final position.
+    for d in dest.iter_mut() {
+        let b = *d as usize;
+        *d = next[b];
+        next[b] += 1;
     }
-    let mut slots: Vec<Option<Record>> = Vec::with_capacity(n);
-    slots.resize_with(n, || None);
-    for (r, &d) in records.into_iter().zip(&dest) {
-        slots[d as usize] = Some(r);
+    // The permutation applied in place: every swap puts one record where it belongs (at most n swaps,
+    // no second vector of records).
+    for i in 0..n {
+        loop {
+            let d = dest[i] as usize;
+            if d == i {
+                break;
+            }
+            records.swap(i, d);
+            dest.swap(i, d);
+        }
     }
-    slots.into_iter().flatten().collect()
+    records
+}
+
+/// The distinct routes of an epoch numbered in order of first appearance: open addressing on the
+/// route itself (already a hash), cheaper per record than a general hash map.
+struct RouteIndex {
+    /// `(route, number + 1)`, 0 marking an empty slot; at most half full.
+    slots: Vec<(u64, u32)>,
+    /// The routes by number.
+    keys: Vec<u64>,
+}
+
+impl RouteIndex {
+    fn new() -> Self {
+        RouteIndex {
+            slots: vec![(0, 0); 256],
+            keys: Vec::new(),
+        }
+    }
+
+    /// The number of `key`, given the next one if it is new.
+    #[inline]
+    fn bucket(&mut self, key: u64) -> u32 {
+        let mask = self.slots.len() - 1;
+        let mut s = key as usize & mask;
+        loop {
+            let (k, v) = self.slots[s];
+            if v == 0 {
+                break;
+            }
+            if k == key {
+                return v - 1;
+            }
+            s = (s + 1) & mask;
+        }
+        let b = self.keys.len() as u32;
+        self.keys.push(key);
+        self.slots[s] = (key, b + 1);
+        if self.keys.len() * 2 > self.slots.len() {
+            self.grow();
+        }
+        b
+    }
+
+    fn grow(&mut self) {
+        let mask = self.slots.len() * 2 - 1;
+        let mut slots = vec![(0u64, 0u32); mask + 1];
+        for (b, &key) in self.keys.iter().enumerate() {
+            let mut s = key as usize & mask;
+            while slots[s].1 != 0 {
+                s = (s + 1) & mask;
+            }
+            slots[s] = (key, b as u32 + 1);
+        }
+        self.slots = slots;
+    }
 }
 
 /// Epochs a worker may run ahead of the slowest output before it waits: bounds memory.

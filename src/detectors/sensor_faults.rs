@@ -473,7 +473,7 @@ fn set(
     events: &mut Vec<FaultEvent>,
 ) {
     // Called four times per feature per reading; a change is rare.
-    if st.active[kind as usize] != on {
+    if st.active[kind.index()] != on {
         change(st, name, kind, on, ts, detail, events);
     }
 }
@@ -489,21 +489,19 @@ fn change(
     detail: impl FnOnce() -> String,
     events: &mut Vec<FaultEvent>,
 ) {
-    let slot = &mut st.active[kind.index()];
-    if *slot != on {
-        *slot = on;
-        events.push(FaultEvent {
-            feature: name.to_string(),
-            kind,
-            started: on,
-            ts,
-            detail: if on {
-                detail()
-            } else {
-                format!("{name} {} cleared", kind.alert_type())
-            },
-        });
-    }
+    // Only called by `set`, on a change.
+    st.active[kind.index()] = on;
+    events.push(FaultEvent {
+        feature: name.to_string(),
+        kind,
+        started: on,
+        ts,
+        detail: if on {
+            detail()
+        } else {
+            format!("{name} {} cleared", kind.alert_type())
+        },
+    });
 }
 
 #[cfg(test)]

@@ -144,24 +144,13 @@ mod tests {
 
     #[test]
     fn purger_thread_purges_at_start_and_stops_promptly() {
-        use crate::event::{Alert, Origin, Severity};
+        use crate::event::Alert;
         use crate::sinks::sqlite::{AlertQuery, SqliteStore};
         let alert = |ts: i64| Alert {
-            alert_id: crate::event::alert_id("oven-1", "overheat", ts),
-            thing_id: "oven-1".into(),
-            equipment_type: "oven".into(),
-            ts,
-            severity: Severity::Warning,
             source: "rule".into(),
-            alert_type: "overheat".into(),
             score: 0.5,
             model_version: "m".into(),
-            top_features: Vec::new(),
-            families: Default::default(),
-            explanation: String::new(),
-            input_offsets: Origin::None,
-            label: None,
-            detectors: Vec::new(),
+            ..crate::testkit::alert("oven-1", "overheat", ts)
         };
         let now = now_ms();
         let mut store = SqliteStore::open_in_memory().unwrap();

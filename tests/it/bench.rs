@@ -37,28 +37,36 @@ fn check_percentiles(s: &serde_json::Value, hist: &str) {
     assert!(q.windows(2).all(|w| w[0] <= w[1]), "{hist}: {h}");
 }
 
-#[test]
-fn bench_from_kafka_times_event_to_alert_from_the_producer_send() {
+/// `bench --source kafka` on a fresh broker: 5 things x 800 readings at 4,000/s (past the
+/// simulator's 300-reading warm-up, so faults are injected), on `workers`, plus `extra` arguments.
+fn kafka_bench(workers: &str, extra: &[&str]) -> serde_json::Value {
     let broker = Tansu::start().expect("tansu starts");
-    // 5 things x 800 readings: past the simulator's 300-reading warm-up, so faults are injected.
-    let s = bench(&[
+    let bootstrap = broker.bootstrap();
+    let mut args = vec![
         "--source",
         "kafka",
         "--brokers",
-        &broker.bootstrap(),
+        &bootstrap,
         "--points",
         "4000",
         "--things",
         "5",
         "--workers",
-        "1",
+        workers,
         "--rate",
         "4000",
         "--faults",
         "20",
         "--settle-s",
         "0",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    bench(&args)
+}
+
+#[test]
+fn bench_from_kafka_times_event_to_alert_from_the_producer_send() {
+    let s = kafka_bench("1", &[]);
     assert_eq!(s["source"], "kafka", "{s}");
     let partitions = s["kafka"]["partitions"].as_u64().unwrap();
     assert_eq!(partitions, 4, "default partitions: {s}");
@@ -110,26 +118,7 @@ fn bench_from_kafka_times_event_to_alert_from_the_producer_send() {
 
 #[test]
 fn bench_with_the_kafka_sink_times_alerts_until_a_consumer_reads_them() {
-    let broker = Tansu::start().expect("tansu starts");
-    let s = bench(&[
-        "--source",
-        "kafka",
-        "--brokers",
-        &broker.bootstrap(),
-        "--points",
-        "4000",
-        "--things",
-        "5",
-        "--workers",
-        "2",
-        "--rate",
-        "4000",
-        "--faults",
-        "20",
-        "--settle-s",
-        "0",
-        "--kafka-sink",
-    ]);
+    let s = kafka_bench("2", &["--kafka-sink"]);
     let alerts = s["alerts"].as_u64().unwrap();
     assert!(alerts > 0, "faults were injected: {s}");
     let topic = s["kafka"]["topic"].as_str().unwrap();

@@ -21,7 +21,8 @@ pub enum Origin {
     Line { line: u64 },
     /// A Kafka message.
     Kafka {
-        topic: String,
+        /// A [`Name`]: a usual topic name is kept inline, not allocated per message.
+        topic: Name,
         partition: i32,
         offset: i64,
     },

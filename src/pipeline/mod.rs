@@ -1380,6 +1380,23 @@ fn watermark(acked: &ProbeHandle<u64>) -> u64 {
     acked.with_frontier(|f| f.iter().min().copied().unwrap_or(u64::MAX))
 }
 
+/// At most this many dataflow steps per turn of the Kafka feeding loop while the sink has not
+/// acknowledged every closed epoch (an epoch needs one step per operator on its way).
+const EPOCH_STEPS: usize = 4;
+
+/// Whether the sink has yet to acknowledge an epoch before `time` (an epoch that was closed).
+fn acked_behind(acked: &ProbeHandle<u64>, time: u64) -> bool {
+    time > 0 && acked.less_than(&time)
+}
+
+/// Time until the next wall-clock millisecond (the next Kafka epoch).
+fn until_next_ms() -> Duration {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 1_000_000);
+    Duration::from_nanos(u64::from(1_000_000 - ns))
+}
+
 /// Milliseconds between two turns of the Kafka feeding loop (normally about one) after which the
 /// gap counts as a stall, not as idle time (see [`feed_kafka`]).
 const STALL_MS: u64 = 250;
@@ -1497,8 +1514,18 @@ fn feed_kafka(
         while probe.less_than(&behind) && !ctx.stop.load(Ordering::SeqCst) {
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
+        // A closed epoch takes one step per operator it passes (timely shows an operator its new
+        // frontier at the next step): run those steps now rather than one per turn of this loop,
+        // which would add up to a park each. Bounded, as other workers' shares may take longer.
+        let mut steps = 0;
+        while steps < EPOCH_STEPS && acked_behind(ctx.acked, *input.time()) {
+            worker.step();
+            steps += 1;
+        }
         if n == 0 {
-            worker.step_or_park(Some(Duration::from_millis(1)));
+            // Nothing to read: sleep until the next epoch begins (to close this one) unless messages
+            // arrive first (the consumer unparks this thread) or the dataflow has work.
+            worker.step_or_park(Some(until_next_ms()));
         } else {
             worker.step();
         }
@@ -1575,12 +1602,12 @@ impl KafkaSeen {
         };
         let things = match self.newest.get_mut(topic.as_str()) {
             Some(t) => t,
-            None => self.newest.entry(topic.clone()).or_default(),
+            None => self.newest.entry(topic.to_string()).or_default(),
         };
         let newest = things.entry((*partition, thing)).or_insert(-1);
         if *offset <= *newest {
             tracing::debug!(
-                topic,
+                %topic,
                 partition,
                 offset,
                 newest = *newest,

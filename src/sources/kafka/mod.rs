@@ -23,7 +23,7 @@ pub mod config;
 pub use config::KafkaSourceConfig;
 
 use crate::decode::Decoder;
-use crate::event::Origin;
+use crate::event::{Name, Origin};
 use crate::pipeline::{decode_record, Output, OutputSink, Record};
 use anyhow::Context;
 use rdkafka::config::RDKafkaLogLevel;
@@ -64,7 +64,7 @@ impl ResumePoints {
             return false;
         }
         points
-            .get(&(topic.clone(), *partition))
+            .get(&(topic.to_string(), *partition))
             .is_some_and(|&resume| *offset < resume)
     }
 }
@@ -215,6 +215,8 @@ pub struct KafkaReader {
     /// Per partition, the next offset after the last message handed to the dataflow (re-reads
     /// included), starting from `start_at`.
     positions: BTreeMap<Partition, i64>,
+    /// The last message's partition (see [`KafkaReader::poll_into`]).
+    last_part: Option<Partition>,
     /// Messages received in total.
     pub received: u64,
     /// Offsets committed (partitions x commits), for tests and metrics.
@@ -223,7 +225,8 @@ pub struct KafkaReader {
 
 impl KafkaReader {
     /// Creates the consumer and subscribes it to the topics: `member` of `members` (the process
-    /// index and count) makes the client id and the records' `seq` unique across the run.
+    /// index and count) makes the client id and the records' `seq` unique across the run. Create it
+    /// on the thread that polls it: that thread is unparked whenever messages arrive.
     pub fn new(
         cfg: &KafkaSourceConfig,
         member: usize,
@@ -256,9 +259,15 @@ impl KafkaReader {
             cc.set(k, v);
         }
         cc.set_log_level(librdkafka_log_level());
-        let consumer: BaseConsumer<LagContext> = cc
+        let mut consumer: BaseConsumer<LagContext> = cc
             .create_with_context(LagContext)
             .context("cannot create the Kafka consumer")?;
+        // Wake the feeding thread (a timely worker, parked between turns) as soon as messages
+        // arrive, instead of at the end of its park: the park otherwise adds up to its length to
+        // every message's latency. An unpark before the park makes the park return at once, so no
+        // wake-up is lost.
+        let feeder = std::thread::current();
+        consumer.set_nonempty_callback(move || feeder.unpark());
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
@@ -278,6 +287,7 @@ impl KafkaReader {
             resume,
             start_at: start_at.clone(),
             positions: start_at.clone(),
+            last_part: None,
             received: 0,
             commits: 0,
         })
@@ -308,7 +318,13 @@ impl KafkaReader {
                     break;
                 }
             };
-            let part: Partition = (msg.topic().to_string(), msg.partition());
+            // Consecutive messages mostly come from one partition: reuse its key rather than
+            // allocate one per message.
+            if !matches!(&self.last_part, Some((t, p)) if *p == msg.partition() && t == msg.topic())
+            {
+                self.last_part = Some((msg.topic().to_string(), msg.partition()));
+            }
+            let part = self.last_part.as_ref().expect("set above");
             let offset = msg.offset();
             let admitted = admit(
                 &self.consumer,
@@ -316,17 +332,18 @@ impl KafkaReader {
                 &mut self.warm,
                 &mut self.floor,
                 &self.resume,
-                self.start_at.get(&part).copied(),
-                &part,
+                self.start_at.get(part).copied(),
+                part,
                 offset,
             );
             if !admitted {
                 continue;
             }
-            let pos = self.positions.entry(part.clone()).or_insert_with(|| {
+            if !self.positions.contains_key(part) {
                 tracing::debug!(topic = %part.0, partition = part.1, offset, "kafka partition: first message");
-                offset
-            });
+                self.positions.insert(part.clone(), offset);
+            }
+            let pos = self.positions.get_mut(part).expect("inserted above");
             if *pos != offset {
                 // Not where this consumer's last message of the partition left off: it was
                 // (re)assigned the partition and starts at the group's committed offset.
@@ -338,7 +355,7 @@ impl KafkaReader {
             self.count += 1;
             let seq = self.count * self.peers + self.worker;
             let origin = Origin::Kafka {
-                topic: part.0.clone(),
+                topic: Name::from(part.0.as_str()),
                 partition: part.1,
                 offset,
             };
@@ -353,9 +370,13 @@ impl KafkaReader {
             if !(replayed && matches!(record, Record::Dead(_))) {
                 out.push(record);
             }
-            if self.floor.get(&part).is_none_or(|&f| offset + 1 > f) {
-                let next = self.current.entry(part).or_insert(0);
-                *next = (*next).max(offset + 1);
+            if self.floor.get(part).is_none_or(|&f| offset + 1 > f) {
+                match self.current.get_mut(part) {
+                    Some(next) => *next = (*next).max(offset + 1),
+                    None => {
+                        self.current.insert(part.clone(), offset + 1);
+                    }
+                }
             }
         }
         n

@@ -1320,6 +1320,12 @@ fn feed_live(
         while probe.less_than(&behind) {
             worker.step();
         }
+        // As in `feed_kafka`: see a closed epoch through to the sink now, not one step per turn.
+        let mut steps = 0;
+        while steps < EPOCH_STEPS && acked_behind(acked, *input.time()) {
+            worker.step();
+            steps += 1;
+        }
         worker.step_or_park(Some(Duration::from_micros(500)));
     }
 }

@@ -200,7 +200,9 @@ struct ThingState {
     rule_state: RuleState,
     /// Instrument faults of this thing's sensors (None when `sensor_faults.enabled` is off).
     faults: Option<Box<SensorFaultDetector>>,
-    learned: u64,
+    /// Readings learned, saturating: only compared with the warm-up length (a `u32` beside
+    /// `consecutive_anomalous` keeps the struct in a smaller allocator size class, issue 7).
+    learned: u32,
     /// Timestamp of the newest reading (`i64::MIN` before the first); the previous reading's, for
     /// rate-of-change, while a reading is being processed.
     last_ts: i64,
@@ -269,6 +271,12 @@ impl Slots {
 
     fn values(&self) -> &[f64] {
         &self.0[..self.len()]
+    }
+
+    /// The value of slot `i` (< `len()`; the rules call this per value: no slot count computed).
+    fn value(&self, i: usize) -> f64 {
+        debug_assert!(i < self.len());
+        self.0[i]
     }
 
     fn values_mut(&mut self) -> &mut [f64] {
@@ -884,7 +892,7 @@ impl Readings for ThingReadings<'_> {
         Some((self.t.layout.id, self.t.names()))
     }
     fn value_at(&self, slot: usize) -> f64 {
-        self.t.slots.values()[slot]
+        self.t.slots.value(slot)
     }
     fn name_at(&self, slot: usize) -> &str {
         &self.t.names()[slot]
@@ -1160,7 +1168,7 @@ impl Engine {
             hits
         };
 
-        let scored = if complete && t.learned >= cfg.warmup as u64 {
+        let scored = if complete && u64::from(t.learned) >= cfg.warmup as u64 {
             let _span = tracing::debug_span!("detect", thing_id = %p.thing_id).entered();
             let s = score(t, cfg, &mut self.scratch, self.emit_scores);
             if s.anomalous {
@@ -1478,7 +1486,7 @@ impl ThingState {
             online: self.online.as_deref().cloned(),
             rule_counts: self.rule_state.counts().to_vec(),
             faults: self.faults.as_deref().cloned(),
-            learned: self.learned,
+            learned: u64::from(self.learned),
             last_ts: self.last_ts,
             consecutive_anomalous: self.consecutive_anomalous,
             policy: self.policy.as_deref().cloned().unwrap_or_default(),
@@ -1631,7 +1639,7 @@ impl ThingState {
             online,
             rule_state,
             faults,
-            learned: s.learned,
+            learned: u32::try_from(s.learned).unwrap_or(u32::MAX),
             last_ts: s.last_ts,
             consecutive_anomalous: s.consecutive_anomalous,
             policy,
@@ -1665,7 +1673,7 @@ fn learn(
             0
         };
         let m = &cfg.detectors.model;
-        let in_warmup = t.learned < cfg.warmup as u64;
+        let in_warmup = u64::from(t.learned) < cfg.warmup as u64;
         let learnable = (in_warmup || m.learn_after_warmup)
             && (!anomalous || t.consecutive_anomalous > MAX_FROZEN_READINGS);
         if let (true, Some(o)) = (learnable, t.online.as_mut()) {
@@ -1717,7 +1725,7 @@ fn learn(
                 RegimePhase::Plain => {}
             }
         }
-        t.learned += 1;
+        t.learned = t.learned.saturating_add(1);
         if let Some(o) = t.online.as_mut() {
             if let Some(v) = t2_smoothed {
                 o.t2_smooth = Some(v);
@@ -1728,7 +1736,7 @@ fn learn(
                     o.warm_buffer.reserve_exact(cfg.warmup * o.model_x.len());
                 }
                 o.warm_buffer.extend_from_slice(&o.model_x);
-                if t.learned == cfg.warmup as u64 {
+                if u64::from(t.learned) == cfg.warmup as u64 {
                     o.calibrate(q, m.smoothing);
                 }
             }
@@ -1801,9 +1809,10 @@ fn score(t: &mut ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) 
     s.per_feature.clear();
     let mut best = [0.0f64; 4];
     let sp = stats_params(cfg);
+    let (values, present) = (t.slots.values(), t.slots.present());
     for i in 0..t.stats.len() {
-        let fs = if t.slots.present()[i] != 0 {
-            t.stats.score(i, t.slots.values()[i], &sp)
+        let fs = if present[i] != 0 {
+            t.stats.score(i, values[i], &sp)
         } else {
             FeatureScores::default()
         };
@@ -2276,6 +2285,17 @@ mod tests {
         assert_eq!(
             (empty.len(), empty.values().len(), empty.present().len()),
             (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn a_thing_state_fits_the_allocators_128_byte_class() {
+        // Boxed in the engine's table: mimalloc rounds 129..=160 bytes up to 160, so every byte over
+        // 128 costs 32 per thing (issue 7).
+        assert!(
+            std::mem::size_of::<super::ThingState>() <= 128,
+            "{} bytes",
+            std::mem::size_of::<super::ThingState>()
         );
     }
 }

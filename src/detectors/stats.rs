@@ -213,11 +213,12 @@ pub enum StatsEstimator {
     Streaming,
 }
 
-/// A thing's per-feature statistics, one entry per feature slot, in the configured form.
+/// A thing's per-feature statistics, one entry per feature slot, in the configured form. Boxed slices
+/// (per-thing state, issue 7), serialised like vectors.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum StatsSet {
-    Window(Vec<FeatureStats>),
-    Streaming(Vec<StreamingStats>),
+    Window(Box<[FeatureStats]>),
+    Streaming(Box<[StreamingStats]>),
 }
 
 /// Everything a [`StatsSet`] needs from the configuration.
@@ -244,8 +245,8 @@ impl StatsSet {
     /// Empty statistics of the configured form.
     pub fn new(p: &StatsParams) -> StatsSet {
         match p.estimator {
-            StatsEstimator::Window => StatsSet::Window(Vec::new()),
-            StatsEstimator::Streaming => StatsSet::Streaming(Vec::new()),
+            StatsEstimator::Window => StatsSet::Window(Box::default()),
+            StatsEstimator::Streaming => StatsSet::Streaming(Box::default()),
         }
     }
 
@@ -270,8 +271,8 @@ impl StatsSet {
     /// Reorders the entries to a new feature layout: entry `i` becomes the old entry `from[i]`, or
     /// fresh statistics where `from[i]` is None. Sized exactly.
     pub fn relayout(&mut self, from: &[Option<usize>], p: &StatsParams) {
-        fn pick<T>(old: Vec<T>, from: &[Option<usize>], fresh: impl Fn() -> T) -> Vec<T> {
-            let mut old: Vec<Option<T>> = old.into_iter().map(Some).collect();
+        fn pick<T>(old: Box<[T]>, from: &[Option<usize>], fresh: impl Fn() -> T) -> Box<[T]> {
+            let mut old: Vec<Option<T>> = old.into_vec().into_iter().map(Some).collect();
             let mut out = Vec::with_capacity(from.len());
             for f in from {
                 out.push(
@@ -279,7 +280,7 @@ impl StatsSet {
                         .unwrap_or_else(&fresh),
                 );
             }
-            out
+            out.into_boxed_slice()
         }
         *self = match std::mem::replace(self, StatsSet::new(p)) {
             StatsSet::Window(v) => {
@@ -340,10 +341,9 @@ impl StatsSet {
     pub fn heap_bytes(&self) -> usize {
         match self {
             StatsSet::Window(v) => {
-                v.capacity() * std::mem::size_of::<FeatureStats>()
-                    + v.iter().map(FeatureStats::heap_bytes).sum::<usize>()
+                std::mem::size_of_val(&**v) + v.iter().map(FeatureStats::heap_bytes).sum::<usize>()
             }
-            StatsSet::Streaming(v) => v.capacity() * std::mem::size_of::<StreamingStats>(),
+            StatsSet::Streaming(v) => std::mem::size_of_val(&**v),
         }
     }
 }

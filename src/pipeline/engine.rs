@@ -189,34 +189,147 @@ impl Default for Scratch {
 }
 
 struct ThingState {
-    equipment_type: Name,
-    /// Feature names and what follows from them, shared by every thing with the same features.
+    /// Feature names and what follows from them, shared by every thing with the same equipment type
+    /// and features.
     layout: Arc<Layout>,
-    /// The dataflow's SQL feature set (`features.sql`), when configured: its outputs are the derived
-    /// features instead of the built-in ones.
-    sql: Option<Box<SqlFeatures>>,
-    values: Box<[f64]>,
-    present: Box<[bool]>,
-    prev_values: Box<[f64]>,
-    prev_ts: Option<i64>,
+    /// The loaded reading's values, the previous reading's and which slots the loaded reading has.
+    slots: Slots,
     stats: StatsSet,
     /// The online model (None when `detectors.model.enabled` is off).
     online: Option<Box<Online>>,
     rule_state: RuleState,
     /// Instrument faults of this thing's sensors (None when `sensor_faults.enabled` is off).
     faults: Option<Box<SensorFaultDetector>>,
-    learned: u64,
+    /// Readings learned, saturating: only compared with the warm-up length (a `u32` beside
+    /// `consecutive_anomalous` keeps the struct in a smaller allocator size class, issue 7).
+    learned: u32,
+    /// Timestamp of the newest reading (`i64::MIN` before the first); the previous reading's, for
+    /// rate-of-change, while a reading is being processed.
     last_ts: i64,
     consecutive_anomalous: u32,
     /// The alert policy's state, allocated at the thing's first anomaly or alert (most things have
     /// none).
     policy: Option<Box<PolicyState>>,
+    /// SQL features, registry binding and operating regimes: None unless the dataflow uses one.
+    extras: Option<Box<Extras>>,
+}
+
+/// The parts of a thing's state only some dataflows use, boxed together so that a thing without them
+/// pays one pointer (issue 7: memory per thing).
+#[derive(Default)]
+struct Extras {
+    /// The dataflow's SQL feature set (`features.sql`), when configured: its outputs are the derived
+    /// features instead of the built-in ones.
+    sql: Option<SqlFeatures>,
     /// The registry model that scores this thing, if the dataflow has a `models` section.
-    registry: Option<Box<RegistryBinding>>,
+    registry: Option<RegistryBinding>,
     /// Operating regimes (`detectors.regimes`; None when off).
-    regimes: Option<Box<RegimePhase>>,
-    /// Slots (indices into `values`) of the regime features.
+    regimes: Option<RegimePhase>,
+    /// Slots (indices into the values) of the regime features.
     regime_slots: Vec<usize>,
+}
+
+impl Extras {
+    /// Bytes of the box and of the slot lists it owns (not of SQL windows or fitted regimes).
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Extras>()
+            + self.registry.as_ref().map_or(0, |b| b.slots.capacity() * 8)
+            + self.regime_slots.capacity() * 8
+    }
+}
+
+/// A thing's values by slot in one allocation (issue 7: each allocation costs a size class's
+/// slack): `n` current values, `n` previous values, then one presence byte per slot (1: the loaded
+/// reading has the slot) in the room of `ceil(n / 8)` more floats.
+#[derive(Default)]
+struct Slots(Box<[f64]>);
+
+impl Slots {
+    /// `n` slots: values and previous values NaN, nothing present.
+    fn new(n: usize) -> Slots {
+        let mut buf = vec![f64::NAN; 2 * n + n.div_ceil(8)];
+        buf[2 * n..].fill(0.0);
+        Slots(buf.into_boxed_slice())
+    }
+
+    /// Slots with these contents (all three of one length).
+    fn from_parts(values: &[f64], prev_values: &[f64], present: &[bool]) -> Slots {
+        let mut s = Slots::new(values.len());
+        s.values_mut().copy_from_slice(values);
+        s.prev_values_mut().copy_from_slice(prev_values);
+        for (p, &b) in s.present_mut().iter_mut().zip(present) {
+            *p = u8::from(b);
+        }
+        s
+    }
+
+    /// The slot count: the buffer holds `2n + ceil(n / 8)` floats, and `8 (2n + ceil(n / 8)) / 17`
+    /// is `n` for every `n` (n = 8k + r: `8 (17k + 2r + [r > 0]) / 17 = 8k + r`, r < 8).
+    fn len(&self) -> usize {
+        self.0.len() * 8 / 17
+    }
+
+    fn values(&self) -> &[f64] {
+        &self.0[..self.len()]
+    }
+
+    /// The value of slot `i` (< `len()`, not checked: the rules call this per value, and the slot
+    /// count costs a division).
+    fn value(&self, i: usize) -> f64 {
+        self.0[i]
+    }
+
+    fn values_mut(&mut self) -> &mut [f64] {
+        let n = self.len();
+        &mut self.0[..n]
+    }
+
+    fn prev_values(&self) -> &[f64] {
+        let n = self.len();
+        &self.0[n..2 * n]
+    }
+
+    fn prev_values_mut(&mut self) -> &mut [f64] {
+        let n = self.len();
+        &mut self.0[n..2 * n]
+    }
+
+    /// Presence flags (0 or 1) by slot.
+    fn present(&self) -> &[u8] {
+        let n = self.len();
+        &bytemuck::cast_slice::<f64, u8>(&self.0[2 * n..])[..n]
+    }
+
+    fn present_mut(&mut self) -> &mut [u8] {
+        self.values_present_mut().1
+    }
+
+    fn values_present_mut(&mut self) -> (&mut [f64], &mut [u8]) {
+        let n = self.len();
+        let (values, rest) = self.0.split_at_mut(n);
+        let present = &mut bytemuck::cast_slice_mut::<f64, u8>(&mut rest[n..])[..n];
+        (values, present)
+    }
+
+    /// The loaded reading's values becoming the previous ones, no slot present.
+    fn advance(&mut self) {
+        let n = self.len();
+        let (values, rest) = self.0.split_at_mut(n);
+        rest[..n].copy_from_slice(values);
+        rest[n..].fill(0.0);
+    }
+
+    /// The previous values becoming the loaded ones again (an out-of-order reading is forgotten).
+    fn undo(&mut self) {
+        let n = self.len();
+        let (values, rest) = self.0.split_at_mut(n);
+        values.copy_from_slice(&rest[..n]);
+    }
+
+    /// Bytes of the buffer.
+    fn bytes(&self) -> usize {
+        self.0.len() * 8
+    }
 }
 
 /// A feature layout: the names of a thing's features and what the configuration derives from them.
@@ -225,6 +338,8 @@ struct ThingState {
 struct Layout {
     /// Unique in the process; rules resolve their features to slots per layout id.
     id: u64,
+    /// The equipment type of the things with this layout (a thing's first reading's).
+    equipment_type: Name,
     /// Raw features first (`n_raw`), then derived ones.
     names: Vec<Name>,
     n_raw: usize,
@@ -234,10 +349,10 @@ struct Layout {
     model_pos: Vec<Option<usize>>,
 }
 
-/// What one engine's things share: their layouts, by (raw feature count, names), and the
-/// sensor-fault settings.
+/// What one engine's things share: their layouts, by (equipment type, raw feature count, names), and
+/// the sensor-fault settings.
 struct Shared {
-    layouts: FxHashMap<(usize, Vec<Name>), Arc<Layout>>,
+    layouts: FxHashMap<(Name, usize, Vec<Name>), Arc<Layout>>,
     /// Table size at which unused layouts are swept next.
     sweep_at: usize,
     /// The rules' resolution per (equipment type, layout).
@@ -255,21 +370,25 @@ impl Shared {
         }
     }
 
-    /// The shared layout of these features (`names` = raw then derived).
+    /// The shared layout of these features (`names` = raw then derived) for this equipment type.
     fn get(
         &mut self,
+        equipment_type: &Name,
         names: Vec<Name>,
         n_raw: usize,
         plan: DerivedPlan,
         cfg: &DataflowConfig,
     ) -> Arc<Layout> {
-        if let Some(l) = self.layouts.get(&(n_raw, names.clone())) {
+        let key = (equipment_type.clone(), n_raw, names);
+        if let Some(l) = self.layouts.get(&key) {
             return Arc::clone(l);
         }
+        let names = key.2.clone();
         let (model_slots, model_pos) = model_slots(&names, cfg);
         let layout = Arc::new(Layout {
             id: NEXT_LAYOUT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            names: names.clone(),
+            equipment_type: equipment_type.clone(),
+            names,
             n_raw,
             plan,
             model_slots,
@@ -281,7 +400,7 @@ impl Shared {
             self.layouts.retain(|_, l| Arc::strong_count(l) > 1);
             self.sweep_at = (2 * self.layouts.len()).max(64);
         }
-        self.layouts.insert((n_raw, names), Arc::clone(&layout));
+        self.layouts.insert(key, Arc::clone(&layout));
         layout
     }
 }
@@ -427,17 +546,14 @@ impl ThingState {
     fn new(p: &Point, cfg: &DataflowConfig, shared: &mut Shared) -> ThingState {
         let raw: Vec<Name> = p.values.iter().map(|(n, _)| n.clone()).collect();
         let mut t = ThingState {
-            equipment_type: p.equipment_type.clone(),
-            layout: shared.get(Vec::new(), 0, DerivedPlan::default(), cfg),
-            sql: cfg
-                .features
-                .sql_set
-                .as_ref()
-                .map(|set| Box::new(SqlFeatures::new(set.evaluator()))),
-            values: Box::default(),
-            present: Box::default(),
-            prev_values: Box::default(),
-            prev_ts: None,
+            layout: shared.get(
+                &p.equipment_type,
+                Vec::new(),
+                0,
+                DerivedPlan::default(),
+                cfg,
+            ),
+            slots: Slots::default(),
             stats: StatsSet::new(&stats_params(cfg)),
             online: None,
             rule_state: RuleState::default(),
@@ -449,9 +565,12 @@ impl ThingState {
             last_ts: i64::MIN,
             consecutive_anomalous: 0,
             policy: None,
-            registry: None,
-            regimes: None,
-            regime_slots: Vec::new(),
+            extras: cfg.features.sql_set.as_ref().map(|set| {
+                Box::new(Extras {
+                    sql: Some(SqlFeatures::new(set.evaluator())),
+                    ..Extras::default()
+                })
+            }),
         };
         t.set_layout(raw, cfg, shared);
         t
@@ -461,15 +580,40 @@ impl ThingState {
         &self.layout.names
     }
 
+    fn equipment_type(&self) -> &Name {
+        &self.layout.equipment_type
+    }
+
+    /// The previous reading's timestamp: the newest one's while a reading is being processed (None
+    /// before the first).
+    fn prev_ts(&self) -> Option<i64> {
+        (self.last_ts != i64::MIN).then_some(self.last_ts)
+    }
+
+    fn sql(&self) -> Option<&SqlFeatures> {
+        self.extras.as_ref().and_then(|e| e.sql.as_ref())
+    }
+
+    fn registry(&self) -> Option<&RegistryBinding> {
+        self.extras.as_ref().and_then(|e| e.registry.as_ref())
+    }
+
+    fn regimes(&self) -> Option<&RegimePhase> {
+        self.extras.as_ref().and_then(|e| e.regimes.as_ref())
+    }
+
+    fn regime_slots(&self) -> &[usize] {
+        self.extras.as_ref().map_or(&[], |e| &e.regime_slots)
+    }
+
     /// Bytes this thing's state takes, by part: the state struct itself (boxed in the engine's
     /// table) and the heap it owns, by allocated capacity. The layout (feature names, slots) is
     /// shared by every thing with the same features and not counted; nor are allocator overheads.
     fn footprint(&self) -> Footprint {
-        let boxed = |present: bool, size: usize| if present { size } else { 0 };
         Footprint {
-            features: self.values.len(),
+            features: self.slots.len(),
             state: std::mem::size_of::<ThingState>(),
-            values: self.values.len() * 16 + self.present.len(),
+            values: self.slots.bytes(),
             stats: self.stats.heap_bytes(),
             model: self
                 .online
@@ -483,14 +627,7 @@ impl ThingState {
                 .policy
                 .as_ref()
                 .map_or(0, |p| std::mem::size_of::<PolicyState>() + p.heap_bytes()),
-            other: boxed(self.sql.is_some(), std::mem::size_of::<SqlFeatures>())
-                + boxed(
-                    self.registry.is_some(),
-                    std::mem::size_of::<RegistryBinding>(),
-                )
-                + self.registry.as_ref().map_or(0, |b| b.slots.capacity() * 8)
-                + boxed(self.regimes.is_some(), std::mem::size_of::<RegimePhase>())
-                + self.regime_slots.capacity() * 8,
+            other: self.extras.as_ref().map_or(0, |e| e.bytes()),
         }
     }
 
@@ -502,7 +639,7 @@ impl ThingState {
     /// (Re)builds the feature layout; statistics of features that remain are kept, the multivariate
     /// model restarts because its dimensions changed.
     fn set_layout(&mut self, raw: Vec<Name>, cfg: &DataflowConfig, shared: &mut Shared) {
-        let (plan, derived) = match &mut self.sql {
+        let (plan, derived) = match self.extras.as_mut().and_then(|e| e.sql.as_mut()) {
             // The SQL set replaces the built-in derived features; its windows survive a layout change.
             Some(sql) => {
                 sql.input_slots = sql
@@ -523,17 +660,19 @@ impl ThingState {
             .iter()
             .map(|n| self.names().iter().position(|o| o == n))
             .collect();
-        let carry = |old: &[f64]| -> Box<[f64]> {
-            from.iter()
-                .map(|f| f.and_then(|i| old.get(i).copied()).unwrap_or(f64::NAN))
-                .collect()
+        let mut slots = Slots::new(names.len());
+        let carry = |old: &[f64], new: &mut [f64]| {
+            for (x, f) in new.iter_mut().zip(&from) {
+                *x = f.and_then(|i| old.get(i).copied()).unwrap_or(f64::NAN);
+            }
         };
-        self.values = carry(&self.values);
-        self.prev_values = carry(&self.prev_values);
+        carry(self.slots.values(), slots.values_mut());
+        carry(self.slots.prev_values(), slots.prev_values_mut());
+        self.slots = slots;
         self.stats.relayout(&from, &stats_params(cfg));
-        self.present = vec![false; names.len()].into_boxed_slice();
         let d = &cfg.detectors;
-        self.layout = shared.get(names, n_raw, plan, cfg);
+        let equipment_type = self.layout.equipment_type.clone();
+        self.layout = shared.get(&equipment_type, names, n_raw, plan, cfg);
         let names = &self.layout.names;
         let model_slots = &self.layout.model_slots;
         self.online = d
@@ -550,9 +689,10 @@ impl ThingState {
                     .map(|b| names.iter().position(|n| n == b.as_str()))
                     .collect()
             };
-            self.regimes = Some(Box::new(match slots {
+            let extras = self.extras.get_or_insert_with(Box::default);
+            extras.regimes = Some(match slots {
                 Some(slots) if !slots.is_empty() => {
-                    self.regime_slots = slots;
+                    extras.regime_slots = slots;
                     RegimePhase::Learning {
                         by: Vec::new(),
                         x: Vec::new(),
@@ -561,10 +701,10 @@ impl ThingState {
                 }
                 _ => {
                     tracing::warn!(by = ?rc.by, "the thing lacks a regime feature; scored without regimes");
-                    self.regime_slots.clear();
+                    extras.regime_slots.clear();
                     RegimePhase::Plain
                 }
-            }));
+            });
         }
     }
 
@@ -573,11 +713,13 @@ impl ThingState {
     fn write_values(&mut self, p: &Point, slots: &mut Vec<usize>) -> bool {
         let mut all = true;
         slots.clear();
+        let l = &*self.layout;
+        let (values, present) = self.slots.values_present_mut();
         for (i, (name, v)) in p.values.iter().enumerate() {
-            match self.slot_of(i, name) {
+            match slot_of(l, i, name) {
                 Some(s) => {
-                    self.values[s] = *v;
-                    self.present[s] = true;
+                    values[s] = *v;
+                    present[s] = 1;
                     slots.push(s);
                 }
                 None => {
@@ -590,11 +732,7 @@ impl ThingState {
     }
 
     fn slot_of(&self, i: usize, name: &str) -> Option<usize> {
-        let l = &self.layout;
-        if i < l.n_raw && l.names[i] == name {
-            return Some(i);
-        }
-        l.names[..l.n_raw].iter().position(|n| n == name)
+        slot_of(&self.layout, i, name)
     }
 
     /// Writes the reading into the slots (missing sensors keep their last value). Returns false when
@@ -607,8 +745,7 @@ impl ThingState {
         shared: &mut Shared,
         slots: &mut Vec<usize>,
     ) -> bool {
-        self.prev_values.copy_from_slice(&self.values);
-        self.present.iter_mut().for_each(|x| *x = false);
+        self.slots.advance();
         if !self.write_values(p, slots) {
             // A sensor this thing has not reported before: rebuild the layout (rare), then write again.
             let new: Vec<Name> = p
@@ -625,25 +762,25 @@ impl ThingState {
                 .collect();
             tracing::info!(thing = %p.thing_id, features = raw.len(), "feature set changed; model restarts");
             self.set_layout(raw, cfg, shared);
-            self.present.iter_mut().for_each(|x| *x = false);
             let complete = self.write_values(p, slots);
             debug_assert!(complete, "every name has a slot after the layout update");
         }
-        let (raw, derived) = self.values.split_at_mut(self.layout.n_raw);
+        let n_raw = self.layout.n_raw;
+        let (values, present) = self.slots.values_present_mut();
+        let (raw, derived) = values.split_at_mut(n_raw);
         let sql_complete = self
-            .sql
+            .extras
             .as_mut()
+            .and_then(|e| e.sql.as_mut())
             .is_none_or(|sql| sql.compute(raw, derived));
         if raw.iter().any(|v| v.is_nan()) || !sql_complete {
             return false;
         }
         self.layout.plan.compute(raw, derived);
-        for x in &mut self.present[self.layout.n_raw..] {
-            *x = true;
-        }
+        present[n_raw..].fill(1);
         if let Some(o) = self.online.as_mut() {
             for (x, &i) in o.model_x.iter_mut().zip(&self.layout.model_slots) {
-                *x = self.values[i];
+                *x = values[i];
             }
         }
         true
@@ -653,12 +790,16 @@ impl ThingState {
     /// class). A model whose features this thing does not have is not used (logged once per binding):
     /// scoring it on other features would be wrong, the online model scores instead.
     fn bind_registry(&mut self, thing_id: &str, snap: &ModelSnapshot, sql_hash: Option<&str>) {
-        let b = self.registry.get_or_insert_with(Box::default);
+        let b = self
+            .extras
+            .get_or_insert_with(Box::default)
+            .registry
+            .get_or_insert_with(RegistryBinding::default);
         b.generation = snap.generation;
         b.layout_id = self.layout.id;
         b.slots.clear();
         b.model = None;
-        let Some(m) = snap.resolve(thing_id, &self.equipment_type) else {
+        let Some(m) = snap.resolve(thing_id, &self.layout.equipment_type) else {
             return;
         };
         // A model trained on a SQL feature set scores only where the stream computes that same set
@@ -687,8 +828,9 @@ impl ThingState {
     /// finite (the reading is then scored by the online model).
     fn registry_row(&self, row: &mut Vec<f64>) -> bool {
         row.clear();
-        if let Some(b) = &self.registry {
-            row.extend(b.slots.iter().map(|&i| self.values[i]));
+        if let Some(b) = self.registry() {
+            let values = self.slots.values();
+            row.extend(b.slots.iter().map(|&i| values[i]));
         }
         row.iter().all(|v| v.is_finite())
     }
@@ -726,21 +868,21 @@ impl Readings for ThingReadings<'_> {
     }
     fn value(&self, feature: &str) -> Option<f64> {
         let i = self.t.names().iter().position(|n| n == feature)?;
-        Some(self.t.values[i]).filter(|v| !v.is_nan())
+        Some(self.t.slots.values()[i]).filter(|v| !v.is_nan())
     }
     fn previous(&self, feature: &str) -> Option<(f64, i64)> {
         if !self.in_order {
             return None;
         }
-        let ts = self.t.prev_ts?;
+        let ts = self.t.prev_ts()?;
         let i = self.t.names().iter().position(|n| n == feature)?;
-        Some((self.t.prev_values[i], ts)).filter(|(v, _)| !v.is_nan())
+        Some((self.t.slots.prev_values()[i], ts)).filter(|(v, _)| !v.is_nan())
     }
     fn feature_names(&self) -> Vec<&str> {
         self.t.names().iter().map(|n| n.as_str()).collect()
     }
     fn for_each_value<'a>(&'a self, f: &mut dyn FnMut(&'a str, f64)) {
-        for (name, v) in self.t.names().iter().zip(self.t.values.iter()) {
+        for (name, v) in self.t.names().iter().zip(self.t.slots.values()) {
             if !v.is_nan() {
                 f(name.as_str(), *v);
             }
@@ -750,7 +892,7 @@ impl Readings for ThingReadings<'_> {
         Some((self.t.layout.id, self.t.names()))
     }
     fn value_at(&self, slot: usize) -> f64 {
-        self.t.values[slot]
+        self.t.slots.value(slot)
     }
     fn name_at(&self, slot: usize) -> &str {
         &self.t.names()[slot]
@@ -759,9 +901,18 @@ impl Readings for ThingReadings<'_> {
         if !self.in_order {
             return None;
         }
-        let ts = self.t.prev_ts?;
-        Some((self.t.prev_values[slot], ts)).filter(|(v, _)| !v.is_nan())
+        let ts = self.t.prev_ts()?;
+        Some((self.t.slots.prev_values()[slot], ts)).filter(|(v, _)| !v.is_nan())
     }
+}
+
+/// The slot of the reading's `i`-th value, named `name`: the `i`-th raw slot when the reading lists
+/// its sensors in the layout's order (the usual case), else the raw slot of that name.
+fn slot_of(l: &Layout, i: usize, name: &str) -> Option<usize> {
+    if i < l.n_raw && l.names[i] == name {
+        return Some(i);
+    }
+    l.names[..l.n_raw].iter().position(|n| n == name)
 }
 
 /// One scored reading, before the alert policy.
@@ -967,8 +1118,7 @@ impl Engine {
         let complete = t.load(&p, cfg, &mut self.shared, &mut self.scratch.value_slots);
         if let Some(active) = cfg.active_models.as_ref() {
             let current = t
-                .registry
-                .as_ref()
+                .registry()
                 .is_some_and(|b| b.is_current(active.generation(), t.layout.id));
             if !current {
                 let sql_hash = cfg.features.sql_set.as_ref().map(|s| s.sql_hash());
@@ -976,11 +1126,12 @@ impl Engine {
             }
         }
         self.scratch.regime = None;
-        if let (Some(RegimePhase::Fitted(r)), true) = (t.regimes.as_deref(), complete) {
+        if let (Some(RegimePhase::Fitted(r)), true) = (t.regimes(), complete) {
             let s = &mut self.scratch;
             s.regime_by.clear();
+            let values = t.slots.values();
             s.regime_by
-                .extend(t.regime_slots.iter().map(|&i| t.values[i]));
+                .extend(t.regime_slots().iter().map(|&i| values[i]));
             r.scale_into(&s.regime_by, &mut s.regime_z);
             s.regime = Some(r.assign(&s.regime_z, &mut s.regime_terms));
         }
@@ -1005,7 +1156,7 @@ impl Engine {
             let _span = tracing::debug_span!("rules", thing_id = %p.thing_id).entered();
             let hits = evaluate_shared(
                 &self.rule_set,
-                &t.equipment_type,
+                t.equipment_type(),
                 &readings,
                 &mut state,
                 &mut self.shared.rules,
@@ -1017,7 +1168,7 @@ impl Engine {
             hits
         };
 
-        let scored = if complete && t.learned >= cfg.warmup as u64 {
+        let scored = if complete && u64::from(t.learned) >= cfg.warmup as u64 {
             let _span = tracing::debug_span!("detect", thing_id = %p.thing_id).entered();
             let s = score(t, cfg, &mut self.scratch, self.emit_scores);
             if s.anomalous {
@@ -1194,8 +1345,7 @@ impl Engine {
         }
         if self.emit_scores {
             let registry_scored = t
-                .registry
-                .as_ref()
+                .registry()
                 .and_then(|b| b.model.as_ref())
                 .filter(|_| scored.as_ref().is_some_and(|s| s.by_registry));
             let score = if hits.is_empty() {
@@ -1324,24 +1474,24 @@ impl ThingSnapshot {
 impl ThingState {
     fn snapshot(&self) -> ThingSnapshot {
         ThingSnapshot {
-            equipment_type: self.equipment_type.clone(),
+            equipment_type: self.equipment_type().clone(),
             names: self.names().to_vec(),
             n_raw: self.layout.n_raw,
-            sql_windows: self.sql.as_ref().map(|s| s.windows.clone()),
-            values: self.values.to_vec(),
-            present: self.present.to_vec(),
-            prev_values: self.prev_values.to_vec(),
-            prev_ts: self.prev_ts,
+            sql_windows: self.sql().map(|s| s.windows.clone()),
+            values: self.slots.values().to_vec(),
+            present: self.slots.present().iter().map(|&p| p != 0).collect(),
+            prev_values: self.slots.prev_values().to_vec(),
+            prev_ts: self.prev_ts(),
             stats: self.stats.clone(),
             online: self.online.as_deref().cloned(),
             rule_counts: self.rule_state.counts().to_vec(),
             faults: self.faults.as_deref().cloned(),
-            learned: self.learned,
+            learned: u64::from(self.learned),
             last_ts: self.last_ts,
             consecutive_anomalous: self.consecutive_anomalous,
             policy: self.policy.as_deref().cloned().unwrap_or_default(),
-            regimes: self.regimes.as_deref().cloned(),
-            regime_slots: self.regime_slots.clone(),
+            regimes: self.regimes().cloned(),
+            regime_slots: self.regime_slots().to_vec(),
         }
     }
 
@@ -1369,7 +1519,7 @@ impl ThingState {
         let raw = &s.names[..s.n_raw];
         let (plan, derived, sql) = match cfg.features.sql_set.as_ref() {
             Some(set) => {
-                let mut sql = Box::new(SqlFeatures::new(set.evaluator()));
+                let mut sql = SqlFeatures::new(set.evaluator());
                 let windows = s
                     .sql_windows
                     .ok_or("no SQL window state, but the dataflow has a SQL feature set")?;
@@ -1400,7 +1550,7 @@ impl ThingState {
                 &s.names[s.n_raw..]
             ));
         }
-        let layout = shared.get(s.names, s.n_raw, plan, cfg);
+        let layout = shared.get(&s.equipment_type, s.names, s.n_raw, plan, cfg);
         let model_slots = &layout.model_slots;
         // The online model follows the dataflow's setting (the fingerprint check compared it).
         let online = match (cfg.detectors.model.enabled, s.online) {
@@ -1464,33 +1614,36 @@ impl ThingState {
                         ));
                     }
                 }
-                Some(Box::new(phase))
+                Some(phase)
             }
         };
         let policy = (!s.policy.is_fresh()).then(|| Box::new(s.policy));
+        let extras = (sql.is_some() || regimes.is_some()).then(|| {
+            Box::new(Extras {
+                sql,
+                registry: None,
+                regime_slots: if regimes.is_some() {
+                    s.regime_slots
+                } else {
+                    Vec::new()
+                },
+                regimes,
+            })
+        });
+        // The previous reading's timestamp is the newest one's (`ThingState::prev_ts`): the
+        // snapshot's copy of it is not needed.
         Ok(ThingState {
-            equipment_type: s.equipment_type,
             layout,
-            sql,
-            values: s.values.into_boxed_slice(),
-            present: s.present.into_boxed_slice(),
-            prev_values: s.prev_values.into_boxed_slice(),
-            prev_ts: s.prev_ts,
+            slots: Slots::from_parts(&s.values, &s.prev_values, &s.present),
             stats: s.stats,
             online,
             rule_state,
             faults,
-            learned: s.learned,
+            learned: u32::try_from(s.learned).unwrap_or(u32::MAX),
             last_ts: s.last_ts,
             consecutive_anomalous: s.consecutive_anomalous,
             policy,
-            registry: None,
-            regime_slots: if regimes.is_some() {
-                s.regime_slots
-            } else {
-                Vec::new()
-            },
-            regimes,
+            extras,
         })
     }
 }
@@ -1509,8 +1662,8 @@ fn learn(
 ) {
     if complete {
         let sp = stats_params(cfg);
-        for (i, (&present, &v)) in t.present.iter().zip(t.values.iter()).enumerate() {
-            if present {
+        for (i, (&present, &v)) in t.slots.present().iter().zip(t.slots.values()).enumerate() {
+            if present != 0 {
                 t.stats.update(i, v, &sp);
             }
         }
@@ -1520,24 +1673,33 @@ fn learn(
             0
         };
         let m = &cfg.detectors.model;
-        let in_warmup = t.learned < cfg.warmup as u64;
+        let in_warmup = u64::from(t.learned) < cfg.warmup as u64;
         let learnable = (in_warmup || m.learn_after_warmup)
             && (!anomalous || t.consecutive_anomalous > MAX_FROZEN_READINGS);
         if let (true, Some(o)) = (learnable, t.online.as_mut()) {
             o.model.update(&o.model_x);
         }
         let model_x: &[f64] = t.online.as_ref().map_or(&[], |o| &o.model_x);
-        if let (Some(phase), Some(rc)) = (t.regimes.as_deref_mut(), cfg.detectors.regimes.as_ref())
+        let extras = t.extras.as_deref_mut();
+        if let (
+            Some(Extras {
+                regimes: Some(phase),
+                regime_slots,
+                ..
+            }),
+            Some(rc),
+        ) = (extras, cfg.detectors.regimes.as_ref())
         {
             match phase {
                 RegimePhase::Learning { by, x, seen } => {
                     *seen += 1;
                     if learnable {
-                        by.extend(t.regime_slots.iter().map(|&i| t.values[i]));
+                        let values = t.slots.values();
+                        by.extend(regime_slots.iter().map(|&i| values[i]));
                         x.extend_from_slice(model_x);
                     }
                     if *seen >= rc.warmup {
-                        let d = t.regime_slots.len();
+                        let d = regime_slots.len();
                         let fitted = regimes::fit(by, d, x, model_x.len(), rc, m);
                         *phase = match fitted {
                             Ok(r) => {
@@ -1563,7 +1725,7 @@ fn learn(
                 RegimePhase::Plain => {}
             }
         }
-        t.learned += 1;
+        t.learned = t.learned.saturating_add(1);
         if let Some(o) = t.online.as_mut() {
             if let Some(v) = t2_smoothed {
                 o.t2_smooth = Some(v);
@@ -1574,19 +1736,18 @@ fn learn(
                     o.warm_buffer.reserve_exact(cfg.warmup * o.model_x.len());
                 }
                 o.warm_buffer.extend_from_slice(&o.model_x);
-                if t.learned == cfg.warmup as u64 {
+                if u64::from(t.learned) == cfg.warmup as u64 {
                     o.calibrate(q, m.smoothing);
                 }
             }
         }
     }
     if in_order {
-        t.prev_ts = Some(ts);
         t.last_ts = ts;
     } else {
         // The previous values stay those of the newest reading: rate-of-change compares in-order
         // neighbours only.
-        t.values.copy_from_slice(&t.prev_values);
+        t.slots.undo();
     }
 }
 
@@ -1606,8 +1767,7 @@ fn score(t: &mut ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) 
     s.regime_t2_smoothed = None;
     s.regime_scores = None;
     let registry = t
-        .registry
-        .as_ref()
+        .registry()
         .and_then(|b| b.model.as_ref())
         .filter(|_| t.registry_row(&mut s.registry_row));
     let by_registry = registry.is_some();
@@ -1649,9 +1809,10 @@ fn score(t: &mut ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) 
     s.per_feature.clear();
     let mut best = [0.0f64; 4];
     let sp = stats_params(cfg);
+    let (values, present) = (t.slots.values(), t.slots.present());
     for i in 0..t.stats.len() {
-        let fs = if t.present[i] {
-            t.stats.score(i, t.values[i], &sp)
+        let fs = if present[i] != 0 {
+            t.stats.score(i, values[i], &sp)
         } else {
             FeatureScores::default()
         };
@@ -1686,7 +1847,7 @@ fn score(t: &mut ThingState, cfg: &DataflowConfig, s: &mut Scratch, full: bool) 
 /// regime's when a regime did, else the thing's online model) into `s.model_contributions`, for the
 /// alert's explanation; scoring needs the T^2 alone, which takes half the work.
 fn online_contributions(t: &ThingState, s: &mut Scratch) {
-    let by_regime = match (s.regime_scores, s.regime, t.regimes.as_deref()) {
+    let by_regime = match (s.regime_scores, s.regime, t.regimes()) {
         (Some(_), Some(a), Some(RegimePhase::Fitted(r))) => Some(&r.regimes[a.regime].model),
         _ => None,
     };
@@ -1717,7 +1878,7 @@ fn model_normalised(
 /// has no fitted regimes, the reading has not settled in its regime, or the regime cannot score yet.
 fn regime_score(t: &ThingState, cfg: &DataflowConfig, s: &mut Scratch) -> Option<f64> {
     let a = s.regime.filter(|a| a.settled)?;
-    let Some(RegimePhase::Fitted(r)) = t.regimes.as_deref() else {
+    let Some(RegimePhase::Fitted(r)) = t.regimes() else {
         return None;
     };
     let reg = &r.regimes[a.regime];
@@ -1766,7 +1927,7 @@ fn make_alert(p: &Point, t: &ThingState, a: AlertParts<'_>) -> Alert {
     Alert {
         alert_id: alert_id(&p.thing_id, a.alert_type, p.ts),
         thing_id: p.thing_id.clone(),
-        equipment_type: t.equipment_type.clone(),
+        equipment_type: t.equipment_type().clone(),
         ts: p.ts,
         severity: a.severity,
         source: a.source.to_string(),
@@ -1832,7 +1993,7 @@ fn ensemble_lead(
     let mut model_by_slot = vec![0.0; n];
     let mut model_detector = None;
     if s.model.is_some() {
-        let binding = t.registry.as_deref().filter(|_| s.by_registry);
+        let binding = t.registry().filter(|_| s.by_registry);
         match binding.and_then(|b| Some((b, b.model.as_ref()?))) {
             Some((b, m)) => {
                 let explain_model = explain_model && cfg.models.as_ref().is_none_or(|c| c.explain);
@@ -1848,7 +2009,7 @@ fn ensemble_lead(
                 match sc.regime_scores {
                     // Far from every regime: the distance's terms are the model's attribution.
                     Some((within, distance)) if distance > within => {
-                        for (&slot, v) in t.regime_slots.iter().zip(&sc.regime_terms) {
+                        for (&slot, v) in t.regime_slots().iter().zip(&sc.regime_terms) {
                             model_by_slot[slot] += v;
                         }
                     }
@@ -1936,10 +2097,10 @@ fn ensemble_alert(
         ),
         regime: None,
     }];
-    let online_version = || format!("{}/online_mahalanobis/1", t.equipment_type);
+    let online_version = || format!("{}/online_mahalanobis/1", t.equipment_type());
     let mut model_version = None;
     if let (Some((kind, by_registry, explained)), Some(score)) = (lead.model_detector, s.model) {
-        let id = match t.registry.as_deref().and_then(|b| b.model.as_ref()) {
+        let id = match t.registry().and_then(|b| b.model.as_ref()) {
             Some(m) if by_registry => m.id.clone(),
             _ => online_version(),
         };
@@ -1965,7 +2126,7 @@ fn ensemble_alert(
     debug_assert_eq!(alert_type_for(&lead_name), lead.alert_type);
     let sentence = match t.names().iter().position(|n| *n == lead_name) {
         Some(i) => {
-            let value = t.values[i];
+            let value = t.slots.values()[i];
             let mean = t.stats.mean(i);
             let pct = if mean.abs() > 1e-9 {
                 (value - mean) / mean.abs() * 100.0
@@ -2038,14 +2199,14 @@ fn ensemble_alert(
 fn regime_attribution(t: &ThingState, s: &Scored, sc: &Scratch) -> Option<RegimeAttribution> {
     let (within, distance) = sc.regime_scores.filter(|_| !s.by_registry)?;
     let a = sc.regime?;
-    let Some(RegimePhase::Fitted(r)) = t.regimes.as_deref() else {
+    let Some(RegimePhase::Fitted(r)) = t.regimes() else {
         return None;
     };
     Some(RegimeAttribution {
         id: a.regime + 1,
         count: r.len(),
         centre: t
-            .regime_slots
+            .regime_slots()
             .iter()
             .zip(r.centre_of(a.regime))
             .map(|(&slot, v)| (t.names()[slot].to_string(), round4(v)))
@@ -2083,4 +2244,58 @@ fn burst_alert(first: &Alert, cfg: &DataflowConfig) -> Alert {
         p.burst_count, p.burst_within_s, first.explanation
     );
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slots;
+
+    #[test]
+    fn slots_keep_their_three_parts_apart_in_one_buffer() {
+        for n in 0..300 {
+            let values: Vec<f64> = (0..n).map(|i| i as f64).collect();
+            let prev: Vec<f64> = (0..n).map(|i| -(i as f64) - 0.5).collect();
+            let present: Vec<bool> = (0..n).map(|i| i % 3 == 1).collect();
+            let mut s = Slots::from_parts(&values, &prev, &present);
+            assert_eq!(s.len(), n);
+            assert_eq!(s.bytes(), (2 * n + n.div_ceil(8)) * 8);
+            assert_eq!(s.values(), &values[..]);
+            assert_eq!(s.prev_values(), &prev[..]);
+            let flags: Vec<bool> = s.present().iter().map(|&p| p == 1).collect();
+            assert_eq!(flags, present);
+            // The next reading: the values become the previous ones, nothing is present yet.
+            s.advance();
+            assert_eq!(s.prev_values(), &values[..]);
+            assert!(s.present().iter().all(|&p| p == 0));
+            let (v, p) = s.values_present_mut();
+            if n > 0 {
+                v[n - 1] = 7.0;
+                p[n - 1] = 1;
+            }
+            assert_eq!(
+                s.present().iter().filter(|&&p| p == 1).count(),
+                usize::from(n > 0)
+            );
+            // An out-of-order reading is undone: the values are the previous ones again.
+            s.undo();
+            assert_eq!(s.values(), &values[..]);
+            assert_eq!(s.prev_values(), &values[..]);
+        }
+        let empty = Slots::default();
+        assert_eq!(
+            (empty.len(), empty.values().len(), empty.present().len()),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn a_thing_state_fits_the_allocators_128_byte_class() {
+        // Boxed in the engine's table: mimalloc rounds 129..=160 bytes up to 160, so every byte over
+        // 128 costs 32 per thing (issue 7).
+        assert!(
+            std::mem::size_of::<super::ThingState>() <= 128,
+            "{} bytes",
+            std::mem::size_of::<super::ThingState>()
+        );
+    }
 }

@@ -145,6 +145,14 @@ fn a_thing_without_per_thing_models_takes_under_1_kib() {
         // 32 bytes per feature, sized exactly; rule counters only (their resolution is shared).
         assert_eq!(c.stats, c.features * 32, "{c:?}");
         assert!(c.rules <= 4 * 16, "{c:?}");
+        // Values, previous values and presence bytes in one allocation; the struct in mimalloc's
+        // 128-byte size class (issue 7: each allocation rounds up to a class).
+        assert_eq!(
+            c.values,
+            (2 * c.features + c.features.div_ceil(8)) * 8,
+            "{c:?}"
+        );
+        assert!(c.state <= 128, "{c:?}");
         // The default keeps windows, the online model and sensor-fault windows: over 10x more.
         assert!(d.total() > 10 * c.total(), "{id}: {d:?} vs {c:?}");
         // A ring of 60 samples per feature (plus a sorted copy while a feature's order statistics
@@ -154,6 +162,8 @@ fn a_thing_without_per_thing_models_takes_under_1_kib() {
         assert!(d.model > (c.features - 1) * c.features * 8, "{d:?}");
     }
     assert!(largest > 13 * 32, "no 13-feature thing: {largest}");
+    // An oven: struct 128, values 224, statistics 416, rule counters 40 (949 before issue 7's work).
+    assert!(largest <= 808, "{largest}");
 }
 
 /// Grouping an epoch by thing gives exactly the order of sorting it by `(route, seq)`, for records in

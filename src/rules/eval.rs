@@ -17,11 +17,12 @@ use std::sync::Arc;
 pub struct RuleState {
     /// Generation of the rule set the counters belong to.
     pub generation: u64,
-    /// Consecutive readings each rule's condition has held, by rule index.
-    counts: Vec<u32>,
-    ready: bool,
+    /// Consecutive readings each rule's condition has held, by rule index (a boxed slice: this is
+    /// per-thing state, issue 7).
+    counts: Box<[u32]>,
     /// Which rules apply and where their features are, shared by the things with the same rules,
-    /// equipment type and layout (see [`RuleCache`]).
+    /// equipment type and layout (see [`RuleCache`]). None until the first evaluation and after a
+    /// reset: the counters are then not in use.
     resolved: Option<Arc<Resolved>>,
 }
 
@@ -159,17 +160,16 @@ impl Bound {
 impl RuleState {
     /// Heap bytes this thing owns (its counters; the resolution is shared).
     pub fn heap_bytes(&self) -> usize {
-        self.counts.capacity() * std::mem::size_of::<u32>()
+        std::mem::size_of_val(&*self.counts)
     }
 
     /// Clears the counters when `generation` differs from the one they belong to. Returns whether it did.
     pub fn reset_if(&mut self, generation: u64) -> bool {
-        if self.ready && self.generation == generation {
+        if self.ready() && self.generation == generation {
             return false;
         }
         self.generation = generation;
-        self.counts.clear();
-        self.ready = false;
+        self.counts = Box::default();
         self.resolved = None;
         true
     }
@@ -177,7 +177,7 @@ impl RuleState {
     /// The `for:` counters by rule index (empty before the first evaluation): what a state checkpoint
     /// keeps of a thing's rule state (the rest is resolved again from the rules).
     pub fn counts(&self) -> &[u32] {
-        if self.ready {
+        if self.ready() {
             &self.counts
         } else {
             &[]
@@ -192,10 +192,14 @@ impl RuleState {
         }
         RuleState {
             generation: rules.generation,
-            counts,
-            ready: true,
+            counts: counts.into_boxed_slice(),
             resolved: Some(Arc::new(Resolved::new(rules, equipment_type, None))),
         }
+    }
+
+    /// Whether the counters are in use (evaluated, or restored, since the last reset).
+    fn ready(&self) -> bool {
+        self.resolved.is_some()
     }
 
     /// The current consecutive count of rule `index` (0 when its condition did not hold last time).
@@ -212,7 +216,7 @@ impl RuleState {
     ) {
         let layout_id = readings.layout().map(|(id, _)| id);
         let resolved = self.resolved.as_deref();
-        let same_rules = self.ready
+        let same_rules = self.ready()
             && self.generation == rules.generation
             && self.counts.len() == rules.rules.len()
             && resolved.is_some_and(|r| r.equipment == equipment_type);
@@ -221,10 +225,7 @@ impl RuleState {
         }
         if !same_rules {
             self.generation = rules.generation;
-            self.counts.clear();
-            self.counts.resize(rules.rules.len(), 0);
-            self.counts.shrink_to_fit();
-            self.ready = true;
+            self.counts = vec![0; rules.rules.len()].into_boxed_slice();
         }
         // A new layout keeps the `for:` counters (the same rules, the same thing): only the slots move.
         self.resolved = Some(cache.get(rules, equipment_type, readings));

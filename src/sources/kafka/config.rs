@@ -38,7 +38,9 @@ pub struct KafkaSourceConfig {
     /// (batch back-fills and tests); unset: run until stopped.
     #[serde(default)]
     pub stop_after_idle_s: Option<f64>,
-    /// Extra librdkafka consumer properties (`session.timeout.ms`, `security.protocol`, ...).
+    /// Extra librdkafka consumer properties (`session.timeout.ms`, `security.protocol`, ...). They
+    /// override the source's own settings, such as `fetch.wait.max.ms` (1 by default here, for
+    /// latency; see `DEFAULT_FETCH_WAIT_MS`).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }

@@ -193,6 +193,13 @@ enum WarmStart {
     Done,
 }
 
+/// The consumer's `fetch.wait.max.ms` unless `properties` sets it: how long the broker may hold a
+/// fetch. Kafka answers a fetch as soon as data arrives, but tansu (the brokers of the tests) holds it
+/// for the whole wait, which then adds to every message's latency: with librdkafka's 500 ms, event to
+/// alert was ~390 ms p50 at 5,000 readings/s; with 1 ms, 6.9 ms (docs/BENCHMARKS.md). The cost is up to
+/// a thousand empty fetches a second per broker while a topic is idle.
+pub const DEFAULT_FETCH_WAIT_MS: &str = "1";
+
 /// One process's consumer (the group member) and its offset bookkeeping.
 pub struct KafkaReader {
     cfg: KafkaSourceConfig,
@@ -254,6 +261,7 @@ impl KafkaReader {
             // polls every millisecond or so, far more often.
             .set("max.poll.interval.ms", "30000")
             .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", DEFAULT_FETCH_WAIT_MS)
             .set("statistics.interval.ms", STATS_INTERVAL_MS);
         for (k, v) in &cfg.properties {
             cc.set(k, v);

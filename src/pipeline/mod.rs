@@ -1386,13 +1386,13 @@ fn watermark(acked: &ProbeHandle<u64>) -> u64 {
     acked.with_frontier(|f| f.iter().min().copied().unwrap_or(u64::MAX))
 }
 
-/// At most this many dataflow steps per turn of the Kafka feeding loop while the sink has not
+/// At most this many dataflow steps per turn of a Kafka or live feeding loop while the sink has not
 /// acknowledged every closed epoch (an epoch needs one step per operator on its way).
 const EPOCH_STEPS: usize = 4;
 
 /// Whether the sink has yet to acknowledge an epoch before `time` (an epoch that was closed).
 fn acked_behind(acked: &ProbeHandle<u64>, time: u64) -> bool {
-    time > 0 && acked.less_than(&time)
+    acked.less_than(&time)
 }
 
 /// Time until the next wall-clock millisecond (the next Kafka epoch).

@@ -194,7 +194,7 @@ enum WarmStart {
 }
 
 /// The consumer's `fetch.wait.max.ms` unless `properties` sets it: how long the broker may hold a
-/// fetch. Kafka answers a fetch as soon as data arrives, but tansu (the brokers of the tests) holds it
+/// fetch. Kafka answers a fetch as soon as data arrives, but tansu (the broker the tests use) holds it
 /// for the whole wait, which then adds to every message's latency: with librdkafka's 500 ms, event to
 /// alert was ~390 ms p50 at 5,000 readings/s; with 1 ms, 6.9 ms (docs/BENCHMARKS.md). The cost is up to
 /// a thousand empty fetches a second per broker while a topic is idle.

@@ -519,8 +519,8 @@ mod tests {
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
 
-    /// Bytes that matter to the word-at-a-time helpers: digits, their neighbours, string specials,
-    /// non-ASCII and arbitrary ones.
+    /// Bytes that matter to [`special_bytes`]: string specials (`"`, `\`, controls) and the bytes
+    /// beside them (space, DEL), non-ASCII, digits and JSON punctuation, and arbitrary ones.
     fn interesting(rng: &mut SmallRng) -> u8 {
         const PICKS: &[u8] = b"0123456789/:.-eE\"\\\x00\x1f\x20\x7f";
         match rng.random_range(0..4) {

@@ -731,10 +731,6 @@ impl ThingState {
         all
     }
 
-    fn slot_of(&self, i: usize, name: &str) -> Option<usize> {
-        slot_of(&self.layout, i, name)
-    }
-
     /// Writes the reading into the slots (missing sensors keep their last value). Returns false when
     /// a slot has no value yet (a sensor never seen), so the reading cannot be scored as a whole.
     /// `slots` receives each value's slot (see [`ThingState::write_values`]).
@@ -752,7 +748,7 @@ impl ThingState {
                 .values
                 .iter()
                 .enumerate()
-                .filter(|(i, (n, _))| self.slot_of(*i, n).is_none())
+                .filter(|(i, (n, _))| slot_of(&self.layout, *i, n).is_none())
                 .map(|(_, (n, _))| n.clone())
                 .collect();
             let raw: Vec<Name> = self.layout.names[..self.layout.n_raw]

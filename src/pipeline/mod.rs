@@ -1320,12 +1320,7 @@ fn feed_live(
         while probe.less_than(&behind) {
             worker.step();
         }
-        // As in `feed_kafka`: see a closed epoch through to the sink now, not one step per turn.
-        let mut steps = 0;
-        while steps < EPOCH_STEPS && acked_behind(acked, *input.time()) {
-            worker.step();
-            steps += 1;
-        }
+        step_closed_epochs(worker, acked, *input.time());
         worker.step_or_park(Some(Duration::from_micros(500)));
     }
 }
@@ -1386,13 +1381,22 @@ fn watermark(acked: &ProbeHandle<u64>) -> u64 {
     acked.with_frontier(|f| f.iter().min().copied().unwrap_or(u64::MAX))
 }
 
-/// At most this many dataflow steps per turn of a Kafka or live feeding loop while the sink has not
-/// acknowledged every closed epoch (an epoch needs one step per operator on its way).
+/// At most this many dataflow steps per turn of a Kafka or live feeding loop (see
+/// [`step_closed_epochs`]).
 const EPOCH_STEPS: usize = 4;
 
-/// Whether the sink has yet to acknowledge an epoch before `time` (an epoch that was closed).
-fn acked_behind(acked: &ProbeHandle<u64>, time: u64) -> bool {
-    acked.less_than(&time)
+/// Steps the dataflow while the sink has yet to acknowledge an epoch before `time` (the input's
+/// current epoch), at most [`EPOCH_STEPS`] times. A closed epoch takes one step per operator it passes
+/// (timely shows an operator its new frontier at the next step): running those steps now, rather than
+/// one per turn of the feeding loop, saves a park per operator. Bounded, as other workers' shares may
+/// take longer.
+fn step_closed_epochs(worker: &mut timely::worker::Worker, acked: &ProbeHandle<u64>, time: u64) {
+    for _ in 0..EPOCH_STEPS {
+        if !acked.less_than(&time) {
+            break;
+        }
+        worker.step();
+    }
 }
 
 /// Time until the next wall-clock millisecond (the next Kafka epoch).
@@ -1520,14 +1524,7 @@ fn feed_kafka(
         while probe.less_than(&behind) && !ctx.stop.load(Ordering::SeqCst) {
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
-        // A closed epoch takes one step per operator it passes (timely shows an operator its new
-        // frontier at the next step): run those steps now rather than one per turn of this loop,
-        // which would add up to a park each. Bounded, as other workers' shares may take longer.
-        let mut steps = 0;
-        while steps < EPOCH_STEPS && acked_behind(ctx.acked, *input.time()) {
-            worker.step();
-            steps += 1;
-        }
+        step_closed_epochs(worker, ctx.acked, *input.time());
         if n == 0 {
             // Nothing to read: sleep until the next epoch begins (to close this one) unless messages
             // arrive first (the consumer unparks this thread) or the dataflow has work.

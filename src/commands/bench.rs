@@ -7,7 +7,8 @@
 //! - `live`: the simulator on its own thread pushing readings through a bounded channel into worker 0,
 //!   the path of `egizml run` with a simulator source (no input held in memory: the scale bench);
 //! - `kafka`: simulator telemetry produced to a fresh topic on `--brokers` while the Kafka source (the
-//!   code path of `egizml run` with a Kafka source) consumes it.
+//!   code path of `egizml run` with a Kafka source) consumes it; `--mock-cluster` runs librdkafka's
+//!   mock cluster (an in-memory Kafka-protocol broker) in this process instead of `--brokers`.
 //!
 //! Latencies are measured on one monotonic clock, the process's (`pipeline::clock_ns`): the bench
 //! produces and consumes in the same process. The summary's `latency_clock` says what each figure spans.
@@ -18,6 +19,7 @@ use crate::pipeline::{self, clock_ns, Input, Output, OutputSink, RunOptions, Run
 use crate::sources::kafka::KafkaSourceConfig;
 use crate::sources::simulator::{write_jsonl, FaultKind, Simulator, SimulatorConfig};
 use anyhow::Context;
+use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Message};
 use serde::{Deserialize, Serialize};
@@ -80,8 +82,13 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = pipeline::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
     /// Kafka bootstrap servers (`--source kafka`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "mock_cluster")]
     pub brokers: Option<String>,
+    /// `--source kafka` against librdkafka's mock cluster (one in-memory broker, started in this
+    /// process on a free 127.0.0.1 port; clients still speak the Kafka protocol over TCP) instead of
+    /// `--brokers`: what the pipeline does with a broker that answers fetches as soon as data is there.
+    #[arg(long)]
+    pub mock_cluster: bool,
     /// Kafka topic to create and fill (default: `egizml-bench-<unix ms>`); it must not exist.
     #[arg(long)]
     pub topic: Option<String>,
@@ -134,6 +141,7 @@ impl Default for BenchArgs {
             seed: 42,
             max_in_flight: pipeline::DEFAULT_MAX_IN_FLIGHT,
             brokers: None,
+            mock_cluster: false,
             topic: None,
             partitions: 4,
             linger_ms: 5.0,
@@ -190,6 +198,9 @@ pub struct MemoryUse {
 /// What the Kafka bench produced.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct KafkaBench {
+    /// The broker: `--brokers`' bootstrap servers, or `mock cluster` (`--mock-cluster`).
+    #[serde(default)]
+    pub broker: String,
     pub topic: String,
     pub partitions: i32,
     /// Readings the broker acknowledged.
@@ -421,7 +432,10 @@ fn check(args: &BenchArgs) -> anyhow::Result<usize> {
         );
     }
     if args.source == BenchSource::Kafka {
-        anyhow::ensure!(args.brokers.is_some(), "--source kafka needs --brokers");
+        anyhow::ensure!(
+            args.brokers.is_some() != args.mock_cluster,
+            "--source kafka needs --brokers or --mock-cluster (one of them)"
+        );
         anyhow::ensure!(args.partitions >= 1, "--partitions must be >= 1");
         anyhow::ensure!(
             args.linger_ms.is_finite() && args.linger_ms >= 0.0,
@@ -433,8 +447,8 @@ fn check(args: &BenchArgs) -> anyhow::Result<usize> {
         );
     } else {
         anyhow::ensure!(
-            args.brokers.is_none() && args.topic.is_none(),
-            "--brokers and --topic need --source kafka"
+            args.brokers.is_none() && args.topic.is_none() && !args.mock_cluster,
+            "--brokers, --mock-cluster and --topic need --source kafka"
         );
     }
     Ok(points)
@@ -728,7 +742,16 @@ fn bench_kafka(
     rules: crate::rules::RulesHandle,
     opts: RunOptions,
 ) -> anyhow::Result<Measured> {
-    let brokers = args.brokers.clone().expect("checked");
+    // Dropped (the mock broker stopped) when the bench returns, after every client is gone.
+    let mock = if args.mock_cluster {
+        Some(MockCluster::new(1).context("cannot start librdkafka's mock cluster")?)
+    } else {
+        None
+    };
+    let brokers = match &mock {
+        Some(cluster) => cluster.bootstrap_servers(),
+        None => args.brokers.clone().expect("checked"),
+    };
     let unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
@@ -736,7 +759,14 @@ fn bench_kafka(
         .topic
         .clone()
         .unwrap_or_else(|| format!("egizml-bench-{unix_ms}"));
-    create_topic(&brokers, &topic, args.partitions)?;
+    // The mock cluster does not serve the admin API's CreateTopics: it creates topics itself.
+    let create = |topic: &str| match &mock {
+        Some(cluster) => cluster
+            .create_topic(topic, args.partitions, 1)
+            .with_context(|| format!("mock cluster: cannot create topic {topic}")),
+        None => create_topic(&brokers, topic, args.partitions),
+    };
+    create(&topic)?;
     // The timed readings are simulated and encoded before the clock starts, so the 2 cores spend the
     // run on the pipeline, the producer's client and the broker, not on the load generator
     // (simulating and JSON-encoding took about a sixth of the process's CPU at 50,000/s).
@@ -768,7 +798,7 @@ fn bench_kafka(
     let alerts_topic = args.kafka_sink.then(|| format!("{topic}-alerts"));
     let inner: Option<Box<dyn OutputSink>> = match &alerts_topic {
         Some(alerts) => {
-            create_topic(&brokers, alerts, args.partitions)?;
+            create(alerts)?;
             let cfg = crate::sinks::kafka::KafkaSinkConfig::new(&brokers, alerts);
             Some(Box::new(crate::sinks::kafka::KafkaSink::new(&cfg)?))
         }
@@ -938,6 +968,11 @@ fn bench_kafka(
         rss_before,
         event_to_alert: Some(e2a),
         kafka: Some(KafkaBench {
+            broker: if mock.is_some() {
+                "mock cluster".into()
+            } else {
+                brokers.clone()
+            },
             topic,
             partitions: args.partitions,
             produced,
@@ -981,8 +1016,8 @@ pub fn describe(s: &BenchSummary) -> Vec<String> {
     }
     if let Some(k) = &s.kafka {
         lines.push(format!(
-            "  kafka: topic {} ({} partitions), {} produced at {:.0}/s",
-            k.topic, k.partitions, k.produced, k.produce_per_sec
+            "  kafka ({}): topic {} ({} partitions), {} produced at {:.0}/s",
+            k.broker, k.topic, k.partitions, k.produced, k.produce_per_sec
         ));
         lines.push(p("send->ack", &k.send_to_ack_us));
         if let Some(alerts) = &k.alerts_topic {

@@ -117,6 +117,37 @@ fn bench_from_kafka_times_event_to_alert_from_the_producer_send() {
 }
 
 #[test]
+fn bench_against_librdkafkas_mock_cluster_times_every_alert() {
+    let s = bench(&[
+        "--source",
+        "kafka",
+        "--mock-cluster",
+        "--points",
+        "4000",
+        "--things",
+        "5",
+        "--workers",
+        "1",
+        "--partitions",
+        "1",
+        "--rate",
+        "4000",
+        "--faults",
+        "20",
+        "--settle-s",
+        "0",
+    ]);
+    assert_eq!(s["kafka"]["broker"], "mock cluster", "{s}");
+    assert_eq!(s["kafka"]["produced"], 4000 + 1, "{s}");
+    assert_eq!(s["points"], 4000 + 1, "{s}");
+    let alerts = s["alerts"].as_u64().unwrap();
+    assert!(alerts > 0, "faults were injected: {s}");
+    assert_eq!(s["kafka"]["unmatched_alerts"], 0, "{s}");
+    assert_eq!(count(&s, "event_to_alert_us"), alerts, "{s}");
+    check_percentiles(&s, "event_to_alert_us");
+}
+
+#[test]
 fn bench_with_the_kafka_sink_times_alerts_until_a_consumer_reads_them() {
     let s = kafka_bench("2", &["--kafka-sink"]);
     let alerts = s["alerts"].as_u64().unwrap();
@@ -175,6 +206,7 @@ fn bench_rejects_inconsistent_arguments_with_one_line() {
     for (args, reason) in [
         (&["--source", "kafka"][..], "--source kafka needs --brokers"),
         (&["--brokers", "127.0.0.1:1"][..], "need --source kafka"),
+        (&["--mock-cluster"][..], "need --source kafka"),
         (&["--things", "0"][..], "--things must be at least 1"),
         (&["--rate", "0"][..], "--rate must be > 0"),
         (&["--fault-kinds", "meltdown"][..], "unknown fault kind"),

@@ -151,6 +151,9 @@ struct Scratch {
     fault_events: Vec<FaultEvent>,
     /// The layout slot of each value of the reading being processed (`usize::MAX`: none).
     value_slots: Vec<usize>,
+    /// The address of the thing state the previous reading touched (see `process_point`): only a
+    /// hint, so a state freed and another allocated at the same address costs nothing but a touch.
+    touched: usize,
     /// The registry model's input row of the reading being scored, and its raw score.
     registry_row: Vec<f64>,
     registry_score: f64,
@@ -176,6 +179,7 @@ impl Default for Scratch {
             t2_smoothed: None,
             fault_events: Vec::new(),
             value_slots: Vec::new(),
+            touched: 0,
             registry_row: Vec::new(),
             registry_score: f64::NAN,
             regime: None,
@@ -1109,8 +1113,14 @@ impl Engine {
         {
             t.policy = None;
         }
-        // Start every cache miss of a cold thing at once (see RollingWindow::touch).
-        std::hint::black_box(t.stats.touch());
+        // Start every cache miss of a cold thing at once (see RollingWindow::touch). An epoch's
+        // readings come grouped by thing, so only the first of a group finds the state cold: the
+        // rest would read some 200 warm cache lines each for nothing.
+        let address = &**t as *const ThingState as usize;
+        if self.scratch.touched != address {
+            self.scratch.touched = address;
+            std::hint::black_box(t.stats.touch());
+        }
         let complete = t.load(&p, cfg, &mut self.shared, &mut self.scratch.value_slots);
         if let Some(active) = cfg.active_models.as_ref() {
             let current = t

@@ -87,6 +87,8 @@ pub struct BenchArgs {
     /// `--source kafka` against librdkafka's mock cluster (one in-memory broker, started in this
     /// process on a free 127.0.0.1 port; clients still speak the Kafka protocol over TCP) instead of
     /// `--brokers`: what the pipeline does with a broker that answers fetches as soon as data is there.
+    /// It keeps only a short log per partition, so use it with `--rate`: a consumer that falls far
+    /// behind gets "offset out of range" and the bench stops for lack of progress.
     #[arg(long)]
     pub mock_cluster: bool,
     /// Kafka topic to create and fill (default: `egizml-bench-<unix ms>`); it must not exist.

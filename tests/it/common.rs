@@ -14,6 +14,16 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_egizml")
 }
 
+/// An HTTP client that returns 4xx/5xx answers as responses (the tests check statuses) and gives
+/// up on a request after `timeout`.
+pub fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .new_agent()
+}
+
 /// A decoded oven reading, as the engine takes it.
 pub fn point(thing: &str, ts: i64, values: &[(&str, f64)], seq: u64) -> Point {
     Point {

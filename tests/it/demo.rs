@@ -1,15 +1,11 @@
 //! `egizml demo` end to end: simulator -> pipeline -> SQLite, served over REST with /metrics.
 
-use crate::common::bin;
+use crate::common::{bin, http_agent};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn get(url: &str) -> Option<(u16, String)> {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .new_agent();
+    let agent = http_agent(Duration::from_secs(5));
     let mut resp = agent.get(url).call().ok()?;
     let status = resp.status().as_u16();
     Some((status, resp.body_mut().read_to_string().ok()?))

@@ -10,6 +10,7 @@ use datafusion::arrow::array::{Array, Float64Array, StringArray};
 use egizml::history::{load, HistoryQuery, HistorySource, InfluxSource};
 use egizml::sql_features::{batch::feature_matrix, FeatureSet};
 
+use crate::common::http_agent;
 use crate::service::procs::{free_port, unavailable, wait_for};
 
 struct Influxd {
@@ -31,11 +32,7 @@ impl Influxd {
     /// database the server does not know yet is a 404 (seen once in CI). Panics with the last answer
     /// and the server's log if the write is not accepted within 30 s.
     fn create_database_and_write(&self, db: &str, body: &str) {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .new_agent();
+        let agent = http_agent(Duration::from_secs(10));
         let mut last = String::new();
         let written = wait_for(Duration::from_secs(30), || {
             let create = agent

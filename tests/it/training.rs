@@ -1,6 +1,6 @@
 //! `egizml train` and `egizml models`: train on history, list, show, activate, roll back.
 
-use crate::common::{bin, simulate};
+use crate::common::{bin, http_agent, simulate};
 use std::process::Command;
 
 fn run(args: &[&str]) -> (bool, String, String) {
@@ -149,11 +149,7 @@ fn bad_training_input_is_a_one_line_error() {
 
 /// One HTTP call to the running service: status and JSON body.
 fn call(method: &str, url: &str, token: Option<&str>, body: &str) -> (u16, serde_json::Value) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(10)))
-        .build()
-        .new_agent();
+    let agent = http_agent(std::time::Duration::from_secs(10));
     let mut resp = match method {
         "GET" => agent.get(url).call(),
         _ => {

@@ -2,7 +2,7 @@
 //! authenticated feedback, and SIGTERM drains every in-flight alert into the store before exit.
 
 use super::procs::{self, free_port, wait_for, KillOnDrop};
-use crate::common::sigterm_and_wait;
+use crate::common::{http_agent, sigterm_and_wait};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -31,11 +31,7 @@ fn demo_on_postgres_serves_feedback_and_drains_on_sigterm() {
         .spawn()
         .expect("demo starts");
     let mut child = KillOnDrop(child);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
+    let agent = http_agent(Duration::from_secs(5));
 
     let first = wait_for(Duration::from_secs(40), || {
         let mut resp = agent

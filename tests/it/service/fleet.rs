@@ -3,18 +3,14 @@
 //! the store and the differential-dataflow summaries can be compared at rest.
 
 use super::procs::{free_port, wait_for, KillOnDrop};
-use crate::common::{bin, sigterm_and_wait};
+use crate::common::{bin, http_agent, sigterm_and_wait};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn get(url: &str) -> (u16, Value) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .new_agent();
+    let agent = http_agent(Duration::from_secs(10));
     let mut resp = agent.get(url).call().expect("request");
     let status = resp.status().as_u16();
     let body = resp.body_mut().read_to_string().expect("body");
@@ -80,11 +76,7 @@ fn device_and_fleet_summaries_agree_with_the_stored_alerts() {
 
     // Wait until the input has ended and everything is stored and summarised.
     let drained = wait_for(Duration::from_secs(90), || {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(2)))
-            .build()
-            .new_agent();
+        let agent = http_agent(Duration::from_secs(2));
         let body = agent
             .get(&format!("{base}/health"))
             .call()

@@ -4,7 +4,7 @@
 //! stops the service with SIGTERM. A bad `api` section fails at start naming file, line and field.
 
 use super::procs::{free_port, wait_for, KillOnDrop};
-use crate::common::{bin, sigterm_and_wait, simulate};
+use crate::common::{bin, http_agent, sigterm_and_wait, simulate};
 use egizml::sinks::sqlite::{AlertQuery, AlertStore, SqliteStore};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -16,11 +16,7 @@ const TOKEN_VAR: &str = "EGIZML_RUN_API_TEST_TOKEN";
 const TOKEN: &str = "run-api-token-41";
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .new_agent()
+    http_agent(Duration::from_secs(10))
 }
 
 /// Status and body of a request.

@@ -37,16 +37,18 @@ fn check_percentiles(s: &serde_json::Value, hist: &str) {
     assert!(q.windows(2).all(|w| w[0] <= w[1]), "{hist}: {h}");
 }
 
-/// `bench --source kafka` on a fresh broker: 5 things x 800 readings at 4,000/s (past the
-/// simulator's 300-reading warm-up, so faults are injected), on `workers`, plus `extra` arguments.
+/// `bench --source kafka` on a fresh tansu broker (see [`kafka_bench_on`]).
 fn kafka_bench(workers: &str, extra: &[&str]) -> serde_json::Value {
     let broker = Tansu::start().expect("tansu starts");
-    let bootstrap = broker.bootstrap();
-    let mut args = vec![
-        "--source",
-        "kafka",
-        "--brokers",
-        &bootstrap,
+    kafka_bench_on(&["--brokers", &broker.bootstrap()], workers, extra)
+}
+
+/// `bench --source kafka` on the broker `broker_args` name: 5 things x 800 readings at 4,000/s (past
+/// the simulator's 300-reading warm-up, so faults are injected), on `workers`, plus `extra` arguments.
+fn kafka_bench_on(broker_args: &[&str], workers: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--source", "kafka"];
+    args.extend_from_slice(broker_args);
+    args.extend_from_slice(&[
         "--points",
         "4000",
         "--things",
@@ -59,7 +61,7 @@ fn kafka_bench(workers: &str, extra: &[&str]) -> serde_json::Value {
         "20",
         "--settle-s",
         "0",
-    ];
+    ]);
     args.extend_from_slice(extra);
     bench(&args)
 }
@@ -118,25 +120,7 @@ fn bench_from_kafka_times_event_to_alert_from_the_producer_send() {
 
 #[test]
 fn bench_against_librdkafkas_mock_cluster_times_every_alert() {
-    let s = bench(&[
-        "--source",
-        "kafka",
-        "--mock-cluster",
-        "--points",
-        "4000",
-        "--things",
-        "5",
-        "--workers",
-        "1",
-        "--partitions",
-        "1",
-        "--rate",
-        "4000",
-        "--faults",
-        "20",
-        "--settle-s",
-        "0",
-    ]);
+    let s = kafka_bench_on(&["--mock-cluster"], "1", &["--partitions", "1"]);
     assert_eq!(s["kafka"]["broker"], "mock cluster", "{s}");
     assert_eq!(s["kafka"]["produced"], 4000 + 1, "{s}");
     assert_eq!(s["points"], 4000 + 1, "{s}");

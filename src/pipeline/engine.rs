@@ -12,7 +12,8 @@ use crate::detectors::regimes::{self, Assignment, Regimes};
 use crate::detectors::sensor_faults::{FaultEvent, SensorFaultDetector};
 use crate::detectors::stats::{FeatureScores, StatsParams, StatsSet};
 use crate::event::{
-    alert_id, Alert, DetectorAttribution, Name, Point, RegimeAttribution, ScoreLine, Severity,
+    alert_id, same_bytes, Alert, DetectorAttribution, Name, Point, RegimeAttribution, ScoreLine,
+    Severity,
 };
 use crate::explain::{alert_type_for, explain, round4, top_contributions, Explanation};
 use crate::features::DerivedPlan;
@@ -909,7 +910,7 @@ impl Readings for ThingReadings<'_> {
 /// The slot of the reading's `i`-th value, named `name`: the `i`-th raw slot when the reading lists
 /// its sensors in the layout's order (the usual case), else the raw slot of that name.
 fn slot_of(l: &Layout, i: usize, name: &str) -> Option<usize> {
-    if i < l.n_raw && l.names[i] == name {
+    if i < l.n_raw && same_bytes(l.names[i].as_bytes(), name.as_bytes()) {
         return Some(i);
     }
     l.names[..l.n_raw].iter().position(|n| n == name)

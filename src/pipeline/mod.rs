@@ -1059,6 +1059,9 @@ fn feed_lines(
         let chunk_lines = ctx.pace.map_or(CHUNK_LINES, paced_chunk_lines);
         if mine {
             input.advance_to(chunk);
+            // The input keeps the sent batch and hands back an empty vector: growing it again by
+            // doubling would copy the chunk's records some 14 times over.
+            batch.reserve(chunk_lines);
         }
         let span = mine.then(|| tracing::debug_span!("decode", worker = index, chunk).entered());
         while lines_in_chunk < chunk_lines && pos < data.len() {

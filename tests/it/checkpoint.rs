@@ -4,7 +4,8 @@
 
 use crate::common::{spawn_service, summary, wait_exit};
 use crate::kafka::{
-    consume_all, detected, parse_alerts, produce, producer, service_config, workload,
+    consume_all, create_service_topics, detected, parse_alerts, produce, producer, service_config,
+    workload,
 };
 use egizml::testkit::Tansu;
 use std::collections::{BTreeMap, BTreeSet};
@@ -93,9 +94,7 @@ fn sigterm_mid_stream_restarts_from_the_shutdown_checkpoint_without_relearning_o
     let broker = Tansu::start().expect("tansu starts");
     let bs = broker.bootstrap();
     let w = workload(dir.path(), THINGS, 20_000, 31);
-    broker.create_topic("line", 2).unwrap();
-    broker.create_topic("line-alerts", 1).unwrap();
-    broker.create_topic("line-dlq", 1).unwrap();
+    create_service_topics(&broker, "line", 2);
 
     let (feeder, out1) = run_and_stop(dir.path(), &bs, "line", &w.lines, "TERM", 60.0);
     let s1 = summary(&out1);
@@ -158,9 +157,7 @@ fn sigkill_after_a_periodic_checkpoint_restores_it_and_rereads_for_state_only() 
     let broker = Tansu::start().expect("tansu starts");
     let bs = broker.bootstrap();
     let w = workload(dir.path(), THINGS, 20_000, 32);
-    broker.create_topic("cell", 2).unwrap();
-    broker.create_topic("cell-alerts", 1).unwrap();
-    broker.create_topic("cell-dlq", 1).unwrap();
+    create_service_topics(&broker, "cell", 2);
 
     let (feeder, _) = run_and_stop(dir.path(), &bs, "cell", &w.lines, "KILL", 0.5);
     let before: Vec<PathBuf> = complete_checkpoints(dir.path());

@@ -125,6 +125,14 @@ pub(crate) fn service_config(
     path
 }
 
+/// Creates `topic` with `partitions` partitions and the alerts and dead-letter topics that
+/// [`service_config`] names after it (one partition each).
+pub(crate) fn create_service_topics(broker: &Tansu, topic: &str, partitions: i32) {
+    broker.create_topic(topic, partitions).unwrap();
+    broker.create_topic(&format!("{topic}-alerts"), 1).unwrap();
+    broker.create_topic(&format!("{topic}-dlq"), 1).unwrap();
+}
+
 /// Labelled telemetry lines plus the alert ids a deterministic replay of the same lines gives.
 pub(crate) struct Workload {
     pub(crate) lines: Vec<String>,
@@ -200,9 +208,7 @@ fn kafka_to_kafka_alerts_every_episode_once_with_dead_letters() {
     let broker = Tansu::start().expect("tansu starts");
     let bs = broker.bootstrap();
     let w = workload(dir.path(), 20, 20_000, 21);
-    broker.create_topic("telemetry", 4).unwrap();
-    broker.create_topic("telemetry-alerts", 1).unwrap();
-    broker.create_topic("telemetry-dlq", 1).unwrap();
+    create_service_topics(&broker, "telemetry", 4);
     produce(&producer(&bs), "telemetry", &w.lines, 0.0);
 
     // Idle stop well above a consumer-group rebalance (a few seconds when both tests share the cores).
@@ -266,9 +272,7 @@ fn service_killed_mid_stream_resumes_without_losing_an_episode() {
     let broker = Tansu::start().expect("tansu starts");
     let bs = broker.bootstrap();
     let w = workload(dir.path(), 20, 20_000, 22);
-    broker.create_topic("plant", 4).unwrap();
-    broker.create_topic("plant-alerts", 1).unwrap();
-    broker.create_topic("plant-dlq", 1).unwrap();
+    create_service_topics(&broker, "plant", 4);
     let (first, second) = w.lines.split_at(w.lines.len() / 2);
     let p = producer(&bs);
     produce(&p, "plant", first, 0.0);
@@ -411,9 +415,7 @@ fn broker_restarted_mid_stream_loses_no_alert() {
     let mut broker = Tansu::start_persistent(&dir.path().join("tansu.db")).expect("tansu starts");
     let bs = broker.bootstrap();
     let w = workload(dir.path(), 20, 20_000, 23);
-    broker.create_topic("line", 4).unwrap();
-    broker.create_topic("line-alerts", 1).unwrap();
-    broker.create_topic("line-dlq", 1).unwrap();
+    create_service_topics(&broker, "line", 4);
     let (first, second) = w.lines.split_at(w.lines.len() / 2);
     produce(&producer(&bs), "line", first, 0.0);
 
@@ -469,9 +471,7 @@ fn two_processes_of_two_workers_alert_like_one_worker_from_kafka() {
     let broker = Tansu::start().expect("tansu starts");
     let bs = broker.bootstrap();
     let w = workload(dir.path(), 20, 20_000, 24);
-    broker.create_topic("fleet", 4).unwrap();
-    broker.create_topic("fleet-alerts", 1).unwrap();
-    broker.create_topic("fleet-dlq", 1).unwrap();
+    create_service_topics(&broker, "fleet", 4);
     produce(&producer(&bs), "fleet", &w.lines, 0.0);
 
     let config = service_config(dir.path(), &bs, "fleet", "    stop_after_idle_s: 10\n", 2);
@@ -567,9 +567,7 @@ fn kafka_source_resumed_after_a_pause_reads_the_backlog_before_stopping_idle() {
         .lines()
         .map(str::to_string)
         .collect();
-    broker.create_topic("telemetry", 2).unwrap();
-    broker.create_topic("telemetry-alerts", 1).unwrap();
-    broker.create_topic("telemetry-dlq", 1).unwrap();
+    create_service_topics(&broker, "telemetry", 2);
     let p = producer(&bs);
     produce(&p, "telemetry", &lines[..1_000], 0.0);
 

@@ -404,33 +404,29 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// The value and end of a number of the usual form, read by one eight-byte step per part: an
-    /// optional minus, 1-7 integer digits without a leading zero, optionally `.` and 1-7 fraction
-    /// digits, no exponent. At most 14 digits make `m < 2^53` and the scale is at most `10^7`, so
-    /// `m / 10^scale` is the correctly rounded value, as in [`Parser::number`]. None for any other
-    /// form, and for a number within 8 bytes of the end of the message.
+    /// The value and end of a number of the usual form: an optional minus, 1-7 integer digits
+    /// without a leading zero, optionally `.` and 1-7 fraction digits, no exponent. At most 14 digits
+    /// make `m < 2^53` and the scale is at most `10^7`, so `m / 10^scale` is the correctly rounded
+    /// value, as in [`Parser::number`]. None for any other form.
     #[inline]
     fn usual_number(&self) -> Option<(f64, usize)> {
         let b = self.b;
         let neg = b.get(self.i) == Some(&b'-');
         let int_at = self.i + usize::from(neg);
-        let v = load8(b, int_at)?;
-        let k = leading_digits(v);
-        if !(1..8).contains(&k) || (v as u8 == b'0' && k > 1) {
+        let mut m = 0;
+        let mut end = digits(b, int_at, &mut m);
+        let k = end - int_at;
+        if !(1..8).contains(&k) || (b[int_at] == b'0' && k > 1) {
             return None;
         }
-        let mut m = eight_digits((v ^ (ONES * b'0' as u64)) << (8 * (8 - k)));
-        let mut end = int_at + k;
         let mut scale = 0;
         if b.get(end) == Some(&b'.') {
-            let f = load8(b, end + 1)?;
-            scale = leading_digits(f);
+            let frac_at = end + 1;
+            end = digits(b, frac_at, &mut m);
+            scale = end - frac_at;
             if !(1..8).contains(&scale) {
                 return None;
             }
-            m = m * POW10_U64[scale]
-                + eight_digits((f ^ (ONES * b'0' as u64)) << (8 * (8 - scale)));
-            end += 1 + scale;
         }
         if matches!(b.get(end), Some(b'e' | b'E')) {
             return None;

@@ -391,7 +391,9 @@ fn a_damaged_worker_file_is_an_error_not_a_panic() {
 #[test]
 fn the_format_is_guarded_by_its_version() {
     // If this fails, the bytes of a checkpoint changed (a field of ThingSnapshot or of a state type
-    // it holds): bump FORMAT_VERSION, then update the hash below.
+    // it holds): bump FORMAT_VERSION, then update the hash below. (Only the hash when the fields
+    // stay as they are and only the values these readings leave behind change, as when the rolling
+    // window's sums were re-centred on another sample: older checkpoints still load.)
     let mut engine = Engine::new(dataflow(), RulesHandle::fixed(RuleSet::empty()), false);
     process(&mut engine, &readings(2, 150, 1));
     let dir = tempfile::tempdir().unwrap();
@@ -401,7 +403,7 @@ fn the_format_is_guarded_by_its_version() {
     let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
     assert_eq!(
         (FORMAT_VERSION, format!("{hash:016x}")),
-        (5, "5be2be7a5eb63756".to_string()),
+        (5, "4f02d18506827e25".to_string()),
         "checkpoint bytes changed"
     );
 }

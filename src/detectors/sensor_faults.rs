@@ -126,9 +126,23 @@ impl Moments {
 
 /// Spread of the last `capacity` readings in O(1) per reading: sums of `x - shift` (`shift` = the
 /// learned mean, so the sums stay small for a signal near its normal level), recomputed exactly every
-/// `capacity` readings so the add/subtract drift cannot build up.
+/// `capacity` readings so the add/subtract drift cannot build up. The readings are a ring (a full one
+/// overwrites its oldest in place, `head`), which a checkpoint stores oldest first like a queue.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(from = "RecentSpreadState", into = "RecentSpreadState")]
 struct RecentSpread {
+    values: Vec<f64>,
+    /// The oldest reading's index once the ring is full (0 before).
+    head: usize,
+    shift: f64,
+    s1: f64,
+    s2: f64,
+    since_exact: usize,
+}
+
+/// [`RecentSpread`] as checkpoints store it: the readings oldest first.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RecentSpreadState {
     values: std::collections::VecDeque<f64>,
     shift: f64,
     s1: f64,
@@ -136,30 +150,79 @@ struct RecentSpread {
     since_exact: usize,
 }
 
-impl RecentSpread {
-    fn push(&mut self, x: f64, capacity: usize, shift: f64) {
-        if self.values.capacity() < capacity {
-            // Exactly the window (the evicted value leaves before the new one enters).
-            self.values.reserve_exact(capacity - self.values.len());
+impl From<RecentSpreadState> for RecentSpread {
+    fn from(s: RecentSpreadState) -> Self {
+        RecentSpread {
+            values: s.values.into(),
+            head: 0,
+            shift: s.shift,
+            s1: s.s1,
+            s2: s.s2,
+            since_exact: s.since_exact,
         }
+    }
+}
+
+impl From<RecentSpread> for RecentSpreadState {
+    fn from(s: RecentSpread) -> Self {
+        RecentSpreadState {
+            values: s.oldest_first().collect(),
+            shift: s.shift,
+            s1: s.s1,
+            s2: s.s2,
+            since_exact: s.since_exact,
+        }
+    }
+}
+
+impl RecentSpread {
+    /// Inlined into the per-value loop (it runs for every value of every reading); the exact
+    /// recompute stays out of line.
+    #[inline]
+    fn push(&mut self, x: f64, capacity: usize, shift: f64) {
         if self.values.len() >= capacity {
-            let old = self.values.pop_front().unwrap_or(x) - self.shift;
+            let old = std::mem::replace(&mut self.values[self.head], x) - self.shift;
+            self.head += 1;
+            if self.head == self.values.len() {
+                self.head = 0;
+            }
             self.s1 -= old;
             self.s2 -= old * old;
+        } else {
+            if self.head != 0 {
+                // A larger window than the ring was filled for (a changed configuration): the new
+                // reading goes after the newest.
+                self.values.rotate_left(self.head);
+                self.head = 0;
+            }
+            if self.values.capacity() < capacity {
+                self.values.reserve_exact(capacity - self.values.len());
+            }
+            self.values.push(x);
         }
-        self.values.push_back(x);
         let d = x - self.shift;
         self.s1 += d;
         self.s2 += d * d;
         self.since_exact += 1;
         if self.since_exact >= capacity || shift.to_bits() != self.shift.to_bits() {
-            self.shift = shift;
-            self.since_exact = 0;
-            (self.s1, self.s2) = self.values.iter().fold((0.0, 0.0), |(s1, s2), v| {
-                let d = v - shift;
-                (s1 + d, s2 + d * d)
-            });
+            self.recompute(shift);
         }
+    }
+    /// Re-centres the sums on `shift` and recomputes them exactly.
+    #[inline(never)]
+    fn recompute(&mut self, shift: f64) {
+        self.shift = shift;
+        self.since_exact = 0;
+        // Oldest first, the order the sums have always been taken in (the same bits).
+        (self.s1, self.s2) = self.oldest_first().fold((0.0, 0.0), |(s1, s2), v| {
+            let d = v - shift;
+            (s1 + d, s2 + d * d)
+        });
+    }
+    /// The readings, oldest first.
+    fn oldest_first(&self) -> impl Iterator<Item = f64> + '_ {
+        let (newer, older) = self.values.split_at(self.head);
+        older.iter().chain(newer).copied()
     }
     fn len(&self) -> usize {
         self.values.len()
@@ -216,6 +279,18 @@ pub struct SensorFaultDetector {
 
 /// A slot of [`SensorFaultDetector::by_slot`] without a feature yet.
 const NO_FEATURE: u32 = u32::MAX;
+
+/// Moves one fault's state, recording an event on a change. A macro rather than a function so the
+/// detail (a closure of the feature's name, formatted only on a change) is built only then: it is
+/// called four times per feature per reading and a change is rare, and even an unused closure costs
+/// the stores of what it captures.
+macro_rules! set {
+    ($st:expr, $name:expr, $kind:expr, $on:expr, $ts:expr, $detail:expr, $events:expr) => {
+        if $st.active[$kind.index()] != $on {
+            change($st, $name.as_ref(), $kind, $on, $ts, $detail, $events);
+        }
+    };
+}
 
 impl SensorFaultDetector {
     pub fn new(cfg: impl Into<Arc<SensorFaultConfig>>) -> Self {
@@ -327,7 +402,9 @@ impl SensorFaultDetector {
             }
         }
         for (hint, (name, v)) in values.iter().enumerate() {
-            let (name, v) = (name.as_ref(), *v);
+            // The name's text is needed only to find a new feature or to describe a change (rare):
+            // `as_ref` on an inline name is a branch and a few moves per value otherwise.
+            let v = *v;
             if !v.is_finite() {
                 continue;
             }
@@ -335,7 +412,7 @@ impl SensorFaultDetector {
             let i = match slot.and_then(|s| self.by_slot.get(s)) {
                 Some(&f) if f != NO_FEATURE => f as usize,
                 _ => {
-                    let i = self.index_of(hint, name);
+                    let i = self.index_of(hint, name.as_ref());
                     if let (Some(s), Ok(f)) = (slot, u32::try_from(i)) {
                         // Layout slots are few (tens): the table stays small.
                         if s < (1 << 16) {
@@ -353,7 +430,15 @@ impl SensorFaultDetector {
             st.seen = true;
             st.last_seen_ts = ts;
             st.absent = 0;
-            set(st, name, FaultKind::Dropout, false, ts, String::new, events);
+            set!(
+                st,
+                name,
+                FaultKind::Dropout,
+                false,
+                ts,
+                |_| String::new(),
+                events
+            );
 
             // Stuck: bit-identical repeats.
             st.repeats = match st.last {
@@ -363,8 +448,15 @@ impl SensorFaultDetector {
             st.last = Some(v);
             let stuck = st.repeats >= cfg.stuck_after.max(2);
             let repeats = st.repeats;
-            let detail = || format!("{name} repeated {v} for {repeats} readings");
-            set(st, name, FaultKind::Stuck, stuck, ts, detail, events);
+            set!(
+                st,
+                name,
+                FaultKind::Stuck,
+                stuck,
+                ts,
+                |name| format!("{name} repeated {v} for {repeats} readings"),
+                events
+            );
 
             // Flatlined: the recent spread collapsed relative to the learned spread.
             let learned = st.baseline.n >= cfg.baseline_readings as u64;
@@ -396,31 +488,37 @@ impl SensorFaultDetector {
                 && st.recent.std() < cfg.flatline_ratio * base
                 && st.repeats * 2 < window;
             let ratio = cfg.flatline_ratio;
-            let detail = || {
-                format!(
-                    "{name} spread fell below {:.0}% of its learned spread {base:.4}",
-                    ratio * 100.0
-                )
-            };
-            set(st, name, FaultKind::Flatlined, flat, ts, detail, events);
+            set!(
+                st,
+                name,
+                FaultKind::Flatlined,
+                flat,
+                ts,
+                |name| {
+                    format!(
+                        "{name} spread fell below {:.0}% of its learned spread {base:.4}",
+                        ratio * 100.0
+                    )
+                },
+                events
+            );
 
             // Saturated: at or beyond a configured limit.
             let at = st.limits.filter(|&[lo, hi]| v <= lo || v >= hi);
             st.at_limit = if at.is_some() { st.at_limit + 1 } else { 0 };
             let saturated = st.at_limit >= cfg.saturated_after.max(1);
-            let detail = || match at {
-                Some([lo, _]) if v <= lo => format!("{name} at its low limit {lo} ({v})"),
-                Some([_, hi]) => format!("{name} at its high limit {hi} ({v})"),
-                None => String::new(),
-            };
-            set(
+            set!(
                 st,
                 name,
                 FaultKind::Saturated,
                 saturated,
                 ts,
-                detail,
-                events,
+                |name| match at {
+                    Some([lo, _]) if v <= lo => format!("{name} at its low limit {lo} ({v})"),
+                    Some([_, hi]) => format!("{name} at its high limit {hi} ({v})"),
+                    None => String::new(),
+                },
+                events
             );
         }
         // Dropout: known features missing from this reading.
@@ -432,8 +530,15 @@ impl SensorFaultDetector {
             st.absent += 1;
             if st.absent >= dropout_after {
                 let absent = st.absent;
-                let detail = || format!("{name} missing from {absent} readings");
-                set(st, name, FaultKind::Dropout, true, ts, detail, events);
+                set!(
+                    st,
+                    name,
+                    FaultKind::Dropout,
+                    true,
+                    ts,
+                    |name| format!("{name} missing from {absent} readings"),
+                    events
+                );
             }
         }
     }
@@ -453,28 +558,18 @@ impl SensorFaultDetector {
         for (name, st) in self.names.iter().zip(&mut self.features) {
             let silent = now - st.last_seen_ts;
             if silent > limit {
-                let detail = || format!("{name} silent for {} s", silent / 1000);
-                set(st, name, FaultKind::Dropout, true, now, detail, &mut events);
+                set!(
+                    st,
+                    name,
+                    FaultKind::Dropout,
+                    true,
+                    now,
+                    |name| format!("{name} silent for {} s", silent / 1000),
+                    &mut events
+                );
             }
         }
         events
-    }
-}
-
-/// Moves one fault's state, recording an event on a change (the detail is formatted only then).
-#[inline(always)]
-fn set(
-    st: &mut FeatureState,
-    name: &str,
-    kind: FaultKind,
-    on: bool,
-    ts: i64,
-    detail: impl FnOnce() -> String,
-    events: &mut Vec<FaultEvent>,
-) {
-    // Called four times per feature per reading; a change is rare.
-    if st.active[kind.index()] != on {
-        change(st, name, kind, on, ts, detail, events);
     }
 }
 
@@ -486,10 +581,10 @@ fn change(
     kind: FaultKind,
     on: bool,
     ts: i64,
-    detail: impl FnOnce() -> String,
+    detail: impl FnOnce(&str) -> String,
     events: &mut Vec<FaultEvent>,
 ) {
-    // Only called by `set`, on a change.
+    // Only called by `set!`, on a change.
     st.active[kind.index()] = on;
     events.push(FaultEvent {
         feature: name.to_string(),
@@ -497,7 +592,7 @@ fn change(
         started: on,
         ts,
         detail: if on {
-            detail()
+            detail(name)
         } else {
             format!("{name} {} cleared", kind.alert_type())
         },
@@ -539,6 +634,67 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The ring of recent readings gives the same sums, bit for bit, as the queue it replaced (the
+    /// readings oldest first), through a checkpoint round trip at every ring position and a window
+    /// that grows and shrinks; a checkpoint stores the readings oldest first, as the queue did.
+    #[test]
+    fn recent_spread_ring_matches_a_queue_through_checkpoints() {
+        use std::collections::VecDeque;
+        // The queue version, as it was.
+        let mut queue: VecDeque<f64> = VecDeque::new();
+        let (mut q_shift, mut q_s1, mut q_s2, mut q_since) = (0.0f64, 0.0f64, 0.0f64, 0usize);
+        let mut ring = RecentSpread::default();
+        let mut restored = 0;
+        for i in 0..600 {
+            let capacity = match i {
+                0..300 => 20,
+                300..450 => 35,
+                _ => 12,
+            };
+            let x = 50.0 + noise(i) + if i % 97 == 0 { 30.0 } else { 0.0 };
+            let shift: f64 = if i < 150 { 50.0 } else { 49.5 };
+            if queue.len() >= capacity {
+                let old = queue.pop_front().unwrap() - q_shift;
+                q_s1 -= old;
+                q_s2 -= old * old;
+            }
+            queue.push_back(x);
+            q_s1 += x - q_shift;
+            q_s2 += (x - q_shift) * (x - q_shift);
+            q_since += 1;
+            if q_since >= capacity || shift.to_bits() != q_shift.to_bits() {
+                q_shift = shift;
+                q_since = 0;
+                (q_s1, q_s2) = queue.iter().fold((0.0, 0.0), |(s1, s2), v| {
+                    (s1 + (v - shift), s2 + (v - shift) * (v - shift))
+                });
+            }
+            ring.push(x, capacity, shift);
+            assert_eq!(
+                ring.oldest_first().collect::<Vec<_>>(),
+                Vec::from(queue.clone()),
+                "step {i}"
+            );
+            assert_eq!(
+                (ring.s1.to_bits(), ring.s2.to_bits()),
+                (q_s1.to_bits(), q_s2.to_bits()),
+                "step {i}"
+            );
+            if i % 7 == 3 {
+                let json = serde_json::to_value(&ring).unwrap();
+                let values: Vec<f64> = serde_json::from_value(json["values"].clone()).unwrap();
+                assert_eq!(
+                    values,
+                    Vec::from(queue.clone()),
+                    "step {i}: stored oldest first"
+                );
+                ring = serde_json::from_value(json).unwrap();
+                restored += 1;
+            }
+        }
+        assert!(restored > 80);
     }
 
     /// Finding features by the caller's layout slots gives the same events and state as matching

@@ -24,7 +24,7 @@ use crate::rules::{
     evaluate_shared, Readings, RuleCache, RuleHit, RuleSet, RuleState, RulesHandle,
 };
 use crate::sql_features::{StreamEvaluator, ThingWindows};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -125,7 +125,7 @@ pub struct Engine {
     rule_generation: u64,
     /// Boxed: the table then holds a pointer per thing, so its unused slots (up to half of them
     /// after a resize) cost 8 bytes each instead of a whole state.
-    things: FxHashMap<Name, Box<ThingState>>,
+    things: hashbrown::HashMap<Name, Box<ThingState>, FxBuildHasher>,
     /// Layouts and settings the things share.
     shared: Shared,
     /// Remaining-useful-life state per thing (dataflows with a `rul` section and a loaded model).
@@ -909,10 +909,19 @@ impl Readings for ThingReadings<'_> {
 
 /// The slot of the reading's `i`-th value, named `name`: the `i`-th raw slot when the reading lists
 /// its sensors in the layout's order (the usual case), else the raw slot of that name.
+/// Inlined (it runs for every value of every reading; a call cost about as much as the compare),
+/// with the search by name out of line.
+#[inline(always)]
 fn slot_of(l: &Layout, i: usize, name: &str) -> Option<usize> {
     if i < l.n_raw && same_bytes(l.names[i].as_bytes(), name.as_bytes()) {
         return Some(i);
     }
+    raw_slot_by_name(l, name)
+}
+
+#[cold]
+#[inline(never)]
+fn raw_slot_by_name(l: &Layout, name: &str) -> Option<usize> {
     l.names[..l.n_raw].iter().position(|n| n == name)
 }
 
@@ -942,7 +951,7 @@ impl Engine {
             rules,
             rule_set,
             rule_generation,
-            things: FxHashMap::default(),
+            things: hashbrown::HashMap::default(),
             shared,
             emit_scores,
             counters: Counters::default(),
@@ -1072,15 +1081,14 @@ impl Engine {
         // Stage spans (debug level: free when disabled) carry the thing, so every event of a stage
         // says which thing it is about.
         let window_span = tracing::debug_span!("window", thing_id = %p.thing_id).entered();
-        if !self.things.contains_key(p.thing_id.as_str()) {
-            tracing::debug!(equipment_type = %p.equipment_type, "first reading of a thing");
-            let t = ThingState::new(&p, cfg, &mut self.shared);
-            self.things.insert(p.thing_id.clone(), Box::new(t));
-        }
+        let shared = &mut self.shared;
         let t = self
             .things
-            .get_mut(p.thing_id.as_str())
-            .expect("inserted above");
+            .entry_ref(p.thing_id.as_str())
+            .or_insert_with(|| {
+                tracing::debug!(equipment_type = %p.equipment_type, "first reading of a thing");
+                Box::new(ThingState::new(&p, cfg, shared))
+            });
         let last_ts = t.last_ts;
         if p.ts == last_ts {
             let detail = format!("thing {} already has a reading at ts {}", p.thing_id, p.ts);

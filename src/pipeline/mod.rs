@@ -434,6 +434,12 @@ pub fn run(
                         let metrics = crate::metrics::global();
                         let mut flushed = MetricsFlush::default();
                         let mut stash: BTreeMap<u64, (Capability<u64>, Vec<Record>)> = BTreeMap::new();
+                        // The last epoch's record count: a new epoch's vector starts that large, as
+                        // epochs are alike (file chunks, Kafka polls), instead of growing by doubling
+                        // over its batches and copying its records again at each step.
+                        let mut epoch_hint = 0usize;
+                        // The last processed epoch's vector, emptied, for the next epoch to fill.
+                        let mut spare: Vec<Record> = Vec::new();
                         let mut out = Vec::new();
                         let mut seen = KafkaSeen::default();
                         // The next checkpoint boundary this worker's state has not been written for.
@@ -456,10 +462,12 @@ pub fn run(
                                     let cap = cap
                                         .retain_least(output.output_index())
                                         .expect("capability for a received time");
-                                    (cap, Vec::new())
+                                    let mut records = std::mem::take(&mut spare);
+                                    records.reserve(epoch_hint);
+                                    (cap, records)
                                 });
                                 for batch in data {
-                                    if entry.1.is_empty() {
+                                    if entry.1.is_empty() && entry.1.capacity() < batch.capacity() {
                                         std::mem::swap(&mut entry.1, batch);
                                     } else {
                                         entry.1.append(batch);
@@ -472,6 +480,7 @@ pub fn run(
                                 }
                                 checkpoint(*first.key(), &engine.borrow());
                                 let (cap, records) = first.remove();
+                                epoch_hint = records.len();
                                 // Grouped by thing, in input order within each thing: a thing's state is
                                 // then touched once per epoch instead of once per reading (thousands of
                                 // things don't fit in cache). Each thing still sees its readings in input
@@ -493,7 +502,7 @@ pub fn run(
                                 // next one's begins.
                                 let mut now = clock_ns();
                                 let n_records = records.len() as u64;
-                                for record in records {
+                                for record in records.drain(..) {
                                     let ingest = match &record {
                                         Record::Point(_, ns) => Some(*ns),
                                         Record::Dead(_) => None,
@@ -512,6 +521,7 @@ pub fn run(
                                     }
                                     now = done;
                                 }
+                                spare = records;
                                 flow.processed.fetch_add(n_records, Ordering::Relaxed);
                                 inference.flush();
                                 flushed.flush(&mut engine, index);
@@ -871,27 +881,41 @@ fn route(r: &Record) -> u64 {
 
 /// An epoch's records ordered by `(route, seq)`: grouped by thing, in input order within each thing.
 ///
-/// Records normally arrive in `seq` order (a file chunk is read by one worker), and then a counting
-/// sort over the distinct routes gives that order in linear time (plus sorting the few hundred
-/// things), instead of a comparison sort of every record. Otherwise, or for small epochs, a plain sort
-/// by the same key; both are stable, so the result is the same either way.
+/// A counting sort over the distinct routes gives that order in linear time (plus sorting the few
+/// hundred things), instead of a comparison sort of every record, and moves each record at most
+/// once. Records normally arrive in `seq` order (a file chunk is read by one worker); when they do
+/// not (batches from several workers), the counting sort visits them in the order of their
+/// `(seq, index)` pairs, sorted on the side, so the records themselves still move once. Small epochs
+/// take a plain sort by the same key; every path is stable, so the result is the same either way.
 fn group_by_thing(mut records: Vec<Record>) -> Vec<Record> {
     let n = records.len();
-    if n < 256 || !records.is_sorted_by_key(Record::seq) || n > u32::MAX as usize {
+    if n < 256 || n > u32::MAX as usize {
         records.sort_by_cached_key(|r| (route(r), r.seq()));
         return records;
     }
+    // The records' indices in `seq` order (ties in input order), when that is not their order.
+    let by_seq: Option<Vec<u32>> = (!records.is_sorted_by_key(Record::seq)).then(|| {
+        let mut pairs: Vec<(u64, u32)> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.seq(), i as u32))
+            .collect();
+        pairs.sort_unstable();
+        pairs.into_iter().map(|(_, i)| i).collect()
+    });
+    let visit = |k: usize| by_seq.as_ref().map_or(k, |o| o[k] as usize);
     // Each record's bucket (its route's index in `keys`, in order of first appearance).
     let mut index = RouteIndex::new();
     let mut counts: Vec<u32> = Vec::new();
-    let mut dest: Vec<u32> = Vec::with_capacity(n);
-    for r in &records {
-        let b = index.bucket(route(r));
+    let mut dest: Vec<u32> = vec![0; n];
+    for k in 0..n {
+        let i = visit(k);
+        let b = index.bucket(route(&records[i]));
         if b as usize == counts.len() {
             counts.push(0);
         }
         counts[b as usize] += 1;
-        dest.push(b);
+        dest[i] = b;
     }
     let keys = index.keys;
     let mut by_key: Vec<u32> = (0..keys.len() as u32).collect();
@@ -903,10 +927,11 @@ fn group_by_thing(mut records: Vec<Record>) -> Vec<Record> {
         next[b as usize] = at;
         at += counts[b as usize];
     }
-    // Each record's bucket becomes its final position.
-    for d in dest.iter_mut() {
-        let b = *d as usize;
-        *d = next[b];
+    // Each record's bucket becomes its final position, in `seq` order within the bucket.
+    for k in 0..n {
+        let i = visit(k);
+        let b = dest[i] as usize;
+        dest[i] = next[b];
         next[b] += 1;
     }
     // The permutation applied in place: every swap puts one record where it belongs (at most n swaps,
@@ -1052,6 +1077,13 @@ fn feed_lines(
                 return;
             }
         }
+        if !mine && ctx.pace.is_none() {
+            let (next, skipped) = skip_lines(data, pos, CHUNK_LINES, SKIP_BLOCK);
+            pos = next;
+            line_no += skipped as u64;
+            chunk += 1;
+            continue;
+        }
         let mut lines_in_chunk = 0;
         // Paced, a chunk is ~20 ms of lines: a reading is processed when its chunk's epoch closes, so
         // full chunks would hold readings back for CHUNK_LINES / rate seconds (8 s at 2,000/s). Every
@@ -1112,6 +1144,33 @@ fn feed_lines(
         }
         chunk += 1;
     }
+}
+
+/// Bytes [`skip_lines`] counts newlines in at a time.
+const SKIP_BLOCK: usize = 64 * 1024;
+
+/// Skips `lines` lines from `pos` as the line loop of [`feed_lines`] reads them (each up to and
+/// including its newline, the last one to the end of the data), returning the position after them
+/// and how many there were (fewer at the end of the data). A worker passes over the other workers'
+/// chunks this way: counting newlines `block` bytes at a time (memchr's vectorised count) costs a
+/// fraction of finding each line's end, and only the block where the last line ends is read line by
+/// line.
+fn skip_lines(data: &[u8], mut pos: usize, lines: usize, block: usize) -> (usize, usize) {
+    let mut left = lines;
+    while left > 0 && pos < data.len() {
+        let end = data.len().min(pos + block.max(1));
+        let newlines = memchr::memchr_iter(b'\n', &data[pos..end]).count();
+        if newlines < left && end < data.len() {
+            pos = end;
+            left -= newlines;
+            continue;
+        }
+        while left > 0 && pos < data.len() {
+            pos = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |i| pos + i) + 1;
+            left -= 1;
+        }
+    }
+    (pos, lines - left)
 }
 
 /// Lines per chunk of a file read at `per_sec` lines per second: about 20 ms of lines (a stopped paced

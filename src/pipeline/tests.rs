@@ -211,6 +211,7 @@ fn group_by_thing_orders_like_sorting_by_route_then_seq() {
         (2000, 50, true),
         (5000, 700, true),
         (3000, 40, false),
+        (6000, 700, false),
     ] {
         let mut seq = 0;
         let records: Vec<Record> = (0..n)
@@ -369,4 +370,46 @@ fn lead_feature_is_the_explanations_first_feature() {
         with_lead > 1_000,
         "the cases mostly have a lead ({with_lead})"
     );
+}
+
+#[test]
+fn skip_lines_ends_where_reading_the_lines_one_by_one_ends() {
+    use rand::{Rng, SeedableRng};
+    // The reference: feed_lines' own line loop.
+    fn one_by_one(data: &[u8], mut pos: usize, lines: usize) -> (usize, usize) {
+        let mut read = 0;
+        while read < lines && pos < data.len() {
+            let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |i| pos + i);
+            pos = end + 1;
+            read += 1;
+        }
+        (pos, read)
+    }
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+    let mut checked = 0;
+    for _ in 0..300 {
+        // Lines of 0-40 bytes (blank ones too), with or without a newline at the end.
+        let mut data = Vec::new();
+        for _ in 0..rng.random_range(0..60) {
+            data.extend((0..rng.random_range(0..40)).map(|_| rng.random_range(b'a'..=b'z')));
+            data.push(b'\n');
+        }
+        if rng.random_bool(0.5) {
+            data.extend((0..rng.random_range(1..20)).map(|_| b'x'));
+        }
+        let mut pos = 0;
+        while pos < data.len() {
+            let lines = rng.random_range(0..12);
+            let block = rng.random_range(1..80);
+            let want = one_by_one(&data, pos, lines);
+            assert_eq!(
+                super::skip_lines(&data, pos, lines, block),
+                want,
+                "from {pos}, {lines} lines, block {block}"
+            );
+            checked += 1;
+            pos = want.0.max(pos + 1);
+        }
+    }
+    assert!(checked > 1000, "{checked} skips checked");
 }

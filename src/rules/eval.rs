@@ -333,30 +333,46 @@ fn finite(v: Option<f64>) -> Option<f64> {
     v.filter(|v| v.is_finite())
 }
 
-/// Calls `f` for every feature of the reading that `pattern` names, with its slot (when resolved) and
-/// finite value.
+/// A feature of the reading: by its slot (when the rule's names are resolved) or by name. A slot's
+/// name is looked up only for a finding (a rule that holds), not for every value a rule reads.
+#[derive(Clone, Copy)]
+enum Feature<'a> {
+    Slot(u32),
+    Named(&'a str),
+}
+
+impl<'a> Feature<'a> {
+    fn name(self, readings: &'a dyn Readings) -> &'a str {
+        match self {
+            Feature::Slot(slot) => readings.name_at(slot as usize),
+            Feature::Named(name) => name,
+        }
+    }
+}
+
+/// Calls `f` for every feature of the reading that `pattern` names, with its finite value.
 #[inline]
 fn for_matching<'a>(
     pattern: &'a Pattern,
     bound: Option<&'a Bound>,
     readings: &'a dyn Readings,
-    f: &mut dyn FnMut(Option<u32>, &'a str, f64),
+    f: &mut dyn FnMut(Feature<'a>, f64),
 ) {
     if let Some(Bound::Matches(slots)) = bound {
         for &slot in slots {
             let v = readings.value_at(slot as usize);
             if v.is_finite() {
-                f(Some(slot), readings.name_at(slot as usize), v)
+                f(Feature::Slot(slot), v)
             }
         }
     } else if pattern.is_glob() {
         readings.for_each_value(&mut |name, v| {
             if v.is_finite() && pattern.matches(name) {
-                f(None, name, v)
+                f(Feature::Named(name), v)
             }
         });
     } else if let Some(v) = finite(readings.value(pattern.as_str())) {
-        f(None, pattern.as_str(), v)
+        f(Feature::Named(pattern.as_str()), v)
     }
 }
 
@@ -380,35 +396,35 @@ fn check<'a>(
         Condition::Threshold { feature, op, value } => {
             // The condition is monotone in the value, so only the most extreme match matters.
             let upper = op.is_upper();
-            let mut worst: Option<(&str, f64)> = None;
-            for_matching(feature, bound, readings, &mut |_, name, v| {
+            let mut worst: Option<(Feature, f64)> = None;
+            for_matching(feature, bound, readings, &mut |feature, v| {
                 let better = match worst {
                     None => true,
                     Some((_, w)) => (upper && v > w) || (!upper && v < w),
                 };
                 if better {
-                    worst = Some((name, v));
+                    worst = Some((feature, v));
                 }
             });
-            let (name, v) = worst?;
-            op.holds(v, *value).then_some(Finding::Level {
-                feature: name,
+            let (feature, v) = worst?;
+            op.holds(v, *value).then(|| Finding::Level {
+                feature: feature.name(readings),
                 value: v,
                 limit: *value,
                 op: *op,
             })
         }
         Condition::Range { feature, min, max } => {
-            let mut worst: Option<(&str, f64, f64)> = None;
-            for_matching(feature, bound, readings, &mut |_, name, v| {
+            let mut worst: Option<(Feature, f64, f64)> = None;
+            for_matching(feature, bound, readings, &mut |feature, v| {
                 let excess = (v - max).max(min - v);
                 if excess > 0.0 && worst.is_none_or(|(_, _, e)| excess > e) {
-                    worst = Some((name, v, excess));
+                    worst = Some((feature, v, excess));
                 }
             });
-            let (name, v, _) = worst?;
+            let (feature, v, _) = worst?;
             Some(Finding::OutOfRange {
-                feature: name,
+                feature: feature.name(readings),
                 value: v,
                 min: *min,
                 max: *max,
@@ -420,11 +436,11 @@ fn check<'a>(
             direction,
         } => {
             let now = readings.ts();
-            let mut worst: Option<(&str, f64, f64, f64, f64)> = None;
-            for_matching(feature, bound, readings, &mut |slot, name, v| {
-                let previous = match slot {
-                    Some(s) => readings.previous_at(s as usize),
-                    None => readings.previous(name),
+            let mut worst: Option<(Feature, f64, f64, f64, f64)> = None;
+            for_matching(feature, bound, readings, &mut |feature, v| {
+                let previous = match feature {
+                    Feature::Slot(s) => readings.previous_at(s as usize),
+                    Feature::Named(name) => readings.previous(name),
                 };
                 let Some((prev, prev_ts)) = previous else {
                     return;
@@ -440,12 +456,12 @@ fn check<'a>(
                     Direction::Both => rate.abs() > *max_per_s,
                 };
                 if exceeds && worst.is_none_or(|(_, _, _, _, r)| rate.abs() > r.abs()) {
-                    worst = Some((name, prev, v, dt_s, rate));
+                    worst = Some((feature, prev, v, dt_s, rate));
                 }
             });
-            let (name, prev, v, dt_s, rate) = worst?;
+            let (feature, prev, v, dt_s, rate) = worst?;
             Some(Finding::Rate {
-                feature: name,
+                feature: feature.name(readings),
                 prev,
                 value: v,
                 dt_s,
@@ -456,9 +472,9 @@ fn check<'a>(
         Condition::Spread { features, max } => {
             let e = extremes(features, bound, readings)?;
             let spread = e.hi.1 - e.lo.1;
-            (spread > *max).then_some(Finding::Spread {
-                hi: e.hi,
-                lo: e.lo,
+            (spread > *max).then(|| Finding::Spread {
+                hi: (e.hi.0.name(readings), e.hi.1),
+                lo: (e.lo.0.name(readings), e.lo.1),
                 spread,
                 limit: *max,
             })
@@ -475,9 +491,9 @@ fn check<'a>(
                 return None;
             }
             let pct = (e.hi.1 - e.lo.1) / mean * 100.0;
-            (pct > *max_pct).then_some(Finding::Imbalance {
-                hi: e.hi,
-                lo: e.lo,
+            (pct > *max_pct).then(|| Finding::Imbalance {
+                hi: (e.hi.0.name(readings), e.hi.1),
+                lo: (e.lo.0.name(readings), e.lo.1),
                 mean,
                 pct,
                 limit: *max_pct,
@@ -506,8 +522,8 @@ fn check<'a>(
 }
 
 struct Extremes<'a> {
-    hi: (&'a str, f64),
-    lo: (&'a str, f64),
+    hi: (Feature<'a>, f64),
+    lo: (Feature<'a>, f64),
     sum: f64,
     n: usize,
 }
@@ -520,17 +536,17 @@ fn extremes<'a>(
     readings: &'a dyn Readings,
 ) -> Option<Extremes<'a>> {
     let mut e = Extremes {
-        hi: ("", f64::NEG_INFINITY),
-        lo: ("", f64::INFINITY),
+        hi: (Feature::Named(""), f64::NEG_INFINITY),
+        lo: (Feature::Named(""), f64::INFINITY),
         sum: 0.0,
         n: 0,
     };
-    let add = |e: &mut Extremes<'a>, name: &'a str, v: f64| {
+    let add = |e: &mut Extremes<'a>, feature: Feature<'a>, v: f64| {
         if v > e.hi.1 {
-            e.hi = (name, v);
+            e.hi = (feature, v);
         }
         if v < e.lo.1 {
-            e.lo = (name, v);
+            e.lo = (feature, v);
         }
         e.sum += v;
         e.n += 1;
@@ -539,7 +555,7 @@ fn extremes<'a>(
         Some(Bound::Literals(slots)) => {
             for (p, slot) in set.patterns.iter().zip(slots) {
                 let v = value_of(readings, Some(*slot), p.as_str())?;
-                add(&mut e, p.as_str(), v);
+                add(&mut e, Feature::Named(p.as_str()), v);
             }
         }
         Some(Bound::Globbed(slots)) => {
@@ -548,7 +564,7 @@ fn extremes<'a>(
                 let v = readings.value_at(slot as usize);
                 if v.is_finite() {
                     literals_seen += usize::from(literal);
-                    add(&mut e, readings.name_at(slot as usize), v);
+                    add(&mut e, Feature::Slot(slot), v);
                 }
             }
             if literals_seen < set.literals {
@@ -558,7 +574,7 @@ fn extremes<'a>(
         _ if !set.has_glob() => {
             for p in &set.patterns {
                 let v = finite(readings.value(p.as_str()))?;
-                add(&mut e, p.as_str(), v);
+                add(&mut e, Feature::Named(p.as_str()), v);
             }
         }
         _ => {
@@ -572,7 +588,7 @@ fn extremes<'a>(
                     if p < set.literals {
                         literals_seen += 1;
                     }
-                    add(&mut e, name, v);
+                    add(&mut e, Feature::Named(name), v);
                 }
             });
             if literals_seen < set.literals {

@@ -1097,7 +1097,7 @@ fn feed_lines(
         }
         let span = mine.then(|| tracing::debug_span!("decode", worker = index, chunk).entered());
         while lines_in_chunk < chunk_lines && pos < data.len() {
-            let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |i| pos + i);
+            let end = line_end(data, pos);
             let line = &data[pos..end];
             pos = end + 1;
             line_no += 1;
@@ -1156,21 +1156,29 @@ const SKIP_BLOCK: usize = 64 * 1024;
 /// fraction of finding each line's end, and only the block where the last line ends is read line by
 /// line.
 fn skip_lines(data: &[u8], mut pos: usize, lines: usize, block: usize) -> (usize, usize) {
+    let block = block.max(1);
     let mut left = lines;
+    // Whole blocks, while the lines to skip go on past them (and the data does).
+    while pos + block < data.len() {
+        let newlines = memchr::memchr_iter(b'\n', &data[pos..pos + block]).count();
+        if newlines >= left {
+            break;
+        }
+        pos += block;
+        left -= newlines;
+    }
+    // The rest as the line loop reads it.
     while left > 0 && pos < data.len() {
-        let end = data.len().min(pos + block.max(1));
-        let newlines = memchr::memchr_iter(b'\n', &data[pos..end]).count();
-        if newlines < left && end < data.len() {
-            pos = end;
-            left -= newlines;
-            continue;
-        }
-        while left > 0 && pos < data.len() {
-            pos = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |i| pos + i) + 1;
-            left -= 1;
-        }
+        pos = line_end(data, pos) + 1;
+        left -= 1;
     }
     (pos, lines - left)
+}
+
+/// Where the line starting at `pos` ends: its newline, or the end of the data.
+#[inline]
+fn line_end(data: &[u8], pos: usize) -> usize {
+    memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |i| pos + i)
 }
 
 /// Lines per chunk of a file read at `per_sec` lines per second: about 20 ms of lines (a stopped paced

@@ -1,9 +1,9 @@
 //! `egizml bench`: throughput and latency of the full pipeline on a generated workload, from one of
 //! three sources:
 //!
-//! - `file` (default): simulator telemetry serialised to JSONL in memory (or `--input`), striped over
-//!   the workers like a replayed file: decoding, the exchange between workers, every detector and the
-//!   alert policy, but no disk I/O;
+//! - `file` (default): simulator telemetry serialised to JSONL in memory (or `--input`), read by the
+//!   workers like a replayed file (each decodes its own things' lines): decoding, every detector and
+//!   the alert policy, but no disk I/O;
 //! - `live`: the simulator on its own thread pushing readings through a bounded channel into worker 0,
 //!   the path of `egizml run` with a simulator source (no input held in memory: the scale bench);
 //! - `kafka`: simulator telemetry produced to a fresh topic on `--brokers` while the Kafka source (the
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BenchSource {
-    /// JSONL in memory (or `--input`), striped over the workers like a replayed file.
+    /// JSONL in memory (or `--input`), read by the workers like a replayed file.
     #[default]
     File,
     /// The simulator on its own thread, through a bounded channel (the `run` simulator source).

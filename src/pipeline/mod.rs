@@ -1,7 +1,9 @@
 //! The timely dataflow: sources -> decode -> exchange(thing) -> per-thing engine -> ordered sink.
+//! A file's lines skip the exchange: every worker walks every line and decodes those of its own
+//! things (see [`feed_lines`]).
 //!
 //! Timely timestamps are *ingest epochs*, not event times: for a file, epoch k is the k-th chunk of
-//! lines (chunks are striped over workers); for live sources, it is the millisecond since start. Each
+//! lines; for live sources, it is the millisecond since start. Each
 //! worker's [`Engine`] processes an epoch only once the frontier has passed it, in input order (`seq`),
 //! so every thing sees its readings in exactly the input order whatever the worker count, and the sink
 //! on worker 0 writes outputs in the same order. Event time then drives everything inside the engine
@@ -13,7 +15,7 @@ mod wire;
 
 use crate::config::DataflowConfig;
 use crate::decode::{DeadLetter, Decoder};
-use crate::event::{Name, Origin, Point};
+use crate::event::{same_bytes, Name, Origin, Point};
 use crate::rules::RulesHandle;
 pub use engine::{Counters, Engine, Footprint, Output, Record};
 use std::cell::RefCell;
@@ -23,8 +25,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::{Capability, Input as _, Operator, Probe};
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::{
+    Capability, Concat as _, Exchange as _, Input as _, Operator, Probe,
+};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 
 /// One epoch's outputs at the sink, with each one's input position.
@@ -41,8 +45,8 @@ pub fn clock_ns() -> u64 {
 
 /// Where the dataflow's records come from.
 pub enum Input {
-    /// A JSONL document (a memory-mapped file or bytes in memory); its chunks of [`CHUNK_LINES`] lines
-    /// are striped over the workers, which decode them in parallel.
+    /// A JSONL document (a memory-mapped file or bytes in memory), read in chunks of [`CHUNK_LINES`]
+    /// lines (the epochs); each worker decodes the lines of the things it owns.
     Lines(Arc<dyn AsRef<[u8]> + Send + Sync>),
     /// [`Input::Lines`] read at most this many lines per second (a file replayed at a live pace).
     PacedLines(Arc<dyn AsRef<[u8]> + Send + Sync>, f64),
@@ -104,7 +108,7 @@ pub struct RunOptions {
     /// Kafka consumer (on its first worker) may have in the dataflow, read but not yet acknowledged
     /// by the sink, before it stops reading. A slow sink then
     /// slows the source to its own rate and memory stays bounded. A file source is bounded by epochs
-    /// instead ([`MAX_EPOCHS_IN_FLIGHT`] chunks of [`CHUNK_LINES`] lines per worker).
+    /// instead ([`MAX_EPOCHS_IN_FLIGHT`] chunks of [`CHUNK_LINES`] lines).
     pub max_in_flight: usize,
     /// Live counters of the run (load tests, backpressure tests).
     pub flow: Arc<FlowCounters>,
@@ -393,6 +397,9 @@ pub fn run(
     let guards = timely::execute(timely_config, move |worker| {
         let index = worker.index();
         let mut input = InputHandleVec::<u64, Record>::new();
+        // Records already on their thing's worker (a file's lines are routed before decoding):
+        // they skip the exchange. Only the file source sends here; the others close it at once.
+        let mut local_input = InputHandleVec::<u64, Record>::new();
         // The engine's output frontier (backpressure), and the sink's: the sink holds each epoch's
         // capability until that epoch's outputs are written and flushed, so every epoch below
         // `acked`'s frontier is acknowledged. Timely's progress tracking shows both frontiers to
@@ -425,10 +432,13 @@ pub fn run(
             let alert_ingest_stage = Arc::clone(&alert_ingest);
             let alert_ingest_sink = Arc::clone(&alert_ingest);
             let ckpt = ckpt.clone();
+            let local = scope.input_from(&mut local_input);
             let scored = scope
                 .input_from(&mut input)
+                .exchange(route)
+                .concat(local)
                 .unary_frontier(
-                    Exchange::new(|r: &Record| route(r)),
+                    Pipeline,
                     "thing_state",
                     move |_cap, _info| {
                         let metrics = crate::metrics::global();
@@ -679,9 +689,11 @@ pub fn run(
                     file_stop: &file_stop,
                     flow: &opts.flow,
                 };
-                feed_lines(worker, &mut input, &probe, ctx)
+                feed_lines(worker, &mut input, &mut local_input, &probe, ctx);
+                drop(local_input);
             }
             (None, Some(kcfg)) => {
+                drop(local_input);
                 // One group member per process, on its first worker: members of one process never
                 // take partitions from each other in a rebalance, and each process joins once.
                 if index % workers == 0 {
@@ -708,6 +720,7 @@ pub fn run(
                 }
             }
             (None, None) => {
+                drop(local_input);
                 let rx = if index == 0 {
                     live.lock().expect("live lock").take()
                 } else {
@@ -863,7 +876,13 @@ fn add_counters(total: &mut Counters, c: &Counters) {
 
 /// The hash that places a thing on a worker (`hash % workers`, as timely's exchange does).
 pub fn thing_route(thing_id: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(thing_id.as_bytes())
+    thing_route_bytes(thing_id.as_bytes())
+}
+
+/// [`thing_route`] of a thing id's bytes.
+#[inline]
+fn thing_route_bytes(thing_id: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(thing_id)
 }
 
 /// Routes a record to the worker owning its thing (dead letters spread by position).
@@ -1004,7 +1023,8 @@ impl RouteIndex {
     }
 }
 
-/// Epochs a worker may run ahead of the slowest output before it waits: bounds memory.
+/// Chunks (epochs) a file source may run ahead of the slowest output before it waits: bounds memory.
+/// Every worker reads every chunk, so this bounds the whole process (3 chunks of 16,384 lines).
 const MAX_EPOCHS_IN_FLIGHT: u64 = 3;
 
 /// Where a stopped file run ends, shared by the workers: every chunk below `stop_at` is read in full and
@@ -1043,59 +1063,67 @@ struct LinesFeed<'a> {
     flow: &'a FlowCounters,
 }
 
+/// Feeds a file's lines into the dataflow, chunk k of [`CHUNK_LINES`] lines as epoch k.
+///
+/// Every worker walks every line and decodes only the lines of the things it owns: it reads the
+/// thing id from the raw line ([`line_thing_id`]) and hashes it as the exchange would, and sends the
+/// decoded readings on `local`, past the exchange. Why: when chunks were striped over the workers,
+/// half of every chunk's readings crossed to the other thread (their memory then freed there, their
+/// bytes pulled into the other core's cache); walking the other worker's lines costs a line search,
+/// a key search and a hash per line instead, and 2-worker replays ran ~15 % faster (see
+/// docs/BENCHMARKS.md). A line whose thing cannot be read before decoding is decoded by the chunk's
+/// owner (chunk modulo workers) and takes the exchange, as do dead letters.
 fn feed_lines(
     worker: &mut timely::worker::Worker,
     input: &mut InputHandleVec<u64, Record>,
+    local: &mut InputHandleVec<u64, Record>,
     probe: &ProbeHandle<u64>,
     ctx: LinesFeed<'_>,
 ) {
     let (data, cfg) = (ctx.data, ctx.cfg);
     let (index, peers) = (worker.index(), worker.peers());
     let mut decoder = Decoder::new(&cfg.decode);
-    let mut batch: Vec<Record> = Vec::with_capacity(CHUNK_LINES);
+    let thing_key = memchr::memmem::Finder::new(THING_KEY);
+    // Records for the exchange (dead letters, lines whose thing is not read before decoding) and
+    // records of this worker's own things.
+    let mut batch: Vec<Record> = Vec::new();
+    let mut local_batch: Vec<Record> = Vec::new();
     let mut chunk: u64 = 0;
     let mut line_no: u64 = 0;
     let mut pos = 0usize;
     // The ingest instant of the lines being decoded, and how many more lines it serves.
     let (mut ingest_ns, mut clock_left) = (0, 0);
     while pos < data.len() {
-        let mine = chunk % peers as u64 == index as u64;
-        if mine {
-            let stopping = ctx.stop.load(Ordering::SeqCst);
-            let admitted = ctx
-                .file_stop
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .admit(chunk, stopping);
-            if !admitted {
-                tracing::info!(
-                    worker = index,
-                    chunk,
-                    line = line_no,
-                    "file source stopped at a chunk boundary"
-                );
-                return;
-            }
+        // Every worker walks every chunk (each decodes its own things' lines), so every worker
+        // admits every chunk: a stopped run then ends on the same chunk for all of them.
+        let stopping = ctx.stop.load(Ordering::SeqCst);
+        let admitted = ctx
+            .file_stop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(chunk, stopping);
+        if !admitted {
+            tracing::info!(
+                worker = index,
+                chunk,
+                line = line_no,
+                "file source stopped at a chunk boundary"
+            );
+            return;
         }
-        if !mine && ctx.pace.is_none() {
-            let (next, skipped) = skip_lines(data, pos, CHUNK_LINES, SKIP_BLOCK);
-            pos = next;
-            line_no += skipped as u64;
-            chunk += 1;
-            continue;
-        }
+        // The worker that decodes the chunk's lines whose thing cannot be read before decoding.
+        let owner = chunk % peers as u64 == index as u64;
         let mut lines_in_chunk = 0;
         // Paced, a chunk is ~20 ms of lines: a reading is processed when its chunk's epoch closes, so
         // full chunks would hold readings back for CHUNK_LINES / rate seconds (8 s at 2,000/s). Every
-        // worker derives the same size from the same rate, so the striping stays deterministic.
+        // worker derives the same size from the same rate, so the chunks stay the same everywhere.
         let chunk_lines = ctx.pace.map_or(CHUNK_LINES, paced_chunk_lines);
-        if mine {
-            input.advance_to(chunk);
-            // The input keeps the sent batch and hands back an empty vector: growing it again by
-            // doubling would copy the chunk's records some 14 times over.
-            batch.reserve(chunk_lines);
-        }
-        let span = mine.then(|| tracing::debug_span!("decode", worker = index, chunk).entered());
+        input.advance_to(chunk);
+        local.advance_to(chunk);
+        // The inputs keep the sent batches and hand back empty vectors: growing one again by
+        // doubling would copy the chunk's records some 14 times over.
+        local_batch.reserve(chunk_lines / peers + chunk_lines / 16);
+        let span = tracing::debug_span!("decode", worker = index, chunk).entered();
         while lines_in_chunk < chunk_lines && pos < data.len() {
             let end = line_end(data, pos);
             let line = &data[pos..end];
@@ -1108,7 +1136,16 @@ fn feed_lines(
                     worker.step_or_park(Some(Duration::from_millis(1)));
                 }
             }
-            if !mine || line.iter().all(u8::is_ascii_whitespace) {
+            let thing = if peers > 1 {
+                line_thing_id(line, &thing_key)
+            } else {
+                None
+            };
+            let decoder_here = match thing {
+                Some(id) => thing_route_bytes(id) % peers as u64 == index as u64,
+                None => owner,
+            };
+            if !decoder_here || line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             if clock_left == 0 {
@@ -1120,59 +1157,67 @@ fn feed_lines(
                 };
             }
             clock_left -= 1;
-            batch.push(decode_record_at(
+            let record = decode_record_at(
                 &mut decoder,
                 line,
                 line_no,
                 Origin::Line { line: line_no },
                 ingest_ns,
-            ));
+            );
+            // A reading whose decoded thing is the one read before decoding (or any reading of a
+            // single worker) is already on its worker; the rest (dead letters, lines whose thing
+            // was not read, a message naming its thing twice) take the exchange.
+            let routed = match (&record, thing) {
+                (Record::Point(p, _), Some(id)) => same_bytes(p.thing_id.as_bytes(), id),
+                (Record::Point(..), None) => peers == 1,
+                (Record::Dead(_), _) => false,
+            };
+            if routed {
+                local_batch.push(record);
+            } else {
+                batch.push(record);
+            }
         }
         drop(span);
-        if mine {
-            ctx.flow
-                .read
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        ctx.flow
+            .read
+            .fetch_add((batch.len() + local_batch.len()) as u64, Ordering::Relaxed);
+        if !batch.is_empty() {
             input.send_batch(&mut batch);
             batch.clear();
-            let waited_for = chunk.saturating_sub(MAX_EPOCHS_IN_FLIGHT * peers as u64);
-            input.advance_to(chunk + 1);
-            while probe.less_than(&waited_for) {
-                worker.step();
-            }
+        }
+        if !local_batch.is_empty() {
+            local.send_batch(&mut local_batch);
+            local_batch.clear();
+        }
+        let waited_for = chunk.saturating_sub(MAX_EPOCHS_IN_FLIGHT);
+        input.advance_to(chunk + 1);
+        local.advance_to(chunk + 1);
+        while probe.less_than(&waited_for) {
             worker.step();
         }
+        worker.step();
         chunk += 1;
     }
 }
 
-/// Bytes [`skip_lines`] counts newlines in at a time.
-const SKIP_BLOCK: usize = 64 * 1024;
+/// The key [`line_thing_id`] looks for.
+const THING_KEY: &[u8] = b"\"thing_id\":\"";
 
-/// Skips `lines` lines from `pos` as the line loop of [`feed_lines`] reads them (each up to and
-/// including its newline, the last one to the end of the data), returning the position after them
-/// and how many there were (fewer at the end of the data). A worker passes over the other workers'
-/// chunks this way: counting newlines `block` bytes at a time (memchr's vectorised count) costs a
-/// fraction of finding each line's end, and only the block where the last line ends is read line by
-/// line.
-fn skip_lines(data: &[u8], mut pos: usize, lines: usize, block: usize) -> (usize, usize) {
-    let block = block.max(1);
-    let mut left = lines;
-    // Whole blocks, while the lines to skip go on past them (and the data does).
-    while pos + block < data.len() {
-        let newlines = memchr::memchr_iter(b'\n', &data[pos..pos + block]).count();
-        if newlines >= left {
-            break;
-        }
-        pos += block;
-        left -= newlines;
-    }
-    // The rest as the line loop reads it.
-    while left > 0 && pos < data.len() {
-        pos = line_end(data, pos) + 1;
-        left -= 1;
-    }
-    (pos, lines - left)
+/// The thing id of a usual message read without decoding it: the string after its first
+/// `"thing_id":"`, when that string holds no escape. It only picks the worker that decodes the line
+/// (the decoded reading is checked against it), so a line it misreads costs an exchange, not a
+/// wrong result; anything else (other spacing, `thingId`, EgizCore's nesting) gives None.
+#[inline]
+fn line_thing_id<'a>(line: &'a [u8], key: &memchr::memmem::Finder<'_>) -> Option<&'a [u8]> {
+    let start = if line.get(1..THING_KEY.len() + 1) == Some(THING_KEY) {
+        THING_KEY.len() + 1
+    } else {
+        key.find(line)? + THING_KEY.len()
+    };
+    let rest = &line[start..];
+    let len = memchr::memchr2(b'"', b'\\', rest)?;
+    (rest[len] == b'"').then(|| &rest[..len])
 }
 
 /// Where the line starting at `pos` ends: its newline, or the end of the data.

@@ -2,17 +2,19 @@ use super::FileStop;
 
 #[test]
 fn a_stopped_file_run_reads_a_prefix_of_whole_chunks() {
-    // Two workers: 0 reads even chunks, 1 odd ones; worker 1 runs ahead.
+    // Two workers, each reading every chunk; worker 0 admits chunk 0, then worker 1 runs ahead to 2.
     let mut s = FileStop::default();
-    assert!(s.admit(0, false));
-    assert!(s.admit(1, false));
-    assert!(s.admit(3, false));
-    // Worker 0 sees the stop before chunk 2: chunks 0..4 were started or lag behind, so 2 still runs.
+    for chunk in [0, 0, 1, 2] {
+        assert!(s.admit(chunk, false));
+    }
+    // Worker 0 sees the stop before chunk 1: worker 1 has started chunks up to 2, so worker 0 still
+    // reads 1 and 2 (every worker reads the same chunks), and no worker reads 3.
+    assert!(s.admit(1, true));
+    assert_eq!(s.stop_at, Some(3));
     assert!(s.admit(2, true));
-    assert_eq!(s.stop_at, Some(4));
-    assert!(!s.admit(4, true));
-    assert!(!s.admit(5, false));
-    assert_eq!(s.stop_at, Some(4), "set once");
+    assert!(!s.admit(3, true));
+    assert!(!s.admit(3, false));
+    assert_eq!(s.stop_at, Some(3), "set once");
 }
 
 #[test]
@@ -373,43 +375,110 @@ fn lead_feature_is_the_explanations_first_feature() {
 }
 
 #[test]
-fn skip_lines_ends_where_reading_the_lines_one_by_one_ends() {
-    use rand::{Rng, SeedableRng};
-    // The reference: feed_lines' own line loop.
-    fn one_by_one(data: &[u8], mut pos: usize, lines: usize) -> (usize, usize) {
-        let mut read = 0;
-        while read < lines && pos < data.len() {
-            let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |i| pos + i);
-            pos = end + 1;
-            read += 1;
-        }
-        (pos, read)
+fn the_thing_read_before_decoding_is_the_decoded_one_or_none() {
+    let key = memchr::memmem::Finder::new(super::THING_KEY);
+    let thing = |line: &str| super::line_thing_id(line.as_bytes(), &key).map(|id| id.to_vec());
+    assert_eq!(
+        thing(r#"{"thing_id":"oven-1","ts":1}"#),
+        Some(b"oven-1".to_vec())
+    );
+    assert_eq!(
+        thing(r#"{"ts":1,"thing_id":"mixer 2"}"#),
+        Some(b"mixer 2".to_vec())
+    );
+    assert_eq!(thing(r#"{"thing_id":"","ts":1}"#), Some(Vec::new()));
+    // Escapes, other spellings and spacing, a cut line: not read (the line's chunk owner decodes it).
+    assert_eq!(thing(r#"{"thing_id":"oven\u002d1","ts":1}"#), None);
+    assert_eq!(thing(r#"{"thingId":"oven-1","ts":1}"#), None);
+    assert_eq!(thing(r#"{"thing_id" : "oven-1","ts":1}"#), None);
+    assert_eq!(thing(r#"{"thing_id":"oven-1"#), None);
+    assert_eq!(thing("not json"), None);
+    assert_eq!(thing(""), None);
+}
+
+/// Collects what the dataflow writes.
+struct Collect(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl super::OutputSink for Collect {
+    fn write(&mut self, outputs: &[(u64, super::Output)]) -> anyhow::Result<()> {
+        let mut all = self.0.lock().unwrap();
+        all.extend(outputs.iter().map(|o| format!("{o:?}")));
+        Ok(())
     }
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
-    let mut checked = 0;
-    for _ in 0..300 {
-        // Lines of 0-40 bytes (blank ones too), with or without a newline at the end.
-        let mut data = Vec::new();
-        for _ in 0..rng.random_range(0..60) {
-            data.extend((0..rng.random_range(0..40)).map(|_| rng.random_range(b'a'..=b'z')));
-            data.push(b'\n');
-        }
-        if rng.random_bool(0.5) {
-            data.extend((0..rng.random_range(1..20)).map(|_| b'x'));
-        }
-        let mut pos = 0;
-        while pos < data.len() {
-            let lines = rng.random_range(0..12);
-            let block = rng.random_range(1..80);
-            let want = one_by_one(&data, pos, lines);
-            assert_eq!(
-                super::skip_lines(&data, pos, lines, block),
-                want,
-                "from {pos}, {lines} lines, block {block}"
-            );
-            checked += 1;
-            pos = want.0.max(pos + 1);
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn workers_that_route_a_files_lines_by_thing_write_what_one_worker_writes() {
+    use std::sync::{Arc, Mutex};
+    // 3 chunks of simulated telemetry with faults, some lines rewritten so that their thing cannot
+    // be read before decoding (they take the exchange from their chunk's owner), some naming a
+    // decoy thing first (read as the decoy, decoded as the real one or rejected), some malformed.
+    let mut data = Vec::new();
+    let sim = crate::sources::simulator::SimulatorConfig {
+        things: 40,
+        seed: 11,
+        faults_per_1000: 6.0,
+        ..Default::default()
+    };
+    crate::sources::simulator::write_jsonl(sim, 36_000, &mut data).unwrap();
+    let text = String::from_utf8(data).unwrap();
+    let mut lines: Vec<String> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let rest = line.strip_prefix(r#"{"thing_id":""#).expect("flat lines");
+        lines.push(match i % 97 {
+            1 => format!(r#"{{"thingId":"{rest}"#),
+            2 => format!(r#"{{"thing_id" : "{rest}"#),
+            3 => format!(r#"{{"thing_id":"\u006f{}"#, &rest[1..]),
+            4 => format!(r#"{{"thing_id":"decoy-{i}",{}"#, &line[1..]),
+            5 => format!(r#"{{"thing_id":"{}"#, &rest[..rest.len() / 2]),
+            6 => String::new(),
+            _ => line.to_string(),
+        });
+    }
+    let file: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new((lines.join("\n") + "\n").into_bytes());
+    let cfg = Arc::new(crate::config::DataflowConfig {
+        warmup: 100,
+        ..Default::default()
+    });
+    let rules = crate::rules::RulesHandle::fixed(
+        crate::rules::RuleSet::load(std::path::Path::new("configs/rules.yaml")).unwrap(),
+    );
+    let replay = |workers: usize| {
+        let outputs = Arc::new(Mutex::new(Vec::new()));
+        let opts = super::RunOptions {
+            workers,
+            emit_scores: true,
+            ..super::RunOptions::default()
+        };
+        let sink = Box::new(Collect(Arc::clone(&outputs)));
+        let input = super::Input::Lines(Arc::clone(&file));
+        let report = super::run(Arc::clone(&cfg), rules.clone(), input, sink, opts).unwrap();
+        let outputs = std::mem::take(&mut *outputs.lock().unwrap());
+        (report.counters, outputs)
+    };
+    let (one, one_out) = replay(1);
+    assert!(one.alerts > 5, "the faults alert: {one:?}");
+    assert!(
+        one.malformed_total() > 300,
+        "cut lines are dead letters: {one:?}"
+    );
+    let messages = lines.iter().filter(|l| !l.is_empty()).count() as u64;
+    assert_eq!(
+        one.points + one.malformed_total(),
+        messages,
+        "blank lines skipped"
+    );
+    for workers in [2, 3] {
+        let (many, many_out) = replay(workers);
+        assert_eq!(many.points, one.points, "{workers} workers");
+        assert_eq!(many.malformed, one.malformed, "{workers} workers");
+        assert_eq!(many.alerts, one.alerts, "{workers} workers");
+        assert_eq!(many_out.len(), one_out.len(), "{workers} workers");
+        for (a, b) in one_out.iter().zip(&many_out) {
+            assert_eq!(a, b, "{workers} workers");
         }
     }
-    assert!(checked > 1000, "{checked} skips checked");
 }

@@ -1,4 +1,5 @@
-//! JSONL file source: the file is memory-mapped and its lines striped over the workers.
+//! JSONL file source: the file is memory-mapped; every worker walks its lines and decodes those of
+//! the things it owns (see `pipeline::feed_lines`).
 
 use anyhow::Context;
 use std::path::Path;

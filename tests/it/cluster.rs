@@ -83,13 +83,13 @@ fn file_config(dir: &Path, name: &str, input: &Path) -> PathBuf {
 }
 
 /// By design the outputs are equal byte for byte, not only as sets: a file's epochs are its chunks
-/// (striped over the global worker index), each thing's readings reach its one owning worker in
-/// file order wherever that worker runs, and the sink (worker 0 of process 0) writes each epoch's
+/// (every worker walks every chunk and decodes its own things' lines), each thing's readings reach
+/// its one owning worker in file order wherever that worker runs, and the sink (worker 0 of process 0) writes each epoch's
 /// outputs sorted by input position.
 #[test]
 fn two_processes_of_two_workers_write_the_same_bytes_as_one_worker() {
     let dir = tempfile::tempdir().unwrap();
-    // 5 chunks of 16,384 lines: every one of the 4 workers reads at least one.
+    // 5 chunks of 16,384 lines (epochs), each one's lines decoded by the 4 workers of their things.
     let (input, episodes) = simulate(dir.path(), 30, 75_000, 31);
     assert!(!episodes.is_empty());
 

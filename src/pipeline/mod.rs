@@ -26,9 +26,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::{
-    Capability, Concat as _, Exchange as _, Input as _, Operator, Probe,
-};
+use timely::dataflow::operators::{Capability, Input as _, InputCapability, Operator, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 
 /// One epoch's outputs at the sink, with each one's input position.
@@ -432,12 +430,14 @@ pub fn run(
             let alert_ingest_stage = Arc::clone(&alert_ingest);
             let alert_ingest_sink = Arc::clone(&alert_ingest);
             let ckpt = ckpt.clone();
+            // Two inputs: records exchanged to their thing's worker, and a file's readings already
+            // on it (`local_input`), which take no exchange.
             let local = scope.input_from(&mut local_input);
             let scored = scope
                 .input_from(&mut input)
-                .exchange(route)
-                .concat(local)
-                .unary_frontier(
+                .binary_frontier(
+                    local,
+                    Exchange::new(|r: &Record| route(r)),
                     Pipeline,
                     "thing_state",
                     move |_cap, _info| {
@@ -465,12 +465,13 @@ pub fn run(
                                 }
                             }
                         };
-                        move |(input, frontier), output| {
-                            input.for_each_stamp(|cap, data| {
+                        move |(input, frontier), (local, local_frontier), output| {
+                            let port = output.output_index();
+                            let mut receive = |cap: InputCapability<u64>, data: std::slice::IterMut<'_, Vec<Record>>| {
                                 let Some(&time) = cap.least() else { return };
                                 let entry = stash.entry(time).or_insert_with(|| {
                                     let cap = cap
-                                        .retain_least(output.output_index())
+                                        .retain_least(port)
                                         .expect("capability for a received time");
                                     let mut records = std::mem::take(&mut spare);
                                     records.reserve(epoch_hint);
@@ -483,9 +484,11 @@ pub fn run(
                                         entry.1.append(batch);
                                     }
                                 }
-                            });
+                            };
+                            input.for_each_stamp(&mut receive);
+                            local.for_each_stamp(&mut receive);
                             while let Some(first) = stash.first_entry() {
-                                if frontier.less_equal(first.key()) {
+                                if frontier.less_equal(first.key()) || local_frontier.less_equal(first.key()) {
                                     break;
                                 }
                                 checkpoint(*first.key(), &engine.borrow());
@@ -537,7 +540,7 @@ pub fn run(
                                 flushed.flush(&mut engine, index);
                                 output.session(&cap).give_iterator(out.drain(..));
                             }
-                            if let Some(&f) = frontier.frontier().iter().min() {
+                            if let Some(&f) = frontier.frontier().iter().chain(local_frontier.frontier().iter()).min() {
                                 checkpoint(f, &engine.borrow());
                             }
                         }

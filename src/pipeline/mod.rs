@@ -1073,7 +1073,7 @@ struct LinesFeed<'a> {
 /// decoded readings on `local`, past the exchange. Why: when chunks were striped over the workers,
 /// half of every chunk's readings crossed to the other thread (their memory then freed there, their
 /// bytes pulled into the other core's cache); walking the other worker's lines costs a line search,
-/// a key search and a hash per line instead, and 2-worker replays ran ~15 % faster (see
+/// a key search and a hash per line instead, and 2-worker replays ran 15-23 % faster (see
 /// docs/BENCHMARKS.md). A line whose thing cannot be read before decoding is decoded by the chunk's
 /// owner (chunk modulo workers) and takes the exchange, as do dead letters.
 fn feed_lines(

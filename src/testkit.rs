@@ -342,6 +342,22 @@ impl crate::pipeline::OutputSink for SlowSink {
     }
 }
 
+/// An output sink that keeps everything written (with each output's input position), for tests that
+/// compare what runs wrote.
+pub struct CollectSink(pub std::sync::Arc<std::sync::Mutex<Vec<(u64, crate::pipeline::Output)>>>);
+
+impl crate::pipeline::OutputSink for CollectSink {
+    fn write(&mut self, outputs: &[(u64, crate::pipeline::Output)]) -> anyhow::Result<()> {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.extend_from_slice(outputs);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
 /// An alert of `thing` of type `alert_type` at `ts` with made-up details (a warning from the
 /// ensemble, no features), for tests of what carries alerts; tests set the fields they look at.
 pub fn alert(thing: &str, alert_type: &str, ts: i64) -> crate::event::Alert {

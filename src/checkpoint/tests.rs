@@ -1,8 +1,9 @@
 use super::*;
 use crate::event::Point;
-use crate::pipeline::{self, Input, Output, OutputSink, RunOptions};
+use crate::pipeline::{self, Input, RunOptions};
 use crate::rules::{RuleSet, RulesHandle};
 use crate::sources::simulator::{Simulator, SimulatorConfig};
+use crate::testkit::CollectSink;
 use std::sync::Arc;
 
 /// Simulated fleet telemetry: faults start after each thing's 300 quiet readings, so a state learned
@@ -132,24 +133,6 @@ fn a_restored_compact_engine_continues_exactly_and_needs_the_same_statistics() {
     assert!(e.contains("Streaming statistics"), "{e}");
 }
 
-/// Collects a run's outputs.
-struct Collect(Arc<Mutex<Vec<String>>>);
-
-impl OutputSink for Collect {
-    fn write(&mut self, outputs: &[(u64, Output)]) -> anyhow::Result<()> {
-        let mut v = self.0.lock().unwrap();
-        v.extend(
-            outputs
-                .iter()
-                .map(|(_, o)| serde_json::to_string(o).unwrap()),
-        );
-        Ok(())
-    }
-    fn flush(&mut self) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
 fn config(dir: &Path) -> CheckpointConfig {
     CheckpointConfig {
         dir: dir.to_path_buf(),
@@ -184,11 +167,16 @@ fn live_run(
         Arc::clone(cfg),
         rules(),
         Input::Live(rx),
-        Box::new(Collect(Arc::clone(&out))),
+        Box::new(CollectSink(Arc::clone(&out))),
         opts,
     )
     .expect("run");
-    let mut lines = std::mem::take(&mut *out.lock().unwrap());
+    let mut lines: Vec<String> = out
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, o)| serde_json::to_string(o).unwrap())
+        .collect();
     lines.sort();
     (lines, report.checkpoint.expect("checkpoint summary"))
 }
@@ -266,8 +254,14 @@ fn periodic_checkpoints_complete_while_the_run_goes_on() {
         ..RunOptions::default()
     };
     let out = Arc::new(Mutex::new(Vec::new()));
-    let report =
-        pipeline::run(cfg, rules(), Input::Live(rx), Box::new(Collect(out)), opts).unwrap();
+    let report = pipeline::run(
+        cfg,
+        rules(),
+        Input::Live(rx),
+        Box::new(CollectSink(out)),
+        opts,
+    )
+    .unwrap();
     feeder.join().unwrap();
     let s = report.checkpoint.unwrap();
     assert!(s.written >= 3, "{s:?}");

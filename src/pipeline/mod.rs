@@ -905,8 +905,8 @@ fn route(r: &Record) -> u64 {
 ///
 /// A counting sort over the distinct routes gives that order in linear time (plus sorting the few
 /// hundred things), instead of a comparison sort of every record, and moves each record at most
-/// once. Records normally arrive in `seq` order (a file chunk is read by one worker); when they do
-/// not (batches from several workers), the counting sort visits them in the order of their
+/// once. Records normally arrive in `seq` order (a worker's own lines of a file chunk, in file
+/// order); when they do not (batches from several workers, a chunk's exchanged lines), the counting sort visits them in the order of their
 /// `(seq, index)` pairs, sorted on the side, so the records themselves still move once. Small epochs
 /// take a plain sort by the same key; every path is stable, so the result is the same either way.
 fn group_by_thing(mut records: Vec<Record>) -> Vec<Record> {

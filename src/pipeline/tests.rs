@@ -396,20 +396,6 @@ fn the_thing_read_before_decoding_is_the_decoded_one_or_none() {
     assert_eq!(thing(""), None);
 }
 
-/// Collects what the dataflow writes.
-struct Collect(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
-
-impl super::OutputSink for Collect {
-    fn write(&mut self, outputs: &[(u64, super::Output)]) -> anyhow::Result<()> {
-        let mut all = self.0.lock().unwrap();
-        all.extend(outputs.iter().map(|o| format!("{o:?}")));
-        Ok(())
-    }
-    fn flush(&mut self) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn workers_that_route_a_files_lines_by_thing_write_what_one_worker_writes() {
     use std::sync::{Arc, Mutex};
@@ -453,10 +439,15 @@ fn workers_that_route_a_files_lines_by_thing_write_what_one_worker_writes() {
             emit_scores: true,
             ..super::RunOptions::default()
         };
-        let sink = Box::new(Collect(Arc::clone(&outputs)));
+        let sink = Box::new(crate::testkit::CollectSink(Arc::clone(&outputs)));
         let input = super::Input::Lines(Arc::clone(&file));
         let report = super::run(Arc::clone(&cfg), rules.clone(), input, sink, opts).unwrap();
-        let outputs = std::mem::take(&mut *outputs.lock().unwrap());
+        let outputs: Vec<String> = outputs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|o| format!("{o:?}"))
+            .collect();
         (report.counters, outputs)
     };
     let (one, one_out) = replay(1);
